@@ -1,0 +1,1 @@
+"""Postgres access: connection pool, versioned migrations, repositories."""

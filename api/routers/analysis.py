@@ -1,0 +1,101 @@
+"""/api/v1/analysis: technical indicators and candlestick patterns."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import MarketDataDep
+from api.errors import Unprocessable
+from api.routers.stocks import TickerPath
+from api.schemas import (
+    IndicatorInfo,
+    IndicatorResponse,
+    IndicatorSeries,
+    PatternOut,
+    PatternResponse,
+)
+from features import indicators, patterns
+
+router = APIRouter(prefix="/api/v1/analysis", tags=["analysis"])
+MAX_INDICATORS = 20
+
+
+def _split_names(raw: str, what: str) -> list[str]:
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if len(names) > MAX_INDICATORS:
+        raise Unprocessable("too_many", f"at most {MAX_INDICATORS} {what} per request")
+    return list(dict.fromkeys(names))
+
+
+def _clean(values: list[float]) -> list[float | None]:
+    return [None if v is None or not math.isfinite(v) else float(v) for v in values]
+
+
+@router.get("/indicators", response_model=list[IndicatorInfo])
+async def list_indicators() -> list[IndicatorInfo]:
+    """The curated indicator catalogue; any other pandas-ta indicator also works by name."""
+    return [
+        IndicatorInfo(
+            name=name, category=c.category, parameters=list(c.params),
+            defaults=list(c.defaults), about=c.about,
+            example="_".join([name, *(f"{d:g}" for d in c.defaults)]),
+        )
+        for name, c in indicators.CATALOGUE.items()
+    ]
+
+
+@router.get("/patterns", response_model=list[str])
+async def list_patterns() -> list[str]:
+    """Names of every candlestick pattern (TA-Lib CDL functions)."""
+    return sorted(patterns.pattern_functions())
+
+
+@router.get("/{ticker}/indicators", response_model=IndicatorResponse)
+async def ticker_indicators(
+    market: MarketDataDep,
+    ticker: TickerPath,
+    names: Annotated[str, Query(min_length=1, max_length=500, examples=["rsi_14,macd_12_26_9"])],
+    start: date | None = None,
+    end: date | None = None,
+) -> IndicatorResponse:
+    """Indicator values per bar, warmed up on earlier history (values at t use bars ≤ t)."""
+    wanted = _split_names(names, "indicators")
+    window = await market.resolve_range(ticker, start, end)
+    table = await market.indicators(ticker.upper(), wanted, window)
+    return IndicatorResponse(
+        ticker=table.ticker, start=window.start, end=window.end, dates=table.dates,
+        indicators=[
+            IndicatorSeries(
+                name=r.name,
+                category=indicators.category(r.function),
+                outputs=None if r.outputs is None else {
+                    k: _clean(v.tolist()) for k, v in r.outputs.items()
+                },
+                reason=r.reason,
+            )
+            for r in table.results
+        ],
+    )
+
+
+@router.get("/{ticker}/patterns", response_model=PatternResponse)
+async def ticker_patterns(
+    market: MarketDataDep,
+    ticker: TickerPath,
+    start: date | None = None,
+    end: date | None = None,
+    names: Annotated[str | None, Query(max_length=2000, description="comma-separated")] = None,
+) -> PatternResponse:
+    """Candlestick patterns detected per bar, bullish or bearish. Needs OHLC data."""
+    wanted = _split_names(names, "patterns") if names else []
+    window = await market.resolve_range(ticker, start, end)
+    table = await market.patterns(ticker.upper(), wanted, window)
+    return PatternResponse(
+        ticker=table.ticker, start=window.start, end=window.end, reason=table.reason,
+        patterns=[PatternOut(date=h.date.date(), pattern=h.pattern, direction=h.direction,
+                             strength=h.strength) for h in table.hits],
+    )

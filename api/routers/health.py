@@ -1,0 +1,39 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import PoolDep, RedisDep
+from api.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+CHECK_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(pool: PoolDep, redis: RedisDep) -> JSONResponse:
+    """Postgres and Redis answer; 503 names the one that does not."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), CHECK_TIMEOUT_S)
+        checks["postgres"] = "ok"
+    except Exception as exc:  # any failure means "not ready"; the type is reported
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(redis.ping(), CHECK_TIMEOUT_S)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    body = Readiness(status="ready" if ready else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

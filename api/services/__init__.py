@@ -1,0 +1,1 @@
+"""Services: the business logic routes call; they own transactions and call repositories."""

@@ -1,0 +1,150 @@
+"""Instruments, bars, indicators and patterns as the API serves them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import asyncpg
+import pandas as pd
+from starlette.concurrency import run_in_threadpool
+
+from api.db.market import BarRepository, InstrumentRepository, InstrumentRow, UpsertCounts
+from api.errors import NotFound, Unprocessable
+from features import indicators, patterns
+from features.bars import normalise_ticker
+from features.csv_import import parse_ohlcv_csv
+
+DEFAULT_HISTORY_DAYS = 365
+
+
+@dataclass(frozen=True)
+class DateRange:
+    start: date
+    end: date
+
+
+@dataclass(frozen=True)
+class IndicatorTable:
+    ticker: str
+    window: DateRange
+    dates: list[date]
+    results: list[indicators.IndicatorResult]
+
+
+@dataclass(frozen=True)
+class PatternTable:
+    ticker: str
+    window: DateRange
+    hits: list[patterns.PatternHit]
+    reason: str | None
+
+
+class MarketDataService:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def search(self, query: str, limit: int) -> list[asyncpg.Record]:
+        return await InstrumentRepository(self._pool).search(query.strip(), limit)
+
+    async def instrument(self, raw_ticker: str) -> asyncpg.Record:
+        try:
+            ticker = normalise_ticker(raw_ticker)
+        except ValueError as exc:
+            raise Unprocessable("invalid_ticker", str(exc)) from exc
+        row = await InstrumentRepository(self._pool).get(ticker)
+        if row is None:
+            raise NotFound("ticker", f"no instrument {ticker!r}; search with /api/v1/stocks?q=")
+        return row
+
+    async def _bars_until(self, ticker: str, end: date) -> pd.DataFrame:
+        async with self._pool.acquire() as conn:
+            return await BarRepository(conn).history(ticker, end)
+
+    async def resolve_range(self, ticker: str, start: date | None, end: date | None) -> DateRange:
+        """Fill defaults (last year of data) and refuse empty or inverted ranges."""
+        row = await self.instrument(ticker)
+        if row["last_date"] is None:
+            raise NotFound("bars", f"{row['ticker']} has no bars yet")
+        end = end or row["last_date"]
+        start = start or end - timedelta(days=DEFAULT_HISTORY_DAYS)
+        if start > end:
+            raise Unprocessable("invalid_range", f"start {start} is after end {end}")
+        return DateRange(start, end)
+
+    async def history(self, ticker: str, window: DateRange) -> pd.DataFrame:
+        bars = await self._bars_until(ticker, window.end)
+        return bars.loc[pd.Timestamp(window.start) :]
+
+    async def indicators(self, ticker: str, names: list[str], window: DateRange) -> IndicatorTable:
+        try:
+            calls = [indicators.parse(name) for name in names]
+        except indicators.IndicatorError as exc:
+            raise Unprocessable("invalid_indicator", str(exc)) from exc
+        # Compute over all history up to `end` so values at `start` are warmed up, then slice.
+        bars = await self._bars_until(ticker, window.end)
+        results = await run_in_threadpool(_compute_sliced, bars, calls, window)
+        dates = [d.date() for d in bars.loc[pd.Timestamp(window.start) :].index]
+        return IndicatorTable(ticker, window, dates, results)
+
+    async def patterns(self, ticker: str, names: list[str], window: DateRange) -> PatternTable:
+        try:
+            wanted = patterns.validate_names(names)
+        except ValueError as exc:
+            raise Unprocessable("invalid_pattern", str(exc)) from exc
+        bars = await self._bars_until(ticker, window.end)
+        in_window = bars.loc[pd.Timestamp(window.start) :]
+        reason = indicators.missing_reason(frozenset({"open", "high", "low", "close"}), in_window)
+        if reason:
+            return PatternTable(ticker, window, [], reason)
+        hits, reason = await run_in_threadpool(patterns.detect, bars, wanted or None)
+        start = pd.Timestamp(window.start)
+        return PatternTable(ticker, window, [h for h in hits if h.date >= start], reason)
+
+    async def import_csv(
+        self, raw_ticker: str, content: bytes, filename: str, name: str | None,
+        sector: str | None,
+    ) -> tuple[int, UpsertCounts]:
+        """Validate every row, then write all bars in one transaction (or nothing)."""
+        try:
+            ticker = normalise_ticker(raw_ticker)
+        except ValueError as exc:
+            raise Unprocessable("invalid_ticker", str(exc)) from exc
+        parsed = await run_in_threadpool(parse_ohlcv_csv, content, ticker, f"import:{filename}")
+        if not parsed.ok:
+            raise Unprocessable(
+                "invalid_csv",
+                f"{len(parsed.errors)} problem(s) in {filename}; nothing was imported",
+                errors=[e.__dict__ for e in parsed.errors],
+            )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await InstrumentRepository(conn).ensure(
+                InstrumentRow(ticker, name or ticker, "user", sector, "import")
+            )
+            counts = await BarRepository(conn).upsert(parsed.bars)
+            await conn.execute(
+                "INSERT INTO bar_imports (ticker, filename, rows, inserted, updated) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                ticker, filename, len(parsed.bars), counts.inserted, counts.updated,
+            )
+        return len(parsed.bars), counts
+
+
+def _compute_sliced(
+    bars: pd.DataFrame, calls: list[indicators.IndicatorCall], window: DateRange
+) -> list[indicators.IndicatorResult]:
+    start = pd.Timestamp(window.start)
+    in_window = bars.loc[start:]
+    results = []
+    for call in calls:
+        reason = indicators.missing_reason(call.requires, in_window)
+        result = (
+            indicators.IndicatorResult(call.name, call.function, None, reason)
+            if reason
+            else indicators.compute(bars, call)
+        )
+        if result.outputs is not None:
+            outputs = {k: v.loc[start:] for k, v in result.outputs.items()}
+            result = indicators.IndicatorResult(call.name, call.function, outputs)
+        results.append(result)
+    return results

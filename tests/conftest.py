@@ -1,0 +1,67 @@
+"""Session-wide real services: embedded Postgres (pgvector) and Redis, bundled data ingested once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pandas as pd
+import pytest
+
+from api.app import create_app
+from api.settings import Environment, Settings
+from features.bars import ticker_frame
+from features.datasets import load_bundled_bars
+from pipelines.embedded import resolved_settings
+from pipelines.ingest import IngestReport, ingest_bundled
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stockcopilot")
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir: Path) -> Iterator[Settings]:
+    base = Settings(
+        environment=Environment.TEST, data_dir=data_dir, database_url=None, redis_url=None,
+        admin_api_token=ADMIN_TOKEN, log_json=True,
+    )
+    with resolved_settings(base) as ready:
+        yield ready
+
+
+@pytest.fixture(scope="session")
+def bundled_bars() -> pd.DataFrame:
+    return load_bundled_bars()
+
+
+@pytest.fixture(scope="session")
+def goog(bundled_bars: pd.DataFrame) -> pd.DataFrame:
+    """Real GOOG daily OHLCV 2004-2013 (backtesting.py's bundled copy)."""
+    return ticker_frame(bundled_bars, "GOOG")
+
+
+@pytest.fixture(scope="session")
+async def first_ingest(settings: Settings) -> IngestReport:
+    return await ingest_bundled(settings.database_url or "", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings, first_ingest: IngestReport) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings, first_ingest: IngestReport) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
