@@ -41,8 +41,11 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
-            allow_methods=["*"], allow_headers=["*"],
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
         )
     app.add_middleware(RequestContextMiddleware)
     for module in (health, stocks, analysis, admin):

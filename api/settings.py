@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     log_json: bool = True
     admin_api_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token for /api/v1/admin routes until user roles exist; unset = disabled.",
+        description="Bearer token for /api/v1/admin until user roles exist; unset = disabled.",
     )
     cors_origins: list[str] = Field(default_factory=list)
 

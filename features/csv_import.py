@@ -140,8 +140,13 @@ def parse_ohlcv_csv(content: str | bytes, ticker: str, source: str) -> ParsedBar
         errors.extend(row_errors)
         if "date" in bar:
             if bar["date"] in seen:
-                errors.append(RowError(line, "date", f"duplicate date {bar['date']} (first on "
-                                                     f"line {seen[bar['date']]})"))
+                errors.append(
+                    RowError(
+                        line,
+                        "date",
+                        f"duplicate date {bar['date']} (first on line {seen[bar['date']]})",
+                    )
+                )
             seen.setdefault(bar["date"], line)
         rows.append(bar)
     if not errors and not rows:

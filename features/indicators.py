@@ -52,7 +52,9 @@ CATALOGUE: dict[str, Curated] = {
     "dema": Curated("overlap", ("length",), (20,), about="double EMA"),
     "tema": Curated("overlap", ("length",), (20,), about="triple EMA"),
     "hma": Curated("overlap", ("length",), (20,), about="Hull moving average"),
-    "kama": Curated("overlap", ("length", "fast", "slow"), (10, 2, 30), about="Kaufman adaptive MA"),
+    "kama": Curated(
+        "overlap", ("length", "fast", "slow"), (10, 2, 30), about="Kaufman adaptive MA"
+    ),
     "t3": Curated("overlap", ("length", "a"), (10, 0.7), about="Tillson T3"),
     "trima": Curated("overlap", ("length",), (20,), about="triangular moving average"),
     "zlma": Curated("overlap", ("length",), (20,), about="zero-lag moving average"),
@@ -86,15 +88,21 @@ CATALOGUE: dict[str, Curated] = {
     "psar": Curated("trend", ("af0", "af", "max_af"), (0.02, 0.02, 0.2), about="parabolic SAR"),
     "vortex": Curated("trend", ("length",), (14,), about="vortex indicator"),
     "chop": Curated("trend", ("length",), (14,), about="choppiness index"),
-    "dpo": Curated("trend", ("length",), (20,), fixed={"centered": False},
-                   about="detrended price oscillator (not centred: no look-ahead)"),
+    "dpo": Curated(
+        "trend",
+        ("length",),
+        (20,),
+        fixed={"centered": False},
+        about="detrended price oscillator (not centred: no look-ahead)",
+    ),
     "qstick": Curated("trend", ("length",), (10,), about="Q stick"),
     "vhf": Curated("trend", ("length",), (28,), about="vertical horizontal filter"),
     # volatility
     "atr": Curated("volatility", ("length",), (14,), about="average true range"),
     "natr": Curated("volatility", ("length",), (14,), about="normalised ATR (%)"),
-    "bbands": Curated("volatility", ("length", "std"), (20, 2.0), aliases=_STD,
-                      about="Bollinger Bands"),
+    "bbands": Curated(
+        "volatility", ("length", "std"), (20, 2.0), aliases=_STD, about="Bollinger Bands"
+    ),
     "kc": Curated("volatility", ("length", "scalar"), (20, 2.0), about="Keltner channels"),
     "donchian": Curated("volatility", ("lower_length", "upper_length"), (20, 20)),
     "massi": Curated("volatility", ("fast", "slow"), (9, 25), about="mass index"),
@@ -164,7 +172,8 @@ def _coerce(function: str, pname: str, kind: type, raw: str) -> float:
     if kind is int:
         if not value.is_integer() or not 1 <= value <= MAX_INT_PARAM:
             raise IndicatorError(
-                f"{function}: parameter {pname} must be a whole number 1..{MAX_INT_PARAM}, got {raw}"
+                f"{function}: parameter {pname} must be a whole number "
+                f"1..{MAX_INT_PARAM}, got {raw}"
             )
         return int(value)
     if not 0 < value <= MAX_FLOAT_PARAM or math.isnan(value):
@@ -256,10 +265,14 @@ def compute(frame: pd.DataFrame, call: IndicatorCall) -> IndicatorResult:
         # is wrong in 0.4.x); the rest are pandas-ta's own code.
         raw = function(**series, **call.kwargs, **call.fixed)
     except (ValueError, TypeError, ZeroDivisionError, IndexError) as exc:
-        return IndicatorResult(call.name, call.function, None, f"{call.function} failed on this series: {exc}")
+        return IndicatorResult(
+            call.name, call.function, None, f"{call.function} failed on this series: {exc}"
+        )
     outputs = _outputs(raw, frame.index)
     if not outputs:
-        return IndicatorResult(call.name, call.function, None, "not enough bars for these parameters")
+        return IndicatorResult(
+            call.name, call.function, None, "not enough bars for these parameters"
+        )
     return IndicatorResult(call.name, call.function, outputs)
 
 

@@ -31,7 +31,11 @@ def _yfinance_history(ticker: str, start: date, end: date) -> pd.DataFrame:
     # yfinance's `end` is exclusive; auto_adjust keeps OHLC consistent with the adjusted close
     end_exclusive = end + pd.Timedelta(days=1)
     return yf.Ticker(ticker).history(
-        start=start, end=end_exclusive, interval="1d", auto_adjust=True, actions=False,
+        start=start,
+        end=end_exclusive,
+        interval="1d",
+        auto_adjust=True,
+        actions=False,
         raise_errors=True,
     )
 
@@ -47,7 +51,11 @@ def normalise_yfinance(raw: pd.DataFrame, ticker: str) -> pd.DataFrame:
     frame = raw[sorted(needed)].rename(columns=str.lower).dropna(subset=["close"])
     index = pd.DatetimeIndex(frame.index)
     # Daily bars are stamped at the exchange's midnight; keep the exchange-local calendar date
-    dates = index.tz_localize(None) if index.tz is None else index.tz_convert(index.tz).tz_localize(None)
+    dates = (
+        index.tz_localize(None)
+        if index.tz is None
+        else index.tz_convert(index.tz).tz_localize(None)
+    )
     frame = frame.assign(date=dates.normalize(), ticker=ticker, source="yfinance")
     return canonical(frame.reset_index(drop=True))
 

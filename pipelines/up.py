@@ -29,8 +29,12 @@ def run(settings: Settings, console: Console) -> None:
         console.print(f"data folder: {ready.resolved_data_dir}  — Ctrl-C stops everything")
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(ready), host=ready.host, port=ready.port, log_config=None,
-                access_log=False, proxy_headers=False,
+                create_app(ready),
+                host=ready.host,
+                port=ready.port,
+                log_config=None,
+                access_log=False,
+                proxy_headers=False,
             )
         )
         server.run()

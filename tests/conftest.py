@@ -1,4 +1,4 @@
-"""Session-wide real services: embedded Postgres (pgvector) and Redis, bundled data ingested once."""
+"""Session-wide real services: embedded Postgres (pgvector) and Redis; bundled data ingested."""
 
 from __future__ import annotations
 
@@ -28,8 +28,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def settings(data_dir: Path) -> Iterator[Settings]:
     base = Settings(
-        environment=Environment.TEST, data_dir=data_dir, database_url=None, redis_url=None,
-        admin_api_token=ADMIN_TOKEN, log_json=True,
+        environment=Environment.TEST,
+        data_dir=data_dir,
+        database_url=None,
+        redis_url=None,
+        admin_api_token=ADMIN_TOKEN,
+        log_json=True,
     )
     with resolved_settings(base) as ready:
         yield ready
@@ -59,7 +63,9 @@ async def pool(settings: Settings, first_ingest: IngestReport) -> AsyncIterator[
 
 
 @pytest.fixture(scope="session")
-async def client(settings: Settings, first_ingest: IngestReport) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    settings: Settings, first_ingest: IngestReport
+) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -36,8 +36,10 @@ def _records(frame: pd.DataFrame) -> Iterator[tuple]:
         yield (
             row.ticker,
             row.date.date(),
-            *(None if math.isnan(v) else float(v) for v in (row.open, row.high, row.low,
-                                                            row.close, row.volume)),
+            *(
+                None if math.isnan(v) else float(v)
+                for v in (row.open, row.high, row.low, row.close, row.volume)
+            ),
             row.source,
         )
 
@@ -61,7 +63,11 @@ class InstrumentRepository:
         await self._db.execute(
             """INSERT INTO instruments (ticker, name, asset_type, sector, source)
                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (ticker) DO NOTHING""",
-            row.ticker, row.name, row.asset_type, row.sector, row.source,
+            row.ticker,
+            row.name,
+            row.asset_type,
+            row.sector,
+            row.source,
         )
 
     async def get(self, ticker: str) -> asyncpg.Record | None:
@@ -81,7 +87,9 @@ class InstrumentRepository:
                WHERE ticker LIKE upper($1) || '%' OR lower(name) LIKE '%' || lower($1) || '%'
                ORDER BY (ticker = upper($2)) DESC, (ticker LIKE upper($1) || '%') DESC, name
                LIMIT $3""",
-            pattern, query, limit,
+            pattern,
+            query,
+            limit,
         )
 
 
@@ -127,10 +135,9 @@ class BarRepository:
         rows = await self._conn.fetch(
             """SELECT date, open, high, low, close, volume FROM bars
                WHERE ticker = $1 AND ($2::date IS NULL OR date <= $2) ORDER BY date""",
-            ticker, end,
+            ticker,
+            end,
         )
-        frame = pd.DataFrame(
-            [tuple(r) for r in rows], columns=["date", *OHLCV_COLUMNS]
-        )
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=["date", *OHLCV_COLUMNS])
         frame["date"] = pd.to_datetime(frame["date"])
         return frame.set_index("date").astype("float64")

@@ -40,8 +40,11 @@ async def list_indicators() -> list[IndicatorInfo]:
     """The curated indicator catalogue; any other pandas-ta indicator also works by name."""
     return [
         IndicatorInfo(
-            name=name, category=c.category, parameters=list(c.params),
-            defaults=list(c.defaults), about=c.about,
+            name=name,
+            category=c.category,
+            parameters=list(c.params),
+            defaults=list(c.defaults),
+            about=c.about,
             example="_".join([name, *(f"{d:g}" for d in c.defaults)]),
         )
         for name, c in indicators.CATALOGUE.items()
@@ -67,14 +70,17 @@ async def ticker_indicators(
     window = await market.resolve_range(ticker, start, end)
     table = await market.indicators(ticker.upper(), wanted, window)
     return IndicatorResponse(
-        ticker=table.ticker, start=window.start, end=window.end, dates=table.dates,
+        ticker=table.ticker,
+        start=window.start,
+        end=window.end,
+        dates=table.dates,
         indicators=[
             IndicatorSeries(
                 name=r.name,
                 category=indicators.category(r.function),
-                outputs=None if r.outputs is None else {
-                    k: _clean(v.tolist()) for k, v in r.outputs.items()
-                },
+                outputs=None
+                if r.outputs is None
+                else {k: _clean(v.tolist()) for k, v in r.outputs.items()},
                 reason=r.reason,
             )
             for r in table.results
@@ -95,7 +101,14 @@ async def ticker_patterns(
     window = await market.resolve_range(ticker, start, end)
     table = await market.patterns(ticker.upper(), wanted, window)
     return PatternResponse(
-        ticker=table.ticker, start=window.start, end=window.end, reason=table.reason,
-        patterns=[PatternOut(date=h.date.date(), pattern=h.pattern, direction=h.direction,
-                             strength=h.strength) for h in table.hits],
+        ticker=table.ticker,
+        start=window.start,
+        end=window.end,
+        reason=table.reason,
+        patterns=[
+            PatternOut(
+                date=h.date.date(), pattern=h.pattern, direction=h.direction, strength=h.strength
+            )
+            for h in table.hits
+        ],
     )

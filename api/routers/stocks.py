@@ -40,6 +40,8 @@ async def stock_history(
         ticker=ticker.upper(),
         start=window.start,
         end=window.end,
-        bars=[Bar(date=d.date(), **row) for d, row in zip(clean.index, clean.to_dict("records"),
-                                                          strict=True)],
+        bars=[
+            Bar(date=d.date(), **row)
+            for d, row in zip(clean.index, clean.to_dict("records"), strict=True)
+        ],
     )

@@ -102,7 +102,11 @@ class MarketDataService:
         return PatternTable(ticker, window, [h for h in hits if h.date >= start], reason)
 
     async def import_csv(
-        self, raw_ticker: str, content: bytes, filename: str, name: str | None,
+        self,
+        raw_ticker: str,
+        content: bytes,
+        filename: str,
+        name: str | None,
         sector: str | None,
     ) -> tuple[int, UpsertCounts]:
         """Validate every row, then write all bars in one transaction (or nothing)."""
@@ -125,7 +129,11 @@ class MarketDataService:
             await conn.execute(
                 "INSERT INTO bar_imports (ticker, filename, rows, inserted, updated) "
                 "VALUES ($1, $2, $3, $4, $5)",
-                ticker, filename, len(parsed.bars), counts.inserted, counts.updated,
+                ticker,
+                filename,
+                len(parsed.bars),
+                counts.inserted,
+                counts.updated,
             )
         return len(parsed.bars), counts
 

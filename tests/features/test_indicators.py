@@ -76,8 +76,10 @@ def test_atr_matches_talib_and_true_range_formula(goog: pd.DataFrame) -> None:
     reference = talib.ATR(goog["high"], goog["low"], goog["close"], 14)
     np.testing.assert_allclose(atr.iloc[WARMUP:], reference.iloc[WARMUP:], rtol=1e-6)
     prev = goog["close"].shift()
-    tr = pd.concat([goog["high"] - goog["low"], (goog["high"] - prev).abs(),
-                    (goog["low"] - prev).abs()], axis=1).max(axis=1)
+    tr = pd.concat(
+        [goog["high"] - goog["low"], (goog["high"] - prev).abs(), (goog["low"] - prev).abs()],
+        axis=1,
+    ).max(axis=1)
     independent = _wilder(tr.iloc[1:], 14)
     np.testing.assert_allclose(atr.iloc[WARMUP:], independent.iloc[WARMUP - 1 :], rtol=1e-6)
 

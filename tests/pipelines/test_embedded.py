@@ -1,0 +1,40 @@
+"""Embedded services keep their data across restarts and honour external URLs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import redis
+
+from api.settings import Settings
+from pipelines.embedded import resolved_settings, service_urls
+
+
+async def test_data_survives_a_restart(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=None, redis_url=None)
+    with resolved_settings(settings) as ready:
+        conn = await asyncpg.connect(ready.database_url)
+        await conn.execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        await conn.close()
+        client = redis.Redis.from_url(ready.redis_url or "")
+        client.set("kept", "yes")
+        client.close()
+    with resolved_settings(settings) as again:
+        conn = await asyncpg.connect(again.database_url)
+        assert await conn.fetchval("SELECT v FROM kept") == 42
+        await conn.close()
+        client = redis.Redis.from_url(again.redis_url or "")
+        assert client.get("kept") == b"yes"
+        client.close()
+    assert (tmp_path / "pgdata").is_dir() and (tmp_path / "redis").is_dir()
+
+
+def test_external_urls_are_used_as_given(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql://db.example/x", redis_url="redis://cache:6379"
+    )
+    with service_urls(settings) as urls:
+        assert urls.database_url == "postgresql://db.example/x"
+        assert urls.redis_url == "redis://cache:6379"
+    assert not (tmp_path / "pgdata").exists()  # nothing embedded was started
