@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from api.db.migrate import upgrade
 from api.db.pool import create_pool
@@ -30,10 +31,10 @@ async def import_file(
         content = await asyncio.to_thread(path.read_bytes)
         rows, counts = await service.import_csv(ticker, content, path.name, name, sector)
     except ProblemError as problem:
-        console.print(f"[red]{problem.detail}[/red]")
+        console.print(f"[red]{escape(problem.detail)}[/red]")
         for error in problem.extensions.get("errors", []):
-            column = f" [{error['column']}]" if error["column"] else ""
-            console.print(f"  line {error['line']}{column}: {error['message']}")
+            column = f" ({error['column']})" if error["column"] else ""
+            console.print(f"  line {error['line']}{column}: {error['message']}", markup=False)
         return False
     finally:
         await pool.close()

@@ -1,0 +1,56 @@
+"""The `stockcopilot` CLI against the session's embedded Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner, Result
+
+from api.settings import Settings
+from pipelines.cli import app
+
+runner = CliRunner()
+
+
+async def invoke(*args: str) -> Result:
+    """Run the CLI in a worker thread: its own asyncio.run() cannot nest in the test's loop."""
+    return await asyncio.to_thread(runner.invoke, app, list(args))
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", settings.database_url or "")
+    monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
+    monkeypatch.setenv("STOCKCOPILOT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LOG_JSON", "true")
+
+
+async def test_db_upgrade_reports_the_schema_version(cli_env: None, pool: asyncpg.Pool) -> None:
+    result = await invoke("db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert "schema at version 1; applied now: none" in result.output
+
+
+async def test_import_bars_reports_lines_and_writes_nothing_on_error(
+    cli_env: None, tmp_path: Path, pool: asyncpg.Pool
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,close\n2024-01-02,5\n2024-01-03,-1\nnot-a-date,3\n")
+    result = await invoke("import-bars", str(bad), "--ticker", "CLIBAD")
+    assert result.exit_code == 1
+    assert "line 3 (close)" in result.output and "line 4 (date)" in result.output
+    assert await pool.fetchval("SELECT count(*) FROM bars WHERE ticker = 'CLIBAD'") == 0
+
+
+async def test_import_bars_stores_a_valid_file(
+    cli_env: None, tmp_path: Path, pool: asyncpg.Pool
+) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("date,close\n2024-01-02,5\n2024-01-03,5.5\n")
+    result = await invoke("import-bars", str(good), "--ticker", "cligood")
+    assert result.exit_code == 0, result.output
+    assert "imported 2 bars for CLIGOOD: 2 new, 0 replaced" in result.output
+    assert await pool.fetchval("SELECT count(*) FROM bars WHERE ticker = 'CLIGOOD'") == 2
