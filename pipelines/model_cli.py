@@ -1,0 +1,193 @@
+"""`stockcopilot` commands for data scientists and operators: train, evaluate, register, promote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from api.settings import Settings
+
+FAMILY_CHOICES = ("lstm", "transformer", "hybrid", "ensemble")
+
+
+def _client(settings: Settings):
+    from training import registry
+
+    return registry.configure(settings.mlflow_tracking_uri)
+
+
+def _with_db[T](settings: Settings, action: Callable[..., Awaitable[T]]) -> T:
+    """Run `action(client, conn)` with MLflow configured and the alias-audit database open."""
+    from pipelines.embedded import resolved_settings
+    from pipelines.models import connect
+
+    client = _client(settings)
+    with resolved_settings(settings, need_redis=False) as ready:
+
+        async def run() -> T:
+            conn = await connect(ready.database_url or "")
+            try:
+                return await action(client, conn)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+
+def register_commands(
+    app: typer.Typer, settings_factory: Callable[[], Settings], console: Console
+) -> None:
+    @app.command()
+    def featurize() -> None:
+        """Compute features and targets for every ticker (DVC `featurize` stage)."""
+        from pipelines.train import featurize as run
+        from pipelines.train import read_bars
+
+        settings_factory()
+        console.print(f"wrote {run(read_bars())}")
+
+    @app.command()
+    def train(
+        model: Annotated[str, typer.Option(help="lstm, transformer, hybrid, ensemble or all")],
+        profile: Annotated[str, typer.Option(help="params.yaml profile")] = "full",
+        register: Annotated[bool, typer.Option(help="register the result in MLflow")] = False,
+    ) -> None:
+        """Walk-forward evaluate and fit a family (or all); log to MLflow; write a model card."""
+        from pipelines.train import (
+            FEATURES_FILE,
+            MEMBERS,
+            featurize,
+            read_bars,
+            train_ensemble,
+            train_member,
+        )
+
+        settings = settings_factory()
+        _client(settings)
+        if not FEATURES_FILE.exists():
+            console.print(f"computing features once into {FEATURES_FILE} ...")
+            featurize(read_bars())
+        families = [*MEMBERS, "ensemble"] if model == "all" else [model]
+        unknown = set(families) - set(FAMILY_CHOICES)
+        if unknown:
+            raise typer.BadParameter(f"unknown model {sorted(unknown)}; choose {FAMILY_CHOICES}")
+        for family in families:
+            card = (
+                train_ensemble(profile, console.print)
+                if family == "ensemble"
+                else train_member(family, profile, console.print, progress=True)
+            )
+            for line in card.skill().values():
+                console.print(f"  {family}: {line['verdict']} (skill {line['skill_vs_rw']:+.2%})")
+        if register:
+            registered()
+
+    @app.command()
+    def evaluate(
+        out: Annotated[Path, typer.Option(help="report folder")] = Path("reports"),
+    ) -> None:
+        """Collect the walk-forward table of every trained model and both baselines."""
+        from pipelines.report import write_walkforward_report
+
+        settings_factory()
+        console.print(f"wrote {write_walkforward_report(Path('models'), out)}")
+
+    @app.command("register")
+    def registered() -> None:
+        """Register trained models: champion if a family has none, else challenger."""
+        from pipelines.models import default_actor, register_trained
+
+        settings = settings_factory()
+        versions = _with_db(settings, lambda c, conn: register_trained(c, conn, default_actor()))
+        console.print(f"registered: {json.dumps(versions)}")
+
+    @app.command()
+    def models() -> None:
+        """Versions, aliases and key walk-forward metrics of every family."""
+        from training import registry
+
+        client = _client(settings_factory())
+        table = Table(
+            "model", "version", "aliases", "h1 skill", "h5 skill", "h20 skill", "h5 cover80", "run"
+        )
+        for family in FAMILY_CHOICES:
+            for v in registry.versions(client, family):
+                m = v.metrics
+                table.add_row(
+                    family,
+                    v.version,
+                    ",".join(v.aliases) or "-",
+                    *(f"{m.get(f'h{h}.skill_vs_rw', float('nan')):+.2%}" for h in (1, 5, 20)),
+                    f"{m.get('h5.coverage_80', float('nan')):.3f}",
+                    (v.run_id or "")[:8],
+                )
+        Console().print(table)
+
+    @app.command()
+    def promote(
+        model: Annotated[str, typer.Option(help="model family")],
+        version: Annotated[str, typer.Option(help="registered version")],
+        alias: Annotated[str, typer.Option(help="champion or challenger")] = "champion",
+        reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "manual",
+    ) -> None:
+        """Point an alias at a version (serving follows); the move is audited."""
+        from pipelines.models import RegistryError, default_actor, move_alias
+
+        try:
+            move = _with_db(
+                settings_factory(),
+                lambda c, conn: move_alias(c, conn, model, alias, version, default_actor(), reason),
+            )
+        except RegistryError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+        console.print(f"{model} {alias}: {move.from_version or '-'} → {move.to_version}")
+
+    @app.command()
+    def rollback(
+        model: Annotated[str, typer.Option(help="model family")],
+        reason: Annotated[str, typer.Option(help="why (kept in the audit trail)")] = "manual",
+    ) -> None:
+        """Move champion back to the previous champion."""
+        from pipelines.models import RegistryError, default_actor
+        from pipelines.models import rollback as run
+
+        try:
+            move = _with_db(
+                settings_factory(), lambda c, conn: run(c, conn, model, default_actor(), reason)
+            )
+        except RegistryError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+        console.print(f"{model} champion: {move.from_version} → {move.to_version}")
+
+    @app.command("mlflow-ui")
+    def mlflow_ui(
+        port: Annotated[int, typer.Option(help="UI port")] = 5000,
+        host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    ) -> None:
+        """Open the MLflow UI on the same store (operators move aliases there)."""
+        settings = settings_factory()
+        console.print(f"MLflow UI on http://{host}:{port} (store {settings.mlflow_tracking_uri})")
+        command = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+        raise typer.Exit(subprocess.call(command))  # noqa: S603 - fixed argv, no shell

@@ -1,0 +1,206 @@
+"""Training stages: featurize → train (per family) → ensemble → evaluate → register.
+
+Each stage reads and writes files under `data/` and `models/` so DVC can cache and reproduce it;
+training runs are tracked in MLflow (one experiment per family).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from features.datasets import load_bundled_bars, load_universe
+from features.windows import FeatureConfig
+from training import registry
+from training import walkforward as wf
+from training.baselines import BASELINES
+from training.bundle import EnsembleBundle, ForecastBundle
+from training.card import ModelCard
+from training.config import TrainConfig, load_config
+from training.data import Panel, Vocab, build_panel, panel_from_frame, panel_to_frame
+from training.ensemble import align, combine, fit_weights
+
+MEMBERS = ("lstm", "transformer", "hybrid")
+MODELS_DIR = Path("models")
+BARS_FILE = Path("data/bars.parquet")
+FEATURES_FILE = Path("data/features.parquet")
+Report = Callable[[str], None]
+
+
+def read_bars(path: Path = BARS_FILE) -> pd.DataFrame:
+    """The DVC snapshot if present, else the bundled data straight from the packages."""
+    return pd.read_parquet(path) if path.exists() else load_bundled_bars()
+
+
+def featurize(bars: pd.DataFrame, out: Path = FEATURES_FILE) -> Path:
+    """Features, targets and volatility for every ticker (the `featurize` stage)."""
+    panel = build_panel(bars, FeatureConfig())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    panel_to_frame(panel).to_parquet(out, index=False)
+    return out
+
+
+def load_panel(cfg: TrainConfig, features: Path = FEATURES_FILE) -> Panel:
+    frame = (
+        pd.read_parquet(features)
+        if features.exists()
+        else panel_to_frame(build_panel(read_bars(), FeatureConfig()))
+    )
+    if cfg.tickers:
+        frame = frame[frame["ticker"].isin(cfg.tickers)]
+    if cfg.start:
+        frame = frame[frame["date"] >= pd.Timestamp(cfg.start)]
+    return panel_from_frame(frame, FeatureConfig(window=cfg.window), cfg.horizons)
+
+
+def vocab_for(panel: Panel) -> Vocab:
+    sectors = {i.ticker: i.sector for i in load_universe().instruments}
+    return Vocab.build({t: sectors.get(t) for t in panel.series})
+
+
+def _fold_rows(folds: list) -> list[dict[str, str]]:
+    return [
+        {k: str(v.date()) if hasattr(v, "date") else str(v) for k, v in asdict(f).items()}
+        for f in folds
+    ]
+
+
+def _log_run(
+    family: str,
+    profile: str,
+    cfg: TrainConfig,
+    card: ModelCard,
+    bundle: ForecastBundle | EnsembleBundle,
+    out: Path,
+) -> dict[str, str]:
+    registry.experiment(family)
+    with mlflow.start_run(run_name=f"{family}-{profile}") as run:
+        mlflow.log_params({k: str(v) for k, v in cfg.to_dict().items() if k != "extra"})
+        mlflow.log_param("profile", profile)
+        mlflow.log_metrics(card.headline())
+        for split, rows in card.metrics[family].items():
+            for m in rows:
+                mlflow.log_metrics(
+                    {
+                        f"{split}.h{m.horizon}.pinball": m.pinball,
+                        f"{split}.h{m.horizon}.skill_vs_rw": m.skill_vs_rw,
+                        f"{split}.h{m.horizon}.coverage_80": m.coverage_80,
+                    }
+                )
+        for path in card.write(out):
+            mlflow.log_artifact(str(path))
+        if isinstance(bundle, ForecastBundle):
+            mlflow.log_dict(bundle.feature_config.to_dict(), "feature_config.json")
+            mlflow.log_dict(bundle.scaler.to_dict(), "scaler.json")
+        mlflow.log_artifact(str(out / "predictions.parquet"))
+        model_uri = registry.log_bundle(bundle, out / "bundle")
+        info = {
+            "family": family,
+            "profile": profile,
+            "run_id": run.info.run_id,
+            "model_uri": model_uri,
+        }
+    (out / "run.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def train_member(
+    family: str, profile: str, report: Report, progress: bool = False, models_dir: Path = MODELS_DIR
+) -> ModelCard:
+    """Walk-forward evaluate, then fit the production model on all labelled history and log it."""
+    cfg = load_config(family, profile)
+    panel = load_panel(cfg)
+    vocab = vocab_for(panel)
+    started = time.perf_counter()
+    result = wf.run(family, cfg, panel, vocab, report, progress)
+    walk_seconds = time.perf_counter() - started
+    report(f"{family}: final fit on all labelled history")
+    started = time.perf_counter()
+    module, scaler, final_val, _ = wf.fit_final(family, cfg, panel, vocab, progress)
+    final_seconds = time.perf_counter() - started
+    test, rw = result.predictions("test"), result.baseline_predictions("random_walk")
+    metrics = {family: wf.score(test, rw, cfg)}
+    metrics |= {name: wf.score(result.baseline_predictions(name), rw, cfg) for name in BASELINES}
+    card = ModelCard(
+        family,
+        profile,
+        cfg.to_dict(),
+        _fold_rows([r.fold for r in result.folds]),
+        metrics,
+        {"walk_forward": walk_seconds, "final_fit": final_seconds},
+    )
+    out = models_dir / family
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(
+        [
+            result.predictions("test").assign(split="test"),
+            result.predictions("val").assign(split="val"),
+            final_val.assign(split="final_val", fold=-1),
+        ],
+        ignore_index=True,
+    ).to_parquet(out / "predictions.parquet", index=False)
+    for name in BASELINES:
+        result.baseline_predictions(name).to_parquet(out / f"baseline_{name}.parquet", index=False)
+    bundle = ForecastBundle.from_module(
+        module, panel.config, scaler, vocab, {"skill": card.skill(), "profile": profile}
+    )
+    _log_run(family, profile, cfg, card, bundle, out)
+    return card
+
+
+def _member_predictions(split: str, models_dir: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for family in MEMBERS:
+        frame = pd.read_parquet(models_dir / family / "predictions.parquet")
+        out[family] = frame[frame["split"] == split]
+    return out
+
+
+def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) -> ModelCard:
+    """Weights fitted on each fold's validation predictions, scored on that fold's test block."""
+    cfg = load_config("ensemble", profile)
+    val, test = _member_predictions("val", models_dir), _member_predictions("test", models_dir)
+    combined = []
+    for fold in sorted(test[MEMBERS[0]]["fold"].unique()):
+        report(f"ensemble: fold {fold + 1}: fitting weights on validation predictions")
+        weights = fit_weights(
+            align({f: v[v["fold"] == fold] for f, v in val.items()}), list(MEMBERS)
+        )
+        part = combine(align({f: t[t["fold"] == fold] for f, t in test.items()}), weights)
+        combined.append(part.assign(fold=fold))
+    predictions = pd.concat(combined, ignore_index=True)
+    rw = pd.read_parquet(models_dir / MEMBERS[0] / "baseline_random_walk.parquet")
+    metrics = {"ensemble": wf.score(predictions, rw, cfg)}
+    for family in MEMBERS:
+        metrics[family] = wf.score(test[family], rw, cfg)
+    for name in BASELINES:
+        metrics[name] = wf.score(
+            pd.read_parquet(models_dir / MEMBERS[0] / f"baseline_{name}.parquet"), rw, cfg
+        )
+    final = fit_weights(align(_member_predictions("final_val", models_dir)), list(MEMBERS))
+    runs = {f: json.loads((models_dir / f / "run.json").read_text()) for f in MEMBERS}
+    folds = json.loads((models_dir / MEMBERS[0] / "card.json").read_text())["folds"]
+    card = ModelCard(
+        "ensemble",
+        profile,
+        cfg.to_dict(),
+        folds,
+        metrics,
+        notes=[
+            f"final weights: {final}",
+            "members: " + ", ".join(f"{f} run {r['run_id']}" for f, r in runs.items()),
+        ],
+    )
+    out = models_dir / "ensemble"
+    out.mkdir(parents=True, exist_ok=True)
+    predictions.to_parquet(out / "predictions.parquet", index=False)
+    members = {f: {"run_id": r["run_id"], "model_uri": r["model_uri"]} for f, r in runs.items()}
+    bundle = EnsembleBundle(final, members, {"skill": card.skill(), "profile": profile})
+    _log_run("ensemble", profile, cfg, card, bundle, out)
+    return card

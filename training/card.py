@@ -1,0 +1,126 @@
+"""Model cards: what a model is, how it was evaluated and what the numbers say (md + JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.metrics import HorizonMetrics, verdict
+
+
+@dataclass
+class ModelCard:
+    family: str
+    profile: str
+    params: dict[str, Any]
+    folds: list[dict[str, str]]
+    metrics: dict[str, dict[str, list[HorizonMetrics]]]  # model/baseline -> "all"/"foldK" -> rows
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def headline(self) -> dict[str, float]:
+        """Flat metrics for MLflow and `stockcopilot models`: h1.skill_vs_rw, ..."""
+        flat: dict[str, float] = {}
+        for m in self.metrics[self.family]["all"]:
+            for key in (
+                "pinball",
+                "skill_vs_rw",
+                "coverage_80",
+                "directional_accuracy",
+                "rank_ic",
+                "dm_pvalue_vs_rw",
+            ):
+                flat[f"h{m.horizon}.{key}"] = float(getattr(m, key))
+            flat[f"h{m.horizon}.sharpe"] = float(m.backtest.sharpe)
+        return flat
+
+    def skill(self) -> dict[int, dict[str, Any]]:
+        """Per horizon: skill vs random walk and its plain-words verdict (served by the API)."""
+        return {
+            m.horizon: {
+                "skill_vs_rw": m.skill_vs_rw,
+                "dm_pvalue": m.dm_pvalue_vs_rw,
+                "coverage_80": m.coverage_80,
+                "verdict": verdict(m),
+            }
+            for m in self.metrics[self.family]["all"]
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "profile": self.profile,
+            "params": self.params,
+            "folds": self.folds,
+            "seconds": self.seconds,
+            "notes": self.notes,
+            "skill": {str(h): v for h, v in self.skill().items()},
+            "metrics": {
+                name: {split: [m.to_dict() for m in rows] for split, rows in by.items()}
+                for name, by in self.metrics.items()
+            },
+        }
+
+    def table(self) -> list[str]:
+        rows = [
+            "| model | h | pinball | skill vs RW | DM p | MAE(q50) | dir. acc (p) | rank IC (t) "
+            "| cover 80 | ann. ret | Sharpe | max DD | turnover |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, by in self.metrics.items():
+            for m in by["all"]:
+                b = m.backtest
+                rows.append(
+                    f"| {name} | {m.horizon} | {m.pinball:.5f} | {m.skill_vs_rw:+.2%} | "
+                    f"{m.dm_pvalue_vs_rw:.3f} | {m.mae_median:.4f} | {m.directional_accuracy:.3f} "
+                    f"({m.directional_pvalue:.3f}) | {m.rank_ic:+.3f} ({m.rank_ic_tstat:+.1f}) | "
+                    f"{m.coverage_80:.3f} | {b.annual_return:+.1%} | {b.sharpe:+.2f} | "
+                    f"{b.max_drawdown:.1%} | {b.turnover:.2f} |"
+                )
+        return rows
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Model card: {self.family} ({self.profile} profile)",
+            "",
+            "Quantiles 0.1/0.5/0.9 of the log return at 1, 5 and 20 trading days; one global "
+            "model across tickers with ticker and sector embeddings.",
+            "",
+            "## What the evaluation says",
+            "",
+        ]
+        lines += [f"- {v['verdict']}" for v in self.skill().values()]
+        lines += [
+            "",
+            "## Walk-forward results (all test folds)",
+            "",
+            *self.table(),
+            "",
+            "Skill = 1 − pinball/pinball(random walk) on the same rows; DM p = "
+            "Diebold-Mariano test against the random walk; backtest = long top third / short "
+            f"bottom third by predicted median, {self.params.get('cost_bps')} bps per unit "
+            "turnover, rebalanced every h days.",
+            "",
+            "## Folds",
+            "",
+        ]
+        lines += [
+            f"- fold {f['index']}: fit ≤ {f['fit_end']}, validation {f['val_start']} → "
+            f"{f['val_end']}, test {f['test_start']} → {f['test_end']}"
+            for f in self.folds
+        ]
+        if self.seconds:
+            lines += ["", "## Training time (s)", ""]
+            lines += [f"- {k}: {v:.1f}" for k, v in self.seconds.items()]
+        if self.notes:
+            lines += ["", "## Notes", "", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+    def write(self, directory: Path) -> tuple[Path, Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        md, js = directory / "card.md", directory / "card.json"
+        md.write_text(self.markdown())
+        js.write_text(json.dumps(self.to_dict(), indent=2, default=float))
+        return md, js

@@ -1,0 +1,131 @@
+"""MLflow tracking and registry helpers: one experiment and one registered model per family.
+
+Aliases `champion` and `challenger` replace the deprecated stages. MLflow keeps no history of
+alias moves; callers record each move in the alias audit trail (see pipelines.models).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from training.bundle import EnsembleBundle, ForecastBundle
+from training.pyfunc import EnsembleModel, ForecasterModel
+
+FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
+ALIASES = ("champion", "challenger")
+MLRUNS = Path("mlruns")
+
+
+def model_name(family: str) -> str:
+    return f"stockcopilot-{family}"
+
+
+def configure(tracking_uri: str, artifact_root: Path = MLRUNS / "artifacts") -> MlflowClient:
+    """Point MLflow at the sqlite store, telemetry off; artefacts live under mlruns/."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    os.environ["STOCKCOPILOT_ARTIFACT_ROOT"] = str(artifact_root.resolve())
+    return MlflowClient(tracking_uri, tracking_uri)
+
+
+def experiment(family: str) -> str:
+    """Create (once) and select the family's experiment; returns its id."""
+    name = model_name(family)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        mlflow.set_experiment(experiment_id=found.experiment_id)
+        return found.experiment_id
+    root = Path(os.environ.get("STOCKCOPILOT_ARTIFACT_ROOT", MLRUNS / "artifacts"))
+    exp_id = mlflow.create_experiment(name, artifact_location=(root / family).resolve().as_uri())
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def log_bundle(bundle: ForecastBundle | EnsembleBundle, directory: Path) -> str:
+    """Log the bundle as a pyfunc model inside the active run; returns the model URI."""
+    python_model = EnsembleModel() if isinstance(bundle, EnsembleBundle) else ForecasterModel()
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=python_model,
+        artifacts={"bundle": str(bundle.save(directory))},
+        pip_requirements=["stock-copilot"],
+    )
+    return info.model_uri
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    family: str
+    version: str
+    run_id: str | None
+    aliases: tuple[str, ...]
+    metrics: dict[str, float]
+    created: int
+
+
+def register(model_uri: str, family: str, tags: dict[str, str] | None = None) -> str:
+    """Register a logged model as a new version of the family's registered model."""
+    version = mlflow.register_model(model_uri, model_name(family), tags=tags or {})
+    return str(version.version)
+
+
+def alias_version(client: MlflowClient, family: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(model_name(family), alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(client: MlflowClient, family: str, alias: str, version: str) -> None:
+    if alias not in ALIASES:
+        raise ValueError(f"alias must be one of {ALIASES}")
+    client.get_model_version(model_name(family), version)  # raises if the version is unknown
+    client.set_registered_model_alias(model_name(family), alias, version)
+
+
+def versions(client: MlflowClient, family: str) -> list[VersionInfo]:
+    """All versions of a family, newest first, with aliases and the run's headline metrics."""
+    try:
+        found = client.search_model_versions(f"name='{model_name(family)}'")
+        aliases = client.get_registered_model(model_name(family)).aliases or {}
+    except MlflowException:
+        return []
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    out = []
+    for v in sorted(found, key=lambda v: int(v.version), reverse=True):
+        metrics: dict[str, Any] = {}
+        if v.run_id:
+            try:
+                metrics = client.get_run(v.run_id).data.metrics
+            except MlflowException:
+                metrics = {}
+        out.append(
+            VersionInfo(
+                family,
+                str(v.version),
+                v.run_id,
+                tuple(sorted(by_version.get(str(v.version), []))),
+                dict(metrics),
+                int(v.creation_timestamp or 0),
+            )
+        )
+    return out
+
+
+def load_bundle(uri: str) -> ForecastBundle | EnsembleBundle:
+    """Load a registered model (e.g. `models:/stockcopilot-lstm@champion`) as its bundle."""
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().bundle
