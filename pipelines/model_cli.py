@@ -92,6 +92,36 @@ def register_commands(
             registered()
 
     @app.command()
+    def tune(
+        model: Annotated[str, typer.Option(help="lstm, transformer or hybrid")],
+        trials: Annotated[int, typer.Option(help="configurations to sample", min=1)],
+        profile: Annotated[str, typer.Option(help="params.yaml profile")] = "full",
+        concurrent: Annotated[int, typer.Option(help="trials at once, one CPU each", min=1)] = 1,
+    ) -> None:
+        """Search hyper-parameters with Ray Tune (ASHA); write the best to params.yaml `tuned`."""
+        from pipelines.train import MEMBERS
+        from training.config import PARAMS_FILE
+        from training.tune import tune_family
+
+        settings = settings_factory()
+        if model not in MEMBERS:
+            raise typer.BadParameter(f"unknown model {model!r}; choose {MEMBERS}")
+        result = tune_family(
+            model,
+            profile,
+            trials,
+            console.print,
+            concurrent,
+            tracking_uri=settings.mlflow_tracking_uri,
+        )
+        console.print(f"best {model} config (val pinball {result.best_val_loss:.5f}):")
+        console.print(json.dumps(result.best_config, indent=2))
+        console.print(
+            f"written to {PARAMS_FILE.resolve()} under tuned.{profile}.{model}; "
+            f"MLflow parent run {result.parent_run_id} ({result.seconds:.0f} s)"
+        )
+
+    @app.command()
     def evaluate(
         out: Annotated[Path, typer.Option(help="report folder")] = Path("reports"),
     ) -> None:
