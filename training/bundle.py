@@ -28,6 +28,16 @@ WEIGHTS_FILE = "weights.pt"
 BUNDLE_FILE = "bundle.json"
 
 
+def _write_meta(directory: Path, meta: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return directory
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / BUNDLE_FILE).read_text())
+
+
 def _last_window(
     close: pd.Series,
     config: FeatureConfig,
@@ -78,22 +88,23 @@ class ForecastBundle:
         return cls(module.family, hparams, state, config, scaler, vocab, card or {})
 
     def save(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
+        _write_meta(
+            directory,
+            {
+                "family": self.family,
+                "hparams": self.hparams,
+                "feature_config": self.feature_config.to_dict(),
+                "scaler": self.scaler.to_dict(),
+                "vocab": self.vocab.to_dict(),
+                "card": self.card,
+            },
+        )
         torch.save(self.state_dict, directory / WEIGHTS_FILE)
-        meta = {
-            "family": self.family,
-            "hparams": self.hparams,
-            "feature_config": self.feature_config.to_dict(),
-            "scaler": self.scaler.to_dict(),
-            "vocab": self.vocab.to_dict(),
-            "card": self.card,
-        }
-        (directory / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=str))
         return directory
 
     @classmethod
     def load(cls, directory: Path) -> Self:
-        meta = json.loads((directory / BUNDLE_FILE).read_text())
+        meta = _read_meta(directory)
         state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
         return cls(
             meta["family"],
@@ -171,18 +182,18 @@ class EnsembleBundle:
         return sorted(next(iter(self.weights.values())))
 
     def save(self, directory: Path) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "family": self.family,
-            "weights": {str(h): w for h, w in self.weights.items()},
-            "members": self.members,
-            "card": self.card,
-        }
-        (directory / BUNDLE_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        return directory
+        return _write_meta(
+            directory,
+            {
+                "family": self.family,
+                "weights": {str(h): w for h, w in self.weights.items()},
+                "members": self.members,
+                "card": self.card,
+            },
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Self:
-        meta = json.loads((directory / BUNDLE_FILE).read_text())
+        meta = _read_meta(directory)
         weights = {int(h): {f: float(x) for f, x in w.items()} for h, w in meta["weights"].items()}
         return cls(weights, meta["members"], meta.get("card", {}))
