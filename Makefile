@@ -13,7 +13,7 @@ $(CURDIR)/.tools/bin/uv:
 	.tools/bin/pip install --quiet --disable-pip-version-check uv
 
 install: $(UV_DEP)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 up: install
 	$(UV) run --frozen stockcopilot up

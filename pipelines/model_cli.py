@@ -50,7 +50,7 @@ def register_commands(
     def featurize() -> None:
         """Compute features and targets for every ticker (DVC `featurize` stage)."""
         from pipelines.train import featurize as run
-        from pipelines.train import read_bars
+        from training.data import read_bars
 
         settings_factory()
         console.print(f"wrote {run(read_bars())}")
@@ -62,14 +62,8 @@ def register_commands(
         register: Annotated[bool, typer.Option(help="register the result in MLflow")] = False,
     ) -> None:
         """Walk-forward evaluate and fit a family (or all); log to MLflow; write a model card."""
-        from pipelines.train import (
-            FEATURES_FILE,
-            MEMBERS,
-            featurize,
-            read_bars,
-            train_ensemble,
-            train_member,
-        )
+        from pipelines.train import featurize, train_ensemble, train_member
+        from training.data import FEATURES_FILE, MEMBERS, read_bars
 
         settings = settings_factory()
         _client(settings)
@@ -99,8 +93,8 @@ def register_commands(
         concurrent: Annotated[int, typer.Option(help="trials at once, one CPU each", min=1)] = 1,
     ) -> None:
         """Search hyper-parameters with Ray Tune (ASHA); write the best to params.yaml `tuned`."""
-        from pipelines.train import MEMBERS
         from training.config import PARAMS_FILE
+        from training.data import MEMBERS
         from training.tune import tune_family
 
         settings = settings_factory()

@@ -15,7 +15,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from features.datasets import load_bundled_bars, load_universe
 from features.windows import FeatureConfig
 from training import registry
 from training import walkforward as wf
@@ -23,19 +22,11 @@ from training.baselines import BASELINES
 from training.bundle import EnsembleBundle, ForecastBundle
 from training.card import ModelCard
 from training.config import TrainConfig, load_config
-from training.data import Panel, Vocab, build_panel, panel_from_frame, panel_to_frame
+from training.data import FEATURES_FILE, MEMBERS, build_panel, load_panel, panel_to_frame, vocab_for
 from training.ensemble import align, combine, fit_weights
 
-MEMBERS = ("lstm", "transformer", "hybrid")
 MODELS_DIR = Path("models")
-BARS_FILE = Path("data/bars.parquet")
-FEATURES_FILE = Path("data/features.parquet")
 Report = Callable[[str], None]
-
-
-def read_bars(path: Path = BARS_FILE) -> pd.DataFrame:
-    """The DVC snapshot if present, else the bundled data straight from the packages."""
-    return pd.read_parquet(path) if path.exists() else load_bundled_bars()
 
 
 def featurize(bars: pd.DataFrame, out: Path = FEATURES_FILE) -> Path:
@@ -44,24 +35,6 @@ def featurize(bars: pd.DataFrame, out: Path = FEATURES_FILE) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     panel_to_frame(panel).to_parquet(out, index=False)
     return out
-
-
-def load_panel(cfg: TrainConfig, features: Path = FEATURES_FILE) -> Panel:
-    frame = (
-        pd.read_parquet(features)
-        if features.exists()
-        else panel_to_frame(build_panel(read_bars(), FeatureConfig()))
-    )
-    if cfg.tickers:
-        frame = frame[frame["ticker"].isin(cfg.tickers)]
-    if cfg.start:
-        frame = frame[frame["date"] >= pd.Timestamp(cfg.start)]
-    return panel_from_frame(frame, FeatureConfig(window=cfg.window), cfg.horizons)
-
-
-def vocab_for(panel: Panel) -> Vocab:
-    sectors = {i.ticker: i.sector for i in load_universe().instruments}
-    return Vocab.build({t: sectors.get(t) for t in panel.series})
 
 
 def _fold_rows(folds: list) -> list[dict[str, str]]:

@@ -7,12 +7,14 @@ The scaler is fitted on training rows only (`fit_scaler(panel, until=...)`); win
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 
 from features.bars import ticker_frame
+from features.datasets import load_bundled_bars, load_universe
 from features.windows import (
     FeatureConfig,
     FeatureScaler,
@@ -20,8 +22,12 @@ from features.windows import (
     forward_log_returns,
     make_windows,
 )
+from training.config import TrainConfig
 
 HORIZONS: tuple[int, ...] = (1, 5, 20)
+MEMBERS = ("lstm", "transformer", "hybrid")  # the network families; the ensemble combines them
+BARS_FILE = Path("data/bars.parquet")  # DVC `ingest` output
+FEATURES_FILE = Path("data/features.parquet")  # DVC `featurize` output
 SIGMA_LOOKBACK = 60
 SIGMA_FLOOR = 1e-4
 UNKNOWN = 0  # embedding index shared by every ticker/sector not seen in training
@@ -274,3 +280,28 @@ def panel_from_frame(
             indexed[list(config.features)], indexed[targets], indexed["sigma"], indexed["drift"]
         )
     return panel
+
+
+def read_bars(path: Path = BARS_FILE) -> pd.DataFrame:
+    """The DVC snapshot if present, else the bundled data straight from the packages."""
+    return pd.read_parquet(path) if path.exists() else load_bundled_bars()
+
+
+def load_panel(cfg: TrainConfig, features: Path = FEATURES_FILE) -> Panel:
+    """The featurize output (or features computed now), cut to the profile's tickers and dates."""
+    frame = (
+        pd.read_parquet(features)
+        if features.exists()
+        else panel_to_frame(build_panel(read_bars(), FeatureConfig()))
+    )
+    if cfg.tickers:
+        frame = frame[frame["ticker"].isin(cfg.tickers)]
+    if cfg.start:
+        frame = frame[frame["date"] >= pd.Timestamp(cfg.start)]
+    return panel_from_frame(frame, FeatureConfig(window=cfg.window), cfg.horizons)
+
+
+def vocab_for(panel: Panel) -> Vocab:
+    """Vocabulary of the panel's tickers with their GICS sectors from the universe file."""
+    sectors = {i.ticker: i.sector for i in load_universe().instruments}
+    return Vocab.build({t: sectors.get(t) for t in panel.series})

@@ -27,21 +27,27 @@ from typing import Any
 import lightning as L
 import mlflow
 import ray
-import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping
 from mlflow import MlflowClient
 from mlflow.entities import Param
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
-from torch.utils.data import DataLoader
 
-from pipelines.train import MEMBERS, load_panel, vocab_for
 from training import registry
 from training.config import PARAMS_FILE, TrainConfig, load_config
-from training.data import Fold, Panel, Vocab, WindowSet, fit_scaler, window_set
-from training.fit import _tensors, build_module
+from training.data import (
+    MEMBERS,
+    Fold,
+    Panel,
+    Vocab,
+    WindowSet,
+    fit_scaler,
+    load_panel,
+    vocab_for,
+    window_set,
+)
+from training.fit import fit
 from training.walkforward import folds_for
 
 Report = Callable[[str], None]
@@ -133,35 +139,6 @@ class _EpochReport(L.Callback):
         tune.report({OBJECTIVE: loss, BEST: self.best, "epoch": epoch})
 
 
-def _train(
-    family: str,
-    cfg: TrainConfig,
-    train: WindowSet,
-    val: WindowSet,
-    vocab: Vocab,
-    report: L.Callback,
-) -> None:
-    """Like `training.fit.fit` (same module, early stopping), plus a report after each epoch."""
-    module = build_module(family, cfg, train.x.shape[2], vocab)
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        callbacks=[EarlyStopping(OBJECTIVE, patience=cfg.patience), report],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(
-        module,
-        DataLoader(_tensors(train.labelled()), batch_size=cfg.batch_size, shuffle=True),
-        DataLoader(_tensors(val.labelled()), batch_size=4 * cfg.batch_size),
-    )
-
-
 def _trial(
     config: dict[str, Any],
     *,
@@ -174,8 +151,6 @@ def _trial(
     """One Ray Tune trial, in a worker process: a child MLflow run, trained epoch by epoch."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     cfg = base.with_overrides(**config)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.set_num_threads(cfg.threads)
     train, val = tuning_data(cfg, panel, vocab)
     mlflow.set_tracking_uri(tracking.uri)
     client = MlflowClient(tracking.uri)
@@ -189,7 +164,7 @@ def _trial(
     epochs = _EpochReport(client, run_id)
     status = "FAILED"
     try:
-        _train(family, cfg, train, val, vocab, epochs)
+        fit(family, cfg, train, val, vocab, callbacks=(epochs,))
         status = "FINISHED"
     except SystemExit:  # how Tune ends a trial at a report: stopped by ASHA, or at max_t
         status = "FINISHED" if epochs.complete else "KILLED"

@@ -17,8 +17,9 @@ COPY = ("features", "training", "pipelines", "api", "serving", "dvc.yaml", "para
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
-                          check=False)
+    done = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -36,8 +37,13 @@ def test_quick_profile_dvc_repro_trains_evaluates_and_registers(tmp_path: Path) 
     params["profile"] = "quick"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "STOCKCOPILOT_DATA_DIR": str(tmp_path / ".stockcopilot"), "LOG_JSON": "true"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "STOCKCOPILOT_DATA_DIR": str(tmp_path / ".stockcopilot"),
+        "LOG_JSON": "true",
+    }
     env.pop("DATABASE_URL", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     _run(["dvc", "init", "--no-scm", "--quiet"], tmp_path, env)

@@ -16,9 +16,21 @@ TICKERS = ("AAPL", "KO", "XOM", "JPM")
 
 @pytest.fixture(scope="session")
 def tiny_cfg() -> TrainConfig:
-    return TrainConfig(window=10, hidden=8, layers=1, heads=2, embedding_dim=4, batch_size=256,
-                       max_epochs=1, patience=1, train_stride=2, n_folds=3, test_days=40,
-                       val_days=30, embargo=20)
+    return TrainConfig(
+        window=10,
+        hidden=8,
+        layers=1,
+        heads=2,
+        embedding_dim=4,
+        batch_size=256,
+        max_epochs=1,
+        patience=1,
+        train_stride=2,
+        n_folds=3,
+        test_days=40,
+        val_days=30,
+        embargo=20,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -34,12 +46,21 @@ def tiny_panel(tiny_bars: pd.DataFrame, tiny_cfg: TrainConfig) -> Panel:
 
 @pytest.fixture(scope="session")
 def tiny_vocab() -> Vocab:
-    return Vocab.build({"AAPL": "Information Technology", "KO": "Consumer Staples",
-                        "XOM": "Energy", "JPM": "Financials"})
+    return Vocab.build(
+        {
+            "AAPL": "Information Technology",
+            "KO": "Consumer Staples",
+            "XOM": "Energy",
+            "JPM": "Financials",
+        }
+    )
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_cfg: TrainConfig, tiny_panel: Panel, tiny_vocab: Vocab,
-               ) -> tuple[QuantileForecaster, object]:
+def tiny_model(
+    tiny_cfg: TrainConfig,
+    tiny_panel: Panel,
+    tiny_vocab: Vocab,
+) -> tuple[QuantileForecaster, object]:
     fold = folds_for(tiny_panel, tiny_cfg)[-1]
     return fit_on_fold("hybrid", tiny_cfg, tiny_panel, tiny_vocab, fold)

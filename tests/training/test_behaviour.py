@@ -11,9 +11,22 @@ from training import walkforward as wf
 from training.config import TrainConfig
 from training.data import Vocab, build_panel
 
-CONFIG = TrainConfig(window=10, hidden=16, layers=1, heads=2, embedding_dim=4, batch_size=256,
-                     max_epochs=6, patience=2, train_stride=1, n_folds=3, test_days=120,
-                     val_days=80, embargo=20, lr=3e-3)
+CONFIG = TrainConfig(
+    window=10,
+    hidden=16,
+    layers=1,
+    heads=2,
+    embedding_dim=4,
+    batch_size=256,
+    max_epochs=6,
+    patience=2,
+    train_stride=1,
+    n_folds=3,
+    test_days=120,
+    val_days=80,
+    embargo=20,
+    lr=3e-3,
+)
 TICKERS = [f"SYN{i}" for i in range(6)]
 
 
@@ -27,14 +40,16 @@ def _synthetic_bars(phi: float, seed: int, days: int = 1400) -> pd.DataFrame:
         r = np.zeros(days)
         for t in range(1, days):
             r[t] = phi * r[t - 1] + noise[t]
-        frames.append(pd.DataFrame({"ticker": ticker, "date": dates,
-                                    "close": 100 * np.exp(np.cumsum(r))}))
+        frames.append(
+            pd.DataFrame({"ticker": ticker, "date": dates, "close": 100 * np.exp(np.cumsum(r))})
+        )
     return canonical(pd.concat(frames, ignore_index=True).assign(source="synthetic"))
 
 
 def _h1_metrics(phi: float, seed: int):
-    panel = build_panel(_synthetic_bars(phi, seed), FeatureConfig(window=CONFIG.window),
-                        CONFIG.horizons)
+    panel = build_panel(
+        _synthetic_bars(phi, seed), FeatureConfig(window=CONFIG.window), CONFIG.horizons
+    )
     vocab = Vocab.build(dict.fromkeys(TICKERS, "Synthetic"))
     result = wf.run("hybrid", CONFIG, panel, vocab)
     scores = wf.score(result.predictions(), result.baseline_predictions("random_walk"), CONFIG)

@@ -16,8 +16,9 @@ from training.models import FAMILIES, QuantileForecaster
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_output_shape_and_quantiles_never_cross(family: str) -> None:
     torch.manual_seed(0)
-    model = FAMILIES[family](n_features=13, n_tickers=5, n_sectors=3, window=12, hidden=8,
-                             layers=2, heads=2)
+    model = FAMILIES[family](
+        n_features=13, n_tickers=5, n_sectors=3, window=12, hidden=8, layers=2, heads=2
+    )
     # large inputs push the raw outputs far from the initial random walk
     x = torch.randn(64, 12, 13) * 50
     q = model(x, torch.randint(0, 6, (64,)), torch.randint(0, 4, (64,)), torch.rand(64) * 0.05)
@@ -28,15 +29,20 @@ def test_output_shape_and_quantiles_never_cross(family: str) -> None:
 def test_untrained_model_starts_at_the_random_walk() -> None:
     model = FAMILIES["lstm"](n_features=4, n_tickers=2, n_sectors=1, window=5, hidden=8)
     sigma = torch.full((3,), 0.02)
-    q = model(torch.zeros(3, 5, 4), torch.zeros(3, dtype=torch.long),
-              torch.zeros(3, dtype=torch.long), sigma).detach()
+    q = model(
+        torch.zeros(3, 5, 4),
+        torch.zeros(3, dtype=torch.long),
+        torch.zeros(3, dtype=torch.long),
+        sigma,
+    ).detach()
     expected_q90 = 1.2815515655446004 * 0.02 * np.sqrt([1, 5, 20])
     np.testing.assert_allclose(q[0, :, 2], expected_q90, rtol=0.05)
     np.testing.assert_allclose(q[0, :, 1], 0.0, atol=0.002)
 
 
 def test_unknown_ticker_gets_the_shared_embedding(
-    tiny_model: tuple[QuantileForecaster, object], tiny_vocab: Vocab,
+    tiny_model: tuple[QuantileForecaster, object],
+    tiny_vocab: Vocab,
 ) -> None:
     assert tiny_vocab.ticker_id("NEWCO") == 0
     assert tiny_vocab.sector_id(None) == 0 and tiny_vocab.ticker_id("KO") > 0
@@ -45,7 +51,9 @@ def test_unknown_ticker_gets_the_shared_embedding(
 
 
 def test_prediction_at_t_ignores_bars_after_t(
-    tiny_model: tuple[QuantileForecaster, object], tiny_panel: Panel, tiny_vocab: Vocab,
+    tiny_model: tuple[QuantileForecaster, object],
+    tiny_panel: Panel,
+    tiny_vocab: Vocab,
     tiny_bars: pd.DataFrame,
 ) -> None:
     module, scaler = tiny_model
@@ -64,8 +72,12 @@ def test_prediction_at_t_ignores_bars_after_t(
 
 
 def test_bundle_round_trips_through_disk(
-    tiny_model: tuple[QuantileForecaster, object], tiny_panel: Panel, tiny_vocab: Vocab,
-    tiny_bars: pd.DataFrame, tmp_path, tiny_cfg: TrainConfig,
+    tiny_model: tuple[QuantileForecaster, object],
+    tiny_panel: Panel,
+    tiny_vocab: Vocab,
+    tiny_bars: pd.DataFrame,
+    tmp_path,
+    tiny_cfg: TrainConfig,
 ) -> None:
     module, scaler = tiny_model
     bundle = ForecastBundle.from_module(module, tiny_panel.config, scaler, tiny_vocab)

@@ -33,8 +33,13 @@ def _log_version(bundle: ForecastBundle, tmp: Path) -> str:
 
 
 async def test_log_register_alias_load_gives_the_same_predictions(
-    client: MlflowClient, tiny_model: tuple[QuantileForecaster, object], tiny_panel: Panel,
-    tiny_vocab: Vocab, tiny_bars: pd.DataFrame, tmp_path: Path, pool: asyncpg.Pool,
+    client: MlflowClient,
+    tiny_model: tuple[QuantileForecaster, object],
+    tiny_panel: Panel,
+    tiny_vocab: Vocab,
+    tiny_bars: pd.DataFrame,
+    tmp_path: Path,
+    pool: asyncpg.Pool,
 ) -> None:
     module, scaler = tiny_model
     bundle = ForecastBundle.from_module(module, tiny_panel.config, scaler, tiny_vocab)
@@ -51,8 +56,12 @@ async def test_log_register_alias_load_gives_the_same_predictions(
 
 
 async def test_rollback_restores_the_previous_champion_and_is_audited(
-    client: MlflowClient, tiny_model: tuple[QuantileForecaster, object], tiny_panel: Panel,
-    tiny_vocab: Vocab, tmp_path: Path, pool: asyncpg.Pool,
+    client: MlflowClient,
+    tiny_model: tuple[QuantileForecaster, object],
+    tiny_panel: Panel,
+    tiny_vocab: Vocab,
+    tmp_path: Path,
+    pool: asyncpg.Pool,
 ) -> None:
     module, scaler = tiny_model
     bundle = ForecastBundle.from_module(module, tiny_panel.config, scaler, tiny_vocab)
@@ -74,8 +83,9 @@ async def test_rollback_restores_the_previous_champion_and_is_audited(
 
 
 async def test_rollback_without_history_says_what_to_do(
-    client: MlflowClient, pool: asyncpg.Pool,
+    client: MlflowClient,
+    pool: asyncpg.Pool,
 ) -> None:
     async with pool.acquire() as conn:
-        with pytest.raises(RegistryError, match="no .*champion"):
+        with pytest.raises(RegistryError, match=r"no .*champion"):
             await rollback(client, conn, "transformer", "dave", "nothing to roll back")
