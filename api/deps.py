@@ -10,8 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
+from api.cache import JsonCache
 from api.errors import ProblemError
 from api.services.market_data import MarketDataService
+from api.services.predictions import PredictionService
 from api.settings import Settings
 
 
@@ -25,6 +27,27 @@ def get_pool(request: Request) -> asyncpg.Pool:
 
 def get_redis(request: Request) -> Redis:
     return request.app.state.redis
+
+
+def get_predictions(
+    pool: Annotated[asyncpg.Pool, Depends(get_pool)],
+    redis: Annotated[Redis, Depends(get_redis)],
+    request: Request,
+) -> PredictionService:
+    settings: Settings = request.app.state.settings
+    cache = JsonCache(redis, "pred:v1", settings.prediction_cache_ttl_s)
+    return PredictionService(pool, request.app.state.predictor, cache)
+
+
+def caller_key(request: Request) -> str:
+    """Who is asking, for sticky A/B assignment: the client id header, else the client address.
+
+    The authenticated user id takes this role once sign-in exists.
+    """
+    client_id = request.headers.get("x-client-id", "")
+    if 8 <= len(client_id) <= 64 and client_id.replace("-", "").isalnum():
+        return client_id
+    return request.client.host if request.client else "anonymous"
 
 
 def get_market_data(pool: Annotated[asyncpg.Pool, Depends(get_pool)]) -> MarketDataService:
@@ -52,4 +75,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 MarketDataDep = Annotated[MarketDataService, Depends(get_market_data)]
+PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]
+CallerKeyDep = Annotated[str, Depends(caller_key)]
 AdminDep = Depends(require_admin)

@@ -1,7 +1,8 @@
 """The seam between the API and model serving.
 
 `api` never imports Ray: the serving layer passes a Ray-handle implementation, tests and
-`stockcopilot up --no-ray` pass an in-process one built from the same registered models.
+`stockcopilot up --no-ray` pass an in-process one built from the same registered models. Inputs
+travel as plain closes so model replicas need no database access of their own.
 """
 
 from __future__ import annotations
@@ -9,24 +10,67 @@ from __future__ import annotations
 from datetime import date
 from typing import Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
+HORIZONS = (1, 5, 20)
 
 
-class QuantileForecast(BaseModel):
+class SeriesInput(BaseModel):
+    """One ticker's recent closes, oldest first, ending at the as-of bar."""
+
+    ticker: str
+    sector: str | None = None
+    dates: list[date]
+    closes: list[float] = Field(min_length=1)
+
+
+class ForecastRequest(BaseModel):
+    family: str
+    variant: str = Field(description="champion or challenger, chosen by the A/B router")
+    series: list[SeriesInput]
+
+
+class Forecast(BaseModel):
     """Quantiles of the log return over `horizon` trading days after `as_of`."""
 
     ticker: str
     as_of: date
     horizon: int
-    quantiles: dict[str, float]
-    model_family: str
-    model_version: str
+    q10: float
+    q50: float
+    q90: float
+
+
+class HorizonSkill(BaseModel):
+    skill_vs_rw: float
+    dm_pvalue: float
+    coverage_80: float
+    verdict: str
+
+
+class ForecastBatch(BaseModel):
+    family: str
+    version: str
     variant: str
+    forecasts: list[Forecast]
+    skill: dict[int, HorizonSkill] = Field(default_factory=dict)
+
+
+class Routing(BaseModel):
+    """Who serves a family now: versions per variant and the challenger's traffic share."""
+
+    family: str
+    champion: str | None
+    challenger: str | None = None
+    challenger_weight: float = 0.0
+
+
+class ModelUnavailable(RuntimeError):
+    """The family (or variant) has no loadable model right now; the message says why."""
 
 
 class Predictor(Protocol):
-    async def forecast(
-        self, ticker: str, horizon: int, family: str, user_key: str
-    ) -> QuantileForecast: ...
+    async def routing(self, family: str) -> Routing: ...
 
-    async def ready(self) -> bool: ...
+    async def forecast(self, request: ForecastRequest) -> ForecastBatch: ...

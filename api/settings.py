@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
     mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    prediction_cache_ttl_s: int = Field(
+        default=86_400,
+        ge=1,
+        description="keys carry version and as-of date, so the TTL only bounds memory",
+    )
+    alias_poll_s: float = Field(default=30.0, gt=0, description="how often aliases are re-read")
     log_level: str = "INFO"
     log_json: bool = True
     admin_api_token: SecretStr | None = Field(

@@ -127,6 +127,23 @@ class BarRepository:
         inserted = sum(1 for r in rows if r["inserted"])
         return UpsertCounts(inserted=inserted, updated=len(rows) - inserted)
 
+    async def recent_closes(
+        self,
+        ticker: str,
+        end: date | None,
+        limit: int,
+    ) -> list[tuple[date, float]]:
+        """The newest `limit` closes up to `end` (inclusive), oldest first."""
+        rows = await self._conn.fetch(
+            """SELECT date, close FROM bars
+               WHERE ticker = $1 AND ($2::date IS NULL OR date <= $2)
+               ORDER BY date DESC LIMIT $3""",
+            ticker,
+            end,
+            limit,
+        )
+        return [(r["date"], r["close"]) for r in reversed(rows)]
+
     async def count(self) -> int:
         return int(await self._conn.fetchval("SELECT count(*) FROM bars"))
 

@@ -1,0 +1,88 @@
+"""/api/v1/predictions: quantile forecasts as price bands and a probability of going up."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from api.deps import CallerKeyDep, PredictionsDep
+from api.routers.stocks import TickerPath
+
+router = APIRouter(prefix="/api/v1/predictions", tags=["predictions"])
+Family = Literal["lstm", "transformer", "hybrid", "ensemble"]
+
+
+class PriceQuantiles(BaseModel):
+    p10: float
+    p50: float
+    p90: float
+
+
+class LogReturnQuantiles(BaseModel):
+    q10: float
+    q50: float
+    q90: float
+
+
+class ModelRef(BaseModel):
+    family: str
+    version: str
+    variant: str
+
+
+class Skill(BaseModel):
+    skill_vs_rw: float = Field(description="walk-forward 1 - pinball/pinball(random walk)")
+    dm_pvalue: float
+    coverage_80: float
+    verdict: str
+
+
+class Prediction(BaseModel):
+    ticker: str
+    as_of: date
+    horizon: int
+    last_close: float
+    quantiles: PriceQuantiles
+    log_return_quantiles: LogReturnQuantiles
+    prob_up: float = Field(ge=0, le=1)
+    model: ModelRef
+    skill: Skill | None
+
+
+class BatchRequest(BaseModel):
+    tickers: list[Annotated[str, Field(min_length=1, max_length=15)]] = Field(
+        min_length=1, max_length=100
+    )
+    horizon: Literal[1, 5, 20] = 5
+    model: Family = "ensemble"
+    as_of: date | None = None
+
+
+class BatchResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+@router.get("/{ticker}", response_model=Prediction)
+async def predict(
+    service: PredictionsDep,
+    caller: CallerKeyDep,
+    ticker: TickerPath,
+    horizon: Annotated[int, Query(description="trading days: 1, 5 or 20")] = 5,
+    model: Annotated[str, Query(description="lstm, transformer, hybrid or ensemble")] = "ensemble",
+    as_of: Annotated[date | None, Query(description="predict from bars up to this date")] = None,
+) -> Prediction:
+    """Forecast one ticker: 10/50/90 % price quantiles and P(up), naming the model version."""
+    (result,) = await service.predict_many([ticker], horizon, model, caller, as_of)
+    return Prediction(**result)
+
+
+@router.post("/batch", response_model=BatchResponse)
+async def predict_batch(
+    service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest
+) -> BatchResponse:
+    """Forecast up to 100 tickers with one model call."""
+    results = await service.predict_many(body.tickers, body.horizon, body.model, caller, body.as_of)
+    return BatchResponse(predictions=[Prediction(**r) for r in results])

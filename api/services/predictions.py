@@ -1,0 +1,178 @@
+"""Predictions as the API serves them: routing, cache, prices and probabilities from quantiles."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import asyncpg
+from scipy.stats import norm
+
+from api.cache import JsonCache
+from api.db.market import BarRepository
+from api.errors import ProblemError, Unprocessable
+from api.predictor import (
+    FAMILIES,
+    HORIZONS,
+    ForecastBatch,
+    ForecastRequest,
+    ModelUnavailable,
+    Predictor,
+    SeriesInput,
+)
+from api.services.ab import CHALLENGER, assign
+from api.services.market_data import MarketDataService
+
+LOOKBACK_BARS = 400  # covers the longest feature (200-day average) plus any model window ≤ 200
+MAX_BATCH = 100
+Z90 = float(norm.ppf(0.9))
+
+
+def prob_up(q10: float, q50: float, q90: float) -> float:
+    """P(log return > 0) from three quantiles: a two-piece normal matched at the median.
+
+    Below the median the spread comes from q10, above it from q90, so F(q10)=0.1, F(q50)=0.5 and
+    F(q90)=0.9 hold exactly and skewed forecasts keep their skew.
+    """
+    sigma = (q50 - q10) / Z90 if q50 > 0 else (q90 - q50) / Z90
+    if sigma <= 0:
+        return 1.0 if q50 > 0 else 0.0
+    return float(1.0 - norm.cdf((0.0 - q50) / sigma))
+
+
+@dataclass(frozen=True)
+class Target:
+    ticker: str
+    sector: str | None
+    closes: list[tuple[date, float]]
+
+    @property
+    def as_of(self) -> date:
+        return self.closes[-1][0]
+
+
+def _shape(forecast: dict[str, Any], batch: ForecastBatch, last_close: float) -> dict[str, Any]:
+    """One horizon's forecast -> the public payload (prices, probability, model, skill)."""
+    h = forecast["horizon"]
+    skill = batch.skill.get(h)
+    return {
+        "ticker": forecast["ticker"],
+        "as_of": str(forecast["as_of"]),
+        "horizon": h,
+        "last_close": last_close,
+        "quantiles": {
+            p: last_close * math.exp(forecast[q])
+            for p, q in (("p10", "q10"), ("p50", "q50"), ("p90", "q90"))
+        },
+        "log_return_quantiles": {q: forecast[q] for q in ("q10", "q50", "q90")},
+        "prob_up": prob_up(forecast["q10"], forecast["q50"], forecast["q90"]),
+        "model": {"family": batch.family, "version": batch.version, "variant": batch.variant},
+        "skill": skill.model_dump() if skill else None,
+    }
+
+
+class PredictionService:
+    def __init__(self, pool: asyncpg.Pool, predictor: Predictor | None, cache: JsonCache) -> None:
+        self._pool = pool
+        self._predictor = predictor
+        self._cache = cache
+        self._market = MarketDataService(pool)
+
+    async def _target(self, raw_ticker: str, as_of: date | None) -> Target:
+        row = await self._market.instrument(raw_ticker)
+        async with self._pool.acquire() as conn:
+            closes = await BarRepository(conn).recent_closes(row["ticker"], as_of, LOOKBACK_BARS)
+        if not closes:
+            raise Unprocessable("no_bars", f"{row['ticker']} has no bars on or before {as_of}")
+        return Target(row["ticker"], row["sector"], closes)
+
+    def _validate(self, family: str, horizon: int) -> None:
+        if family not in FAMILIES:
+            raise Unprocessable("unknown_model", f"model must be one of {', '.join(FAMILIES)}")
+        if horizon not in HORIZONS:
+            raise Unprocessable(
+                "invalid_horizon", f"horizon {horizon} is not offered; choose one of {HORIZONS}"
+            )
+
+    async def predict_many(
+        self,
+        tickers: list[str],
+        horizon: int,
+        family: str,
+        user_key: str,
+        as_of: date | None = None,
+    ) -> list[dict[str, Any]]:
+        """Cached forecasts where present; one predictor call for all the misses."""
+        self._validate(family, horizon)
+        if not 1 <= len(tickers) <= MAX_BATCH:
+            raise Unprocessable("too_many_tickers", f"give 1 to {MAX_BATCH} tickers")
+        if self._predictor is None:
+            raise ProblemError(503, "model_not_deployed", "no model serving is configured")
+        targets = [await self._target(t, as_of) for t in dict.fromkeys(tickers)]
+        routing = await self._predictor.routing(family)
+        if routing.champion is None:
+            raise ProblemError(
+                503,
+                "model_not_deployed",
+                f"no {family} champion is registered; train and register one",
+            )
+        variant = assign(
+            user_key,
+            family,
+            routing.challenger_weight,
+            has_challenger=routing.challenger is not None,
+        )
+        version = routing.challenger if variant == CHALLENGER else routing.champion
+        keys = [self._cache.key(t.ticker, horizon, family, version, t.as_of) for t in targets]
+        found = await self._cache.get_many(keys)
+        missing = [t for t, hit in zip(targets, found, strict=True) if hit is None]
+        if missing:
+            fresh = await self._forecast(missing, family, variant)
+            found = [
+                hit or fresh[(t.ticker, horizon)] for t, hit in zip(targets, found, strict=True)
+            ]
+        return found
+
+    async def _forecast(
+        self,
+        targets: list[Target],
+        family: str,
+        variant: str,
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """Call the predictor once; cache every horizon it returned under its exact version."""
+        request = ForecastRequest(
+            family=family,
+            variant=variant,
+            series=[
+                SeriesInput(
+                    ticker=t.ticker,
+                    sector=t.sector,
+                    dates=[d for d, _ in t.closes],
+                    closes=[c for _, c in t.closes],
+                )
+                for t in targets
+            ],
+        )
+        try:
+            batch = await self._predictor.forecast(request)  # type: ignore[union-attr]
+        except ModelUnavailable as exc:
+            raise ProblemError(503, "model_not_deployed", str(exc)) from exc
+        last = {t.ticker: t.closes[-1][1] for t in targets}
+        shaped = {
+            (f.ticker, f.horizon): _shape(f.model_dump(), batch, last[f.ticker])
+            for f in batch.forecasts
+        }
+        short = [t.ticker for t in targets if (t.ticker, HORIZONS[0]) not in shaped]
+        if short:
+            raise Unprocessable(
+                "not_enough_history", f"too little history to predict {', '.join(short)}"
+            )
+        await self._cache.set_many(
+            {
+                self._cache.key(t, h, family, batch.version, value["as_of"]): value
+                for (t, h), value in shaped.items()
+            }
+        )
+        return shaped

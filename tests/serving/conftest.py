@@ -1,0 +1,106 @@
+"""A real MLflow registry holding tiny trained models of every family, and an API serving them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from api.app import create_app
+from api.settings import Settings
+from features.windows import FeatureConfig
+from serving.local import LocalPredictor
+from training import registry
+from training.bundle import EnsembleBundle, ForecastBundle
+from training.config import TrainConfig
+from training.data import MEMBERS, Vocab, build_panel
+from training.walkforward import fit_on_fold, folds_for
+
+CFG = TrainConfig(
+    window=10,
+    hidden=8,
+    layers=1,
+    heads=2,
+    embedding_dim=4,
+    batch_size=256,
+    max_epochs=1,
+    patience=1,
+    train_stride=3,
+    n_folds=3,
+    test_days=40,
+    val_days=30,
+    embargo=20,
+)
+TICKERS = ("AAPL", "KO", "XOM", "JPM", "MSFT")
+CHALLENGER_WEIGHTS = {"hybrid": 0.5}
+
+
+def _log(bundle: ForecastBundle | EnsembleBundle, family: str, directory: Path) -> tuple[str, str]:
+    registry.experiment(family)
+    with mlflow.start_run():
+        uri = registry.log_bundle(bundle, directory)
+    return registry.register(uri, family), uri
+
+
+@pytest.fixture(scope="session")
+def serving_registry(
+    tmp_path_factory: pytest.TempPathFactory, bundled_bars: pd.DataFrame
+) -> MlflowClient:
+    """lstm/transformer/hybrid champions (hybrid also has a challenger) and an ensemble."""
+    root = tmp_path_factory.mktemp("serving-mlruns")
+    client = registry.configure(f"sqlite:///{root}/mlflow.db", root / "artifacts")
+    bars = bundled_bars[bundled_bars["ticker"].isin(TICKERS) & (bundled_bars["date"] >= "2019")]
+    panel = build_panel(bars, FeatureConfig(window=CFG.window), CFG.horizons)
+    vocab = Vocab.build(
+        {
+            "AAPL": "Information Technology",
+            "KO": "Consumer Staples",
+            "XOM": "Energy",
+            "JPM": "Financials",
+            "MSFT": "Information Technology",
+        }
+    )
+    fold = folds_for(panel, CFG)[-1]
+    members = {}
+    for family in MEMBERS:
+        module, scaler = fit_on_fold(family, CFG, panel, vocab, fold)
+        card = {
+            "skill": {
+                h: {
+                    "skill_vs_rw": 0.0,
+                    "dm_pvalue": 0.9,
+                    "coverage_80": 0.8,
+                    "verdict": f"no better than a random walk at {h} day(s)",
+                }
+                for h in CFG.horizons
+            }
+        }
+        bundle = ForecastBundle.from_module(module, panel.config, scaler, vocab, card)
+        version, uri = _log(bundle, family, root / family)
+        registry.set_alias(client, family, "champion", version)
+        members[family] = {"run_id": "", "model_uri": uri}
+    challenger, _ = _log(bundle, "hybrid", root / "hybrid-2")
+    registry.set_alias(client, "hybrid", "challenger", challenger)
+    weights = {h: dict.fromkeys(MEMBERS, 1 / 3) for h in CFG.horizons}
+    version, _ = _log(EnsembleBundle(weights, members), "ensemble", root / "ensemble")
+    registry.set_alias(client, "ensemble", "champion", version)
+    return client
+
+
+@pytest.fixture(scope="session")
+async def api(
+    settings: Settings,
+    first_ingest: object,
+    serving_registry: MlflowClient,
+) -> AsyncIterator[httpx.AsyncClient]:
+    predictor = LocalPredictor(serving_registry, lambda f: CHALLENGER_WEIGHTS.get(f, 0.0))
+    app = create_app(settings, predictor)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client

@@ -1,0 +1,158 @@
+"""GET/POST /api/v1/predictions through the in-process predictor over a real MLflow registry."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from api.services.predictions import prob_up
+from api.settings import Settings
+from tests.conftest import ADMIN_TOKEN
+
+
+async def test_prediction_names_model_and_gives_ordered_price_bands(api: httpx.AsyncClient) -> None:
+    response = await api.get("/api/v1/predictions/AAPL", params={"horizon": 5, "model": "lstm"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ticker"] == "AAPL" and body["as_of"] == "2022-12-28" and body["horizon"] == 5
+    q = body["quantiles"]
+    assert q["p10"] < q["p50"] < q["p90"]
+    lr = body["log_return_quantiles"]
+    assert q["p50"] == pytest.approx(body["last_close"] * math.exp(lr["q50"]))
+    assert 0 <= body["prob_up"] <= 1
+    assert body["prob_up"] == pytest.approx(prob_up(lr["q10"], lr["q50"], lr["q90"]))
+    assert body["model"] == {"family": "lstm", "version": "1", "variant": "champion"}
+    assert "random walk" in body["skill"]["verdict"]
+
+
+async def test_ensemble_is_the_default_model(api: httpx.AsyncClient) -> None:
+    body = (await api.get("/api/v1/predictions/KO")).json()
+    assert body["model"]["family"] == "ensemble" and body["horizon"] == 5
+
+
+async def test_as_of_predicts_from_bars_up_to_that_date(api: httpx.AsyncClient) -> None:
+    body = (
+        await api.get(
+            "/api/v1/predictions/XOM",
+            params={"as_of": "2021-07-04", "model": "hybrid", "horizon": 20},
+        )
+    ).json()
+    assert body["as_of"] == "2021-07-02"  # the last bar on or before a holiday weekend
+
+
+async def test_cache_hit_is_served_without_recomputing(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    params = {"horizon": 1, "model": "transformer"}
+    first = (await api.get("/api/v1/predictions/JPM", params=params)).json()
+    key = f"pred:v1:JPM:1:transformer:{first['model']['version']}:{first['as_of']}"
+    redis = Redis.from_url(settings.redis_url or "")
+    assert await redis.exists(key) == 1
+    # overwrite the cached value: a hit must return it verbatim
+    import json
+
+    cached = json.loads(await redis.get(key))
+    cached["prob_up"] = 0.123456
+    await redis.set(key, json.dumps(cached))
+    await redis.aclose()
+    second = (await api.get("/api/v1/predictions/JPM", params=params)).json()
+    assert second["prob_up"] == 0.123456
+
+
+async def test_batch_predicts_every_ticker_in_one_call(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/api/v1/predictions/batch",
+        json={"tickers": ["AAPL", "KO", "MSFT"], "horizon": 20, "model": "ensemble"},
+    )
+    assert response.status_code == 200
+    got = response.json()["predictions"]
+    assert [p["ticker"] for p in got] == ["AAPL", "KO", "MSFT"]
+    assert all(p["horizon"] == 20 for p in got)
+
+
+async def test_imported_ticker_is_predicted_by_the_global_model(api: httpx.AsyncClient) -> None:
+    history = (
+        await api.get(
+            "/api/v1/stocks/KO/history", params={"start": "2020-01-01", "end": "2022-12-28"}
+        )
+    ).json()["bars"]
+    csv = "date,close\n" + "".join(f"{b['date']},{b['close']}\n" for b in history)
+    imported = await api.post(
+        "/api/v1/admin/bars/import",
+        params={"ticker": "KOCOPY"},
+        files={"file": ("ko.csv", csv.encode(), "text/csv")},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert imported.status_code == 201, imported.text
+    body = (await api.get("/api/v1/predictions/KOCOPY", params={"model": "lstm"})).json()
+    assert body["ticker"] == "KOCOPY" and body["quantiles"]["p10"] < body["quantiles"]["p90"]
+
+
+async def test_ab_split_is_sticky_per_caller_and_near_the_weight(api: httpx.AsyncClient) -> None:
+    variants = []
+    for i in range(120):
+        headers = {"X-Client-Id": f"client-{i:04d}"}
+        response = await api.get(
+            "/api/v1/predictions/AAPL", params={"model": "hybrid", "horizon": 1}, headers=headers
+        )
+        variants.append(response.json()["model"]["variant"])
+    share = variants.count("challenger") / len(variants)
+    assert 0.35 < share < 0.65  # weight 0.5; 120 callers put 3 sigma at about ±0.14
+    again = await api.get(
+        "/api/v1/predictions/AAPL",
+        params={"model": "hybrid", "horizon": 1},
+        headers={"X-Client-Id": "client-0007"},
+    )
+    assert again.json()["model"]["variant"] == variants[7]
+    champion = await api.get(
+        "/api/v1/predictions/AAPL", params={"model": "lstm"}, headers={"X-Client-Id": "client-0007"}
+    )
+    assert champion.json()["model"]["variant"] == "champion"  # lstm has no challenger
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "code"),
+    [
+        ("/api/v1/predictions/NOPE", {}, 404, "ticker_not_found"),
+        ("/api/v1/predictions/AAPL", {"horizon": 3}, 422, "invalid_horizon"),
+        ("/api/v1/predictions/AAPL", {"model": "gpt"}, 422, "unknown_model"),
+        ("/api/v1/predictions/AAPL", {"as_of": "1980-01-01"}, 422, "no_bars"),
+    ],
+)
+async def test_bad_requests_are_clear(
+    api: httpx.AsyncClient, path: str, params: dict, status: int, code: str
+) -> None:
+    response = await api.get(path, params=params)
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code
+
+
+async def test_too_many_tickers_and_too_little_history(api: httpx.AsyncClient) -> None:
+    many = await api.post(
+        "/api/v1/predictions/batch", json={"tickers": [f"T{i}" for i in range(101)]}
+    )
+    assert many.status_code == 422
+    short = await api.post(
+        "/api/v1/admin/bars/import",
+        params={"ticker": "TINY"},
+        files={"file": ("t.csv", b"date,close\n2022-01-03,5\n", "text/csv")},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert short.status_code == 201
+    response = await api.get("/api/v1/predictions/TINY", params={"model": "lstm"})
+    assert response.status_code == 422 and response.json()["code"] == "not_enough_history"
+
+
+async def test_without_a_predictor_predictions_are_503(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/predictions/AAPL")
+    assert response.status_code == 503 and response.json()["code"] == "model_not_deployed"
+
+
+def test_prob_up_matches_the_quantiles() -> None:
+    assert prob_up(-0.01, 0.0, 0.01) == pytest.approx(0.5)
+    assert prob_up(0.0, 0.01, 0.02) == pytest.approx(0.9)  # q10 at zero: 90 % above
+    assert prob_up(-0.02, -0.01, 0.0) == pytest.approx(0.1)
+    assert prob_up(0.01, 0.02, 0.03) > 0.9
