@@ -12,6 +12,7 @@ from rich.console import Console
 
 from api.logging import configure_logging
 from api.settings import Settings
+from pipelines.ab_cli import register_ab_commands
 from pipelines.model_cli import register_commands
 
 app = typer.Typer(help="Stock Copilot: serve, ingest and manage the product.", no_args_is_help=True)
@@ -109,6 +110,7 @@ def snapshot(
 
 
 register_commands(app, _settings, console)
+register_ab_commands(app, _settings, console)
 
 
 def main() -> None:

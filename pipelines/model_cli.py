@@ -154,7 +154,7 @@ def register_commands(
                     f"{m.get('h5.coverage_80', float('nan')):.3f}",
                     (v.run_id or "")[:8],
                 )
-        Console().print(table)
+        Console(width=140).print(table)  # never truncate versions or metrics
 
     @app.command()
     def promote(

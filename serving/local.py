@@ -1,13 +1,15 @@
-"""In-process predictor: the registered MLflow models, loaded in this process (no Ray).
+"""In-process predictor: the registered MLflow models, loaded in this process.
 
-Used by tests and `stockcopilot up --no-ray`; the Ray Serve predictor serves the same bundles.
+Tests and `stockcopilot up --no-ray` use it directly; each Ray Serve model deployment wraps one
+(see serving.deployments), so both paths run the same code on the same bundles.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -27,7 +29,13 @@ from training import registry
 from training.bundle import EnsembleBundle, ForecastBundle
 
 Bundle = ForecastBundle | EnsembleBundle
-WeightSource = Callable[[str], float]
+WeightSource = Callable[[str], Awaitable[float]]
+# (member family, exact model URI, request) -> prediction records
+MemberPredictions = Callable[[str, str, ForecastRequest], Awaitable[list[dict[str, Any]]]]
+
+
+async def no_challenger_traffic(_: str) -> float:
+    return 0.0
 
 
 def series_to_bars(series: list[SeriesInput]) -> pd.DataFrame:
@@ -45,7 +53,7 @@ def to_batch(
     forecasts = [
         Forecast(
             ticker=r.ticker,
-            as_of=r.date.date(),
+            as_of=pd.Timestamp(r.date).date(),
             horizon=int(r.horizon),
             q10=float(r.q10),
             q50=float(r.q50),
@@ -69,11 +77,11 @@ class LocalPredictor:
     def __init__(
         self,
         client: MlflowClient,
-        challenger_weight: WeightSource = lambda _: 0.0,
+        weight: WeightSource = no_challenger_traffic,
         alias_ttl_s: float = 30.0,
     ) -> None:
         self._client = client
-        self._weight = challenger_weight
+        self._weight = weight
         self._ttl = alias_ttl_s
         self._routing: dict[str, tuple[float, Routing]] = {}
         self._bundles: dict[str, Bundle] = {}
@@ -87,11 +95,9 @@ class LocalPredictor:
             asyncio.to_thread(registry.alias_version, self._client, family, CHAMPION),
             asyncio.to_thread(registry.alias_version, self._client, family, CHALLENGER),
         )
+        weight = await self._weight(family) if challenger else 0.0
         routing = Routing(
-            family=family,
-            champion=champion,
-            challenger=challenger,
-            challenger_weight=self._weight(family) if challenger else 0.0,
+            family=family, champion=champion, challenger=challenger, challenger_weight=weight
         )
         self._routing[family] = (time.monotonic(), routing)
         return routing
@@ -105,29 +111,58 @@ class LocalPredictor:
                     raise ModelUnavailable(f"{uri} failed to load: {exc}") from exc
             return self._bundles[uri]
 
-    async def _member_predictions(
-        self,
-        bundle: EnsembleBundle,
-        bars: pd.DataFrame,
-    ) -> dict[str, pd.DataFrame]:
-        """Each member as the ensemble was fitted with it (its exact logged model)."""
-        out = {}
-        for member in bundle.families:
-            member_bundle = await self._bundle(bundle.members[member]["model_uri"])
-            out[member] = await asyncio.to_thread(member_bundle.predict_bars, bars)
-        return out
+    async def preload(self, family: str, version: str) -> None:
+        await self._bundle(f"models:/{registry.model_name(family)}/{version}")
 
-    async def forecast(self, request: ForecastRequest) -> ForecastBatch:
+    async def predict_uri(self, model_uri: str, request: ForecastRequest) -> list[dict[str, Any]]:
+        """Prediction records of one exact logged model (an ensemble member)."""
+        bundle = await self._bundle(model_uri)
+        if not isinstance(bundle, ForecastBundle):
+            raise ModelUnavailable(f"{model_uri} is not a single-family forecaster")
+        frame = await asyncio.to_thread(bundle.predict_bars, series_to_bars(request.series))
+        return frame.to_dict("records")
+
+    async def _resolve(self, request: ForecastRequest) -> tuple[str, Bundle]:
         routing = await self.routing(request.family)
         version = routing.challenger if request.variant == CHALLENGER else routing.champion
         if version is None:
             raise ModelUnavailable(f"no {request.variant} is registered for {request.family}")
-        bundle = await self._bundle(f"models:/{registry.model_name(request.family)}/{version}")
-        bars = series_to_bars(request.series)
-        if isinstance(bundle, EnsembleBundle):
-            predictions = bundle.combine(await self._member_predictions(bundle, bars))
-        else:
-            predictions = await asyncio.to_thread(bundle.predict_bars, bars)
+        uri = f"models:/{registry.model_name(request.family)}/{version}"
+        return version, await self._bundle(uri)
+
+    async def forecast(self, request: ForecastRequest) -> ForecastBatch:
+        if request.family == "ensemble":
+            return await self.forecast_ensemble(request, self._local_member)
+        version, bundle = await self._resolve(request)
+        assert isinstance(bundle, ForecastBundle)
+        predictions = await asyncio.to_thread(bundle.predict_bars, series_to_bars(request.series))
         return to_batch(
             request.family, version, request.variant, predictions, bundle.card.get("skill", {})
+        )
+
+    async def _local_member(
+        self,
+        _: str,
+        model_uri: str,
+        request: ForecastRequest,
+    ) -> list[dict[str, Any]]:
+        return await self.predict_uri(model_uri, request)
+
+    async def forecast_ensemble(
+        self, request: ForecastRequest, members: MemberPredictions
+    ) -> ForecastBatch:
+        """Each member exactly as the ensemble was fitted with it, combined with its weights."""
+        version, bundle = await self._resolve(request)
+        if not isinstance(bundle, EnsembleBundle):
+            raise ModelUnavailable(f"ensemble version {version} is not an ensemble bundle")
+        records = await asyncio.gather(
+            *(members(f, bundle.members[f]["model_uri"], request) for f in bundle.families)
+        )
+        frames = {f: pd.DataFrame(r) for f, r in zip(bundle.families, records, strict=True)}
+        return to_batch(
+            "ensemble",
+            version,
+            request.variant,
+            bundle.combine(frames),
+            bundle.card.get("skill", {}),
         )

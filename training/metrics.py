@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from features.stats import diebold_mariano  # shared with the API's A/B report
+
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_COLUMNS = ("q10", "q50", "q90")
 TRADING_DAYS = 252
@@ -37,28 +39,6 @@ def row_pinball(frame: pd.DataFrame) -> np.ndarray:
 def mean_pinball(frame: pd.DataFrame) -> float:
     """Pinball loss averaged over the three quantile levels and all rows."""
     return float(row_pinball(frame).mean())
-
-
-def diebold_mariano(loss_a: pd.Series, loss_b: pd.Series, horizon: int) -> tuple[float, float]:
-    """Diebold-Mariano test of equal expected loss for date-indexed loss series.
-
-    Losses are averaged per date first (tickers on one date are not independent); the variance of
-    the mean difference uses Newey-West weights with `horizon - 1` lags because h-day outcomes
-    overlap. Returns (statistic, two-sided p-value); a negative statistic means `a` loses less.
-    """
-    d = (loss_a - loss_b).groupby(level=0).mean().to_numpy(float)
-    n = len(d)
-    if n < 10:
-        return float("nan"), float("nan")
-    centred = d - d.mean()
-    variance = centred @ centred / n
-    for lag in range(1, min(horizon, n - 1)):
-        weight = 1 - lag / horizon
-        variance += 2 * weight * (centred[lag:] @ centred[:-lag]) / n
-    if variance <= 0:
-        return float("nan"), float("nan")
-    statistic = d.mean() / np.sqrt(variance / n)
-    return float(statistic), float(2 * stats.norm.sf(abs(statistic)))
 
 
 def directional(frame: pd.DataFrame) -> tuple[float, float, int]:

@@ -11,6 +11,7 @@ import asyncpg
 from scipy.stats import norm
 
 from api.cache import JsonCache
+from api.db.ab import LoggedPrediction, PredictionLogRepository
 from api.db.market import BarRepository
 from api.errors import ProblemError, Unprocessable
 from api.predictor import (
@@ -141,7 +142,7 @@ class PredictionService:
         family: str,
         variant: str,
     ) -> dict[tuple[str, int], dict[str, Any]]:
-        """Call the predictor once; cache every horizon it returned under its exact version."""
+        """Call the predictor once; log and cache every horizon it returned under its version."""
         request = ForecastRequest(
             family=family,
             variant=variant,
@@ -169,6 +170,9 @@ class PredictionService:
             raise Unprocessable(
                 "not_enough_history", f"too little history to predict {', '.join(short)}"
             )
+        # logged before caching: a cache hit is never logged, so a failed log must not be cached
+        logged = [LoggedPrediction.of(f, family, batch.version, variant) for f in batch.forecasts]
+        await PredictionLogRepository(self._pool).record(logged)  # scored for A/B reports
         await self._cache.set_many(
             {
                 self._cache.key(t, h, family, batch.version, value["as_of"]): value

@@ -98,7 +98,10 @@ async def api(
     first_ingest: object,
     serving_registry: MlflowClient,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    predictor = LocalPredictor(serving_registry, lambda f: CHALLENGER_WEIGHTS.get(f, 0.0))
+    async def weight(family: str) -> float:
+        return CHALLENGER_WEIGHTS.get(family, 0.0)
+
+    predictor = LocalPredictor(serving_registry, weight)
     app = create_app(settings, predictor)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

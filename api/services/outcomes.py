@@ -1,0 +1,107 @@
+"""Live A/B verdicts: do the challenger's realised losses beat the champion's?
+
+Losses come from `prediction_outcomes` (pinball loss of each served forecast once its horizon
+has passed). The comparison uses the same Diebold-Mariano test as walk-forward evaluation
+(`features.stats.diebold_mariano`): per-date mean loss differences with Newey-West variance, since
+h-day outcomes on neighbouring dates overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+
+import pandas as pd
+
+from api.db.ab import ResolvedLoss
+from api.services.ab import CHALLENGER, CHAMPION
+from features.stats import diebold_mariano
+
+ALPHA = 0.05
+MIN_DATES = 10  # diebold_mariano gives no verdict on fewer dates
+Key = tuple[date, str, int]
+
+
+@dataclass(frozen=True)
+class AbReport:
+    """The champion/challenger comparison at one horizon and what to do about it.
+
+    `method` is "paired" when both variants forecast the same (as_of, ticker, horizon) often
+    enough to test on those pairs alone, else "per-date means" (each variant's mean loss on the
+    dates both have outcomes). `n_pairs` counts the paired forecasts or the shared dates; the
+    mean losses are over that same compared sample, so they are NaN when nothing is shared.
+    """
+
+    horizon: int
+    method: str
+    n_pairs: int
+    n_dates: int
+    mean_loss_champion: float
+    mean_loss_challenger: float
+    dm_stat: float
+    p_value: float
+    recommendation: str
+    versions: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _recommend(statistic: float, p_value: float, n: int) -> str:
+    """DM(challenger, champion) < 0 means the challenger loses less."""
+    if math.isfinite(p_value) and p_value < ALPHA:
+        return "promote challenger" if statistic < 0 else "keep champion"
+    return f"no significant difference yet (n={n})"
+
+
+def _mean(values: pd.Series) -> float:
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def ab_report(rows: Iterable[ResolvedLoss], horizon: int) -> AbReport:
+    """Compare the variants' realised losses at `horizon`; promote only on significant evidence.
+
+    Forecasts both variants made for the same (as_of, ticker, horizon) are compared pair by
+    pair, which removes the market's day-to-day noise from the difference. Sticky A/B routing
+    means most tickers are asked of one variant only, so when pairs span fewer than MIN_DATES
+    dates each variant's mean loss per date is compared on the dates both were used instead.
+    """
+    champion: dict[Key, float] = {}
+    challenger: dict[Key, float] = {}
+    versions: dict[str, set[str]] = {CHAMPION: set(), CHALLENGER: set()}
+    for r in rows:
+        if r.horizon != horizon or r.variant not in versions:
+            continue
+        versions[r.variant].add(r.version)
+        # two versions of one variant on a key (an alias moved): the later row replaces it
+        (champion if r.variant == CHAMPION else challenger)[(r.as_of, r.ticker, r.horizon)] = r.loss
+    paired = sorted(champion.keys() & challenger.keys())
+    if len({key[0] for key in paired}) >= MIN_DATES:
+        method = "paired"
+        index = pd.DatetimeIndex([key[0] for key in paired])
+        loss_b = pd.Series([champion[k] for k in paired], index=index)
+        loss_a = pd.Series([challenger[k] for k in paired], index=index)
+        n_pairs = len(paired)
+    else:
+        method = "per-date means"
+        means = [
+            pd.Series(list(losses.values()), index=pd.DatetimeIndex([k[0] for k in losses]))
+            .groupby(level=0)
+            .mean()
+            for losses in (challenger, champion)
+        ]
+        shared = means[0].index.intersection(means[1].index)
+        loss_a, loss_b = means[0].loc[shared], means[1].loc[shared]
+        n_pairs = len(shared)
+    statistic, p_value = diebold_mariano(loss_a, loss_b, horizon)
+    return AbReport(
+        horizon=horizon,
+        method=method,
+        n_pairs=n_pairs,
+        n_dates=len(loss_a.index.unique()),
+        mean_loss_champion=_mean(loss_b),
+        mean_loss_challenger=_mean(loss_a),
+        dm_stat=statistic,
+        p_value=p_value,
+        recommendation=_recommend(statistic, p_value, n_pairs),
+        versions={variant: sorted(found) for variant, found in versions.items()},
+    )

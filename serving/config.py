@@ -1,0 +1,57 @@
+"""Typed configuration of the Serve application: one place for replicas, CPUs and the store URLs.
+
+Sizing for the 2-core, 24 GiB development machine: every model replica imports torch
+(~0.7 GiB RSS), so model deployments scale 1 → 2 replicas (3 for the busiest) and ask for a
+quarter CPU each — Ray packs them onto two cores, and a single-threaded forward pass of these
+small networks takes milliseconds, so CPU shares rarely bind. `max_ongoing_requests` bounds the
+queue inside one replica (back-pressure goes to the router instead), and
+`target_ongoing_requests=2` makes the autoscaler add a replica as soon as two requests wait.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from api.settings import Settings
+
+
+class Scaling(BaseModel):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    max_ongoing_requests: int = Field(default=8, ge=1)
+    num_cpus: float = Field(default=0.25, gt=0)
+    upscale_delay_s: float = 3.0
+    downscale_delay_s: float = 20.0
+
+    def deployment_options(self) -> dict:
+        return {
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "initial_replicas": max(1, self.min_replicas),
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+            },
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+        }
+
+
+class ServeAppConfig(BaseModel):
+    """Everything `build_app` needs; serialisable, so `serve deploy` YAML can carry it."""
+
+    settings: Settings
+    model: Scaling = Field(default_factory=lambda: Scaling(max_replicas=3))
+    ensemble: Scaling = Field(default_factory=Scaling)
+    router: Scaling = Field(
+        default_factory=lambda: Scaling(
+            num_cpus=0.1, max_ongoing_requests=64, target_ongoing_requests=16
+        )
+    )
+    ingress: Scaling = Field(
+        default_factory=lambda: Scaling(
+            num_cpus=0.25, max_ongoing_requests=64, target_ongoing_requests=16
+        )
+    )
