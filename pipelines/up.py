@@ -46,7 +46,7 @@ def ensure_champions(settings: Settings, console: Console) -> None:
 
 def run(settings: Settings, console: Console) -> None:
     """Start services, prepare data and models on first run, serve until Ctrl-C, then stop."""
-    from serving.local import LocalPredictor
+    from serving.local import DbWeights, LocalPredictor
     from training import registry
 
     with resolved_settings(settings) as ready:
@@ -57,7 +57,9 @@ def run(settings: Settings, console: Console) -> None:
             console.print(f"ingested {report.rows_added} bars in {report.seconds:.1f} s")
         ensure_champions(ready, console)
         predictor = LocalPredictor(
-            registry.configure(ready.mlflow_tracking_uri), alias_ttl_s=ready.alias_poll_s
+            registry.configure(ready.mlflow_tracking_uri),
+            DbWeights(ready),
+            alias_ttl_s=ready.alias_poll_s,
         )
         base = f"http://{ready.host}:{ready.port}"
         console.print(f"Stock Copilot API listening on {base}  (docs: {base}/docs)")

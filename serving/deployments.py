@@ -8,18 +8,50 @@ then swaps the reference, so in-flight requests finish on the version they start
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
+import asyncpg
 import structlog
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from api.db.models import AliasEvent, AliasEventRepository
+from api.db.pool import create_pool
 from api.predictor import ForecastBatch, ForecastRequest, ModelUnavailable, Routing
 from api.settings import Settings
-from serving.local import LocalPredictor
+from serving.local import DbWeights, LocalPredictor
 
 log = structlog.get_logger(__name__)
+
+
+class AliasAudit:
+    """Writes alias switches serving observed (e.g. made in the MLflow UI) to the alias history,
+    unless the mover (the CLI, automatic rollback) already recorded that very move."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+
+    async def observed(self, family: str, alias: str, old: str | None, new: str | None) -> None:
+        from training.registry import model_name
+
+        if self._pool is None:
+            self._pool = await create_pool(self._settings)
+        repo = AliasEventRepository(self._pool)
+        latest = await repo.history(model_name(family), alias, limit=1)
+        if latest and latest[0].to_version == new:
+            return
+        await repo.record(
+            AliasEvent(
+                model_name(family),
+                alias,
+                old,
+                new,
+                "serving",
+                "alias moved outside stockcopilot (e.g. MLflow UI)",
+            )
+        )
+        log.info("alias_switch", family=family, alias=alias, old=old, new=new)
 
 
 class FamilyForecaster:
@@ -37,16 +69,24 @@ class FamilyForecaster:
             registry.configure(settings.mlflow_tracking_uri), alias_ttl_s=settings.alias_poll_s
         )
         self._poll_s = settings.alias_poll_s
+        self._audit = AliasAudit(settings)
         self._watch = asyncio.get_event_loop().create_task(self._follow_aliases())
 
     async def _follow_aliases(self) -> None:
-        """Load a newly aliased version before the routing table points at it."""
+        """Load a newly aliased version, then record the switch in the alias history."""
+        seen: dict[str, str | None] = {}
         while True:
-            with contextlib.suppress(Exception):  # a failed poll keeps serving what it has
+            try:
                 routing = await self._predictor.routing(self.family)
-                for version in (routing.champion, routing.challenger):
+                for alias in ("champion", "challenger"):
+                    version = getattr(routing, alias)
                     if version is not None:
                         await self._predictor.preload(self.family, version)
+                    if alias in seen and seen[alias] != version:
+                        await self._audit.observed(self.family, alias, seen[alias], version)
+                    seen[alias] = version
+            except Exception as exc:  # a failed poll keeps serving what it has
+                log.warning("alias_poll_failed", family=self.family, error=str(exc))
             await asyncio.sleep(self._poll_s)
 
     async def routing(self) -> Routing:
@@ -97,38 +137,13 @@ class EnsembleForecaster(FamilyForecaster):
         return await self._members[family].forecast_with.remote(model_uri, request)
 
 
-class WeightReader:
-    """Challenger traffic shares from Postgres (`stockcopilot ab set`), cached a few seconds so
-    a changed weight applies without a restart but costs no query per request."""
-
-    def __init__(self, settings: Settings, ttl_s: float = 5.0) -> None:
-        self._settings = settings
-        self._ttl = ttl_s
-        self._pool: Any = None
-        self._cache: dict[str, tuple[float, float]] = {}
-
-    async def __call__(self, family: str) -> float:
-        from api.db.ab import challenger_weight
-        from api.db.pool import create_pool
-
-        now = asyncio.get_running_loop().time()
-        cached = self._cache.get(family)
-        if cached and now - cached[0] < self._ttl:
-            return cached[1]
-        if self._pool is None:
-            self._pool = await create_pool(self._settings)
-        weight = await challenger_weight(self._pool, family)
-        self._cache[family] = (now, weight)
-        return weight
-
-
 @serve.deployment(name="ABRouter")
 class ABRouter:
     """Dispatches a request to its family's deployment; answers who serves each family now."""
 
     def __init__(self, settings: Settings, families: dict[str, DeploymentHandle]) -> None:
         self._families = families
-        self._weights = WeightReader(settings)
+        self._weights = DbWeights(settings)
 
     async def routing(self, family: str) -> Routing:
         handle = self._family(family)

@@ -11,9 +11,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pandas as pd
 from mlflow import MlflowClient
 
+from api.db.ab import challenger_weight
+from api.db.pool import create_pool
 from api.predictor import (
     Forecast,
     ForecastBatch,
@@ -24,6 +27,7 @@ from api.predictor import (
     SeriesInput,
 )
 from api.services.ab import CHALLENGER, CHAMPION
+from api.settings import Settings
 from features.bars import canonical
 from training import registry
 from training.bundle import EnsembleBundle, ForecastBundle
@@ -36,6 +40,28 @@ MemberPredictions = Callable[[str, str, ForecastRequest], Awaitable[list[dict[st
 
 async def no_challenger_traffic(_: str) -> float:
     return 0.0
+
+
+class DbWeights:
+    """Challenger traffic shares from Postgres (`stockcopilot ab set`), cached a few seconds so
+    a changed weight applies without a restart but costs no query per request."""
+
+    def __init__(self, settings: Settings, ttl_s: float = 5.0) -> None:
+        self._settings = settings
+        self._ttl = ttl_s
+        self._pool: asyncpg.Pool | None = None
+        self._cache: dict[str, tuple[float, float]] = {}
+
+    async def __call__(self, family: str) -> float:
+        now = asyncio.get_running_loop().time()
+        cached = self._cache.get(family)
+        if cached and now - cached[0] < self._ttl:
+            return cached[1]
+        if self._pool is None:
+            self._pool = await create_pool(self._settings)
+        weight = await challenger_weight(self._pool, family)
+        self._cache[family] = (now, weight)
+        return weight
 
 
 def series_to_bars(series: list[SeriesInput]) -> pd.DataFrame:

@@ -48,12 +48,24 @@ def _log(bundle: ForecastBundle | EnsembleBundle, family: str, directory: Path) 
 
 
 @pytest.fixture(scope="session")
+def registry_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serving-mlruns")
+
+
+@pytest.fixture(scope="session")
+def registry_uri(registry_root: Path) -> str:
+    return f"sqlite:///{registry_root}/mlflow.db"
+
+
+@pytest.fixture(scope="session")
 def serving_registry(
-    tmp_path_factory: pytest.TempPathFactory, bundled_bars: pd.DataFrame
+    registry_root: Path,
+    registry_uri: str,
+    bundled_bars: pd.DataFrame,
 ) -> MlflowClient:
     """lstm/transformer/hybrid champions (hybrid also has a challenger) and an ensemble."""
-    root = tmp_path_factory.mktemp("serving-mlruns")
-    client = registry.configure(f"sqlite:///{root}/mlflow.db", root / "artifacts")
+    root = registry_root
+    client = registry.configure(registry_uri, root / "artifacts")
     bars = bundled_bars[bundled_bars["ticker"].isin(TICKERS) & (bundled_bars["date"] >= "2019")]
     panel = build_panel(bars, FeatureConfig(window=CFG.window), CFG.horizons)
     vocab = Vocab.build(

@@ -1,0 +1,135 @@
+"""The Ray Serve application end to end: HTTP through the Serve proxy into model deployments."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import mlflow
+import pytest
+import ray
+from mlflow import MlflowClient
+from ray import serve
+
+from api.settings import Settings
+from serving.app import build_app
+from serving.config import ServeAppConfig
+from training import registry
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_url(
+    settings: Settings, first_ingest: object, serving_registry: MlflowClient, registry_uri: str
+) -> Iterator[str]:
+    port = _free_port()
+    app_settings = settings.model_copy(
+        update={"mlflow_tracking_uri": registry_uri, "alias_poll_s": 2.0}
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(
+            build_app(ServeAppConfig(settings=app_settings)), name="stockcopilot", route_prefix="/"
+        )
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_predictions_through_the_serve_proxy(serve_url: str) -> None:
+    lstm = httpx.get(
+        f"{serve_url}/api/v1/predictions/MSFT",
+        params={"model": "lstm", "horizon": 20, "as_of": "2022-03-01"},
+        timeout=60,
+    )
+    assert lstm.status_code == 200, lstm.text
+    body = lstm.json()
+    assert body["model"] == {"family": "lstm", "version": "1", "variant": "champion"}
+    assert body["quantiles"]["p10"] < body["quantiles"]["p90"]
+    ensemble = httpx.get(
+        f"{serve_url}/api/v1/predictions/XOM",
+        params={"model": "ensemble", "as_of": "2022-02-01"},
+        timeout=60,
+    )
+    assert ensemble.status_code == 200, ensemble.text
+    assert ensemble.json()["model"]["family"] == "ensemble"
+    batch = httpx.post(
+        f"{serve_url}/api/v1/predictions/batch",
+        json={
+            "tickers": ["AAPL", "JPM"],
+            "model": "transformer",
+            "horizon": 1,
+            "as_of": "2022-04-01",
+        },
+        timeout=60,
+    )
+    assert batch.status_code == 200 and len(batch.json()["predictions"]) == 2
+
+
+@pytest.fixture(scope="module")
+def moved(
+    serve_url: str,
+    serving_registry: MlflowClient,
+    registry_root: Path,
+) -> tuple[str, str]:
+    """Register a new lstm version and move `champion` to it behind serving's back (as the
+    MLflow UI would). Returns (old, new) versions."""
+    old = registry.alias_version(serving_registry, "lstm", "champion")
+    bundle = registry.load_bundle("models:/stockcopilot-lstm@champion")
+    registry.experiment("lstm")
+    with mlflow.start_run():
+        uri = registry.log_bundle(bundle, registry_root / "lstm-moved")
+    new = registry.register(uri, "lstm")
+    serving_registry.set_registered_model_alias("stockcopilot-lstm", "champion", new)
+    assert old is not None
+    return old, new
+
+
+def test_alias_moved_in_the_registry_is_followed(serve_url: str, moved: tuple[str, str]) -> None:
+    new_version = moved[1]
+    deadline, seen, day = time.monotonic() + 30, None, 1
+    while time.monotonic() < deadline:
+        # a different as-of date each time, so the answer never comes from the cache
+        response = httpx.get(
+            f"{serve_url}/api/v1/predictions/KO",
+            params={"model": "lstm", "as_of": f"2021-03-{day:02d}"},
+            timeout=60,
+        )
+        assert response.status_code in (200, 422), response.text
+        if response.status_code == 200:
+            seen = response.json()["model"]["version"]
+            if seen == new_version:
+                break
+        day = day % 28 + 1
+        time.sleep(1)
+    assert seen == new_version
+
+
+async def test_observed_switch_is_written_to_the_alias_history(
+    serve_url: str, pool: asyncpg.Pool, moved: tuple[str, str]
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = await pool.fetchrow(
+            "SELECT from_version, to_version, actor FROM model_alias_events "
+            "WHERE model = 'stockcopilot-lstm' AND alias = 'champion' ORDER BY id DESC LIMIT 1"
+        )
+        if row is not None:
+            break
+        await asyncio.sleep(1)
+    assert row is not None and row["actor"] == "serving"
+    assert (row["from_version"], row["to_version"]) == moved
