@@ -33,13 +33,14 @@ def _settings() -> Settings:
 def up(
     port: Annotated[int | None, typer.Option(envvar="PORT", help="HTTP port")] = None,
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="serve in-process, without Ray")] = False,
 ) -> None:
     """Start embedded services (if no URLs are set), migrate, ingest on first run, serve the API."""
     from pipelines.up import run
 
     settings = _settings()
     updates = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
-    run(settings.model_copy(update=updates), console)
+    run(settings.model_copy(update=updates), console, use_ray=not no_ray)
 
 
 @db_app.command("upgrade")

