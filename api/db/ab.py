@@ -220,6 +220,23 @@ class PredictionLogRepository:
         )
         return [ResolvedLoss(**dict(r)) for r in rows]
 
+    async def for_ticker(
+        self, ticker: str, horizon: int | None, family: str | None, limit: int
+    ) -> list[asyncpg.Record]:
+        """Past forecasts of one ticker, newest first, with their outcome once resolved."""
+        return await self._db.fetch(
+            """SELECT p.as_of, p.horizon, p.family, p.version, p.variant, p.q10, p.q50, p.q90,
+                      o.outcome_date, o.realised_log_return, o.pinball_loss
+               FROM prediction_log p LEFT JOIN prediction_outcomes o ON o.prediction_id = p.id
+               WHERE p.ticker = $1 AND ($2::int IS NULL OR p.horizon = $2)
+                 AND ($3::text IS NULL OR p.family = $3)
+               ORDER BY p.as_of DESC, p.horizon, p.family LIMIT $4""",
+            ticker,
+            horizon,
+            family,
+            limit,
+        )
+
 
 def _row(p: LoggedPrediction) -> tuple:
     return (p.ticker, p.as_of, p.horizon, p.family, p.version, p.variant, p.q10, p.q50, p.q90)

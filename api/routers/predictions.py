@@ -79,6 +79,40 @@ async def predict(
     return Prediction(**result)
 
 
+class Outcome(BaseModel):
+    date: date
+    realised_log_return: float
+    pinball_loss: float
+    inside_80: bool
+    direction_right: bool
+
+
+class PastPrediction(BaseModel):
+    as_of: date
+    horizon: int
+    model: ModelRef
+    log_return_quantiles: LogReturnQuantiles
+    outcome: Outcome | None = Field(description="null until the horizon's bar has arrived")
+
+
+class PredictionHistory(BaseModel):
+    ticker: str
+    predictions: list[PastPrediction]
+
+
+@router.get("/{ticker}/history", response_model=PredictionHistory)
+async def prediction_history(
+    service: PredictionsDep,
+    ticker: TickerPath,
+    horizon: Annotated[int | None, Query(description="1, 5 or 20")] = None,
+    model: Annotated[str | None, Query(description="model family")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> PredictionHistory:
+    """Past predictions for a ticker with what actually happened, newest first."""
+    name, rows = await service.history(ticker, horizon, model, limit)
+    return PredictionHistory(ticker=name, predictions=[PastPrediction(**r) for r in rows])
+
+
 @router.post("/batch", response_model=BatchResponse)
 async def predict_batch(
     service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest

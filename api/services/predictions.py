@@ -74,6 +74,25 @@ def _shape(forecast: dict[str, Any], batch: ForecastBatch, last_close: float) ->
     }
 
 
+def _past(r: dict[str, Any]) -> dict[str, Any]:
+    y = r["realised_log_return"]
+    return {
+        "as_of": r["as_of"],
+        "horizon": r["horizon"],
+        "model": {"family": r["family"], "version": r["version"], "variant": r["variant"]},
+        "log_return_quantiles": {"q10": r["q10"], "q50": r["q50"], "q90": r["q90"]},
+        "outcome": None
+        if y is None
+        else {
+            "date": r["outcome_date"],
+            "realised_log_return": y,
+            "pinball_loss": r["pinball_loss"],
+            "inside_80": r["q10"] <= y <= r["q90"],
+            "direction_right": (y > 0) == (r["q50"] > 0),
+        },
+    }
+
+
 class PredictionService:
     def __init__(self, pool: asyncpg.Pool, predictor: Predictor | None, cache: JsonCache) -> None:
         self._pool = pool
@@ -135,6 +154,20 @@ class PredictionService:
                 hit or fresh[(t.ticker, horizon)] for t, hit in zip(targets, found, strict=True)
             ]
         return found
+
+    async def history(
+        self, raw_ticker: str, horizon: int | None, family: str | None, limit: int
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Past forecasts with realised outcomes (due ones are scored first)."""
+        row = await self._market.instrument(raw_ticker)
+        if family is not None and family not in FAMILIES:
+            raise Unprocessable("unknown_model", f"model must be one of {', '.join(FAMILIES)}")
+        if horizon is not None and horizon not in HORIZONS:
+            raise Unprocessable("invalid_horizon", f"horizon must be one of {HORIZONS}")
+        log_repo = PredictionLogRepository(self._pool)
+        await log_repo.resolve_due(family)
+        rows = await log_repo.for_ticker(row["ticker"], horizon, family, limit)
+        return row["ticker"], [_past(dict(r)) for r in rows]
 
     async def _forecast(
         self,

@@ -156,3 +156,30 @@ def test_prob_up_matches_the_quantiles() -> None:
     assert prob_up(0.0, 0.01, 0.02) == pytest.approx(0.9)  # q10 at zero: 90 % above
     assert prob_up(-0.02, -0.01, 0.0) == pytest.approx(0.1)
     assert prob_up(0.01, 0.02, 0.03) > 0.9
+
+
+async def test_history_shows_past_predictions_with_realised_outcomes(
+    api: httpx.AsyncClient,
+) -> None:
+    served = await api.get(
+        "/api/v1/predictions/PG", params={"as_of": "2022-03-01", "model": "lstm", "horizon": 5}
+    )
+    assert served.status_code == 200
+    body = (
+        await api.get("/api/v1/predictions/PG/history", params={"model": "lstm", "horizon": 5})
+    ).json()
+    assert body["ticker"] == "PG"
+    past = next(p for p in body["predictions"] if p["as_of"] == "2022-03-01")
+    assert past["model"]["family"] == "lstm"
+    assert past["log_return_quantiles"]["q50"] == pytest.approx(
+        served.json()["log_return_quantiles"]["q50"]
+    )
+    outcome = past["outcome"]  # 5 trading days later is in the data, so it is scored
+    assert outcome["date"] == "2022-03-08"
+    assert outcome["inside_80"] == (
+        past["log_return_quantiles"]["q10"]
+        <= outcome["realised_log_return"]
+        <= past["log_return_quantiles"]["q90"]
+    )
+    bad = await api.get("/api/v1/predictions/PG/history", params={"horizon": 7})
+    assert bad.status_code == 422
