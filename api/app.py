@@ -13,7 +13,7 @@ from api.db.pool import create_pool
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.predictor import Predictor
-from api.routers import admin, analysis, health, predictions, stocks
+from api.routers import admin, analysis, health, models, predictions, stocks
 from api.settings import Settings
 
 
@@ -48,6 +48,6 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             allow_headers=["*"],
         )
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, stocks, analysis, predictions, admin):
+    for module in (health, stocks, analysis, predictions, models, admin):
         app.include_router(module.router)
     return app

@@ -66,6 +66,17 @@ class Routing(BaseModel):
     challenger_weight: float = 0.0
 
 
+class ModelVersion(BaseModel):
+    version: str
+    aliases: list[str]
+    metrics: dict[str, float] = Field(description="walk-forward headline metrics of its run")
+
+
+class FamilyCatalogue(BaseModel):
+    family: str
+    versions: list[ModelVersion]
+
+
 class ModelUnavailable(RuntimeError):
     """The family (or variant) has no loadable model right now; the message says why."""
 
@@ -74,3 +85,5 @@ class Predictor(Protocol):
     async def routing(self, family: str) -> Routing: ...
 
     async def forecast(self, request: ForecastRequest) -> ForecastBatch: ...
+
+    async def catalogue(self, family: str) -> FamilyCatalogue: ...

@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
-from api.predictor import ForecastBatch, ForecastRequest, ModelUnavailable, Routing
+from api.predictor import FamilyCatalogue, ForecastBatch, ForecastRequest, ModelUnavailable, Routing
 from api.settings import Settings
 from serving.local import DbWeights, LocalPredictor
 
@@ -95,6 +95,9 @@ class FamilyForecaster:
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
         return await self._predictor.forecast(request)
 
+    async def catalogue(self) -> FamilyCatalogue:
+        return await self._predictor.catalogue(self.family)
+
     async def forecast_with(self, model_uri: str, request: ForecastRequest) -> Any:
         """Predictions of one exact logged model (the ensemble's fitted members)."""
         return await self._predictor.predict_uri(model_uri, request)
@@ -156,6 +159,9 @@ class ABRouter:
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
         return await self._family(request.family).forecast.remote(request)
 
+    async def catalogue(self, family: str) -> FamilyCatalogue:
+        return await self._family(family).catalogue.remote()
+
     def _family(self, family: str) -> DeploymentHandle:
         if family not in self._families:
             raise ModelUnavailable(f"no deployment serves {family!r}")
@@ -173,6 +179,9 @@ class RayPredictor:
 
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
         return await self._router.forecast.remote(request)
+
+    async def catalogue(self, family: str) -> FamilyCatalogue:
+        return await self._router.catalogue.remote(family)
 
 
 @serve.deployment(name="StockCopilotIngress")

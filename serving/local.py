@@ -18,11 +18,13 @@ from mlflow import MlflowClient
 from api.db.ab import challenger_weight
 from api.db.pool import create_pool
 from api.predictor import (
+    FamilyCatalogue,
     Forecast,
     ForecastBatch,
     ForecastRequest,
     HorizonSkill,
     ModelUnavailable,
+    ModelVersion,
     Routing,
     SeriesInput,
 )
@@ -127,6 +129,25 @@ class LocalPredictor:
         )
         self._routing[family] = (time.monotonic(), routing)
         return routing
+
+    async def catalogue(self, family: str) -> FamilyCatalogue:
+        """Registered versions with aliases and the headline metrics of their training run."""
+        found = await asyncio.to_thread(registry.versions, self._client, family)
+        return FamilyCatalogue(
+            family=family,
+            versions=[
+                ModelVersion(
+                    version=v.version,
+                    aliases=list(v.aliases),
+                    metrics={
+                        k: float(x)
+                        for k, x in v.metrics.items()
+                        if "." in k and not k.startswith(("fold", "all."))
+                    },
+                )
+                for v in found
+            ],
+        )
 
     async def _bundle(self, uri: str) -> Bundle:
         async with self._lock:  # one load per model, however many requests arrive at once

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
 
+from api.db.models import AliasEvent, AliasEventRepository
 from api.services.predictions import prob_up
 from api.settings import Settings
 from tests.conftest import ADMIN_TOKEN
@@ -183,3 +185,21 @@ async def test_history_shows_past_predictions_with_realised_outcomes(
     )
     bad = await api.get("/api/v1/predictions/PG/history", params={"horizon": 7})
     assert bad.status_code == 422
+
+
+async def test_models_lists_versions_aliases_weights_and_history(
+    api: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    await AliasEventRepository(pool).record(
+        AliasEvent("stockcopilot-hybrid", "challenger", None, "2", "tester", "second opinion")
+    )
+    response = await api.get("/api/v1/models")
+    assert response.status_code == 200
+    families = {f["family"]: f for f in response.json()}
+    assert set(families) == {"lstm", "transformer", "hybrid", "ensemble"}
+    hybrid = families["hybrid"]
+    assert (hybrid["champion"], hybrid["challenger"]) == ("1", "2")
+    assert hybrid["challenger_weight"] == 0.5
+    assert {v["version"] for v in hybrid["versions"]} >= {"1", "2"}
+    assert any(m["actor"] == "tester" and m["to_version"] == "2" for m in hybrid["alias_history"])
+    assert families["lstm"]["challenger"] is None
