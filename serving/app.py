@@ -30,11 +30,12 @@ from serving.deployments import (
 def build_app(config: ServeAppConfig) -> Application:
     settings = config.settings
     members = {
-        "lstm": LSTMForecaster.options(**config.model.deployment_options()).bind(settings),
-        "transformer": TransformerForecaster.options(**config.model.deployment_options()).bind(
-            settings
-        ),
-        "hybrid": HybridForecaster.options(**config.model.deployment_options()).bind(settings),
+        family: deployment.options(**config.family(family).deployment_options()).bind(settings)
+        for family, deployment in (
+            ("lstm", LSTMForecaster),
+            ("transformer", TransformerForecaster),
+            ("hybrid", HybridForecaster),
+        )
     }
     ensemble = EnsembleForecaster.options(**config.ensemble.deployment_options()).bind(
         settings, members

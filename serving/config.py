@@ -1,11 +1,13 @@
 """Typed configuration of the Serve application: one place for replicas, CPUs and the store URLs.
 
 Sizing for the 2-core, 24 GiB development machine: every model replica imports torch
-(~0.7 GiB RSS), so model deployments scale 1 → 2 replicas (3 for the busiest) and ask for a
-quarter CPU each — Ray packs them onto two cores, and a single-threaded forward pass of these
-small networks takes milliseconds, so CPU shares rarely bind. `max_ongoing_requests` bounds the
-queue inside one replica (back-pressure goes to the router instead), and
-`target_ongoing_requests=2` makes the autoscaler add a replica as soon as two requests wait.
+(~0.7 GiB RSS), so each family scales 1 → 3 replicas and the ensemble, router and ingress 1 → 2.
+CPU shares are scheduling weights, sized so that even every deployment at its maximum fits two
+cores (3×3×0.15 + 2×0.15 + 2×0.05 + 2×0.1 = 1.95): a replica that cannot be placed would sit
+pending, and the single-threaded forward pass of these small networks takes milliseconds, so
+the shares rarely bind. `max_ongoing_requests` bounds the queue inside one replica (back-pressure
+goes to the router instead), and `target_ongoing_requests=2` makes the autoscaler add a model
+replica as soon as two requests wait on average.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class Scaling(BaseModel):
     max_replicas: int = Field(default=2, ge=1)
     target_ongoing_requests: float = Field(default=2.0, gt=0)
     max_ongoing_requests: int = Field(default=8, ge=1)
-    num_cpus: float = Field(default=0.25, gt=0)
+    num_cpus: float = Field(default=0.15, gt=0)
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 20.0
 
@@ -47,11 +49,17 @@ class ServeAppConfig(BaseModel):
     ensemble: Scaling = Field(default_factory=Scaling)
     router: Scaling = Field(
         default_factory=lambda: Scaling(
-            num_cpus=0.1, max_ongoing_requests=64, target_ongoing_requests=16
+            num_cpus=0.05, max_ongoing_requests=64, target_ongoing_requests=16
         )
     )
     ingress: Scaling = Field(
         default_factory=lambda: Scaling(
-            num_cpus=0.25, max_ongoing_requests=64, target_ongoing_requests=16
+            num_cpus=0.1, max_ongoing_requests=64, target_ongoing_requests=16
         )
     )
+    overrides: dict[str, Scaling] = Field(
+        default_factory=dict, description="per-family scaling (lstm, transformer, hybrid)"
+    )
+
+    def family(self, name: str) -> Scaling:
+        return self.overrides.get(name, self.model)

@@ -18,7 +18,7 @@ from ray import serve
 
 from api.settings import Settings
 from serving.app import build_app
-from serving.config import ServeAppConfig
+from serving.config import Scaling, ServeAppConfig
 from training import registry
 
 pytestmark = pytest.mark.slow
@@ -41,9 +41,11 @@ def serve_url(
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(
-            build_app(ServeAppConfig(settings=app_settings)), name="stockcopilot", route_prefix="/"
+        # two LSTM replicas from the start, so one can be killed while the other answers
+        config = ServeAppConfig(
+            settings=app_settings, overrides={"lstm": Scaling(min_replicas=2, max_replicas=3)}
         )
+        serve.run(build_app(config), name="stockcopilot", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
@@ -133,3 +135,37 @@ async def test_observed_switch_is_written_to_the_alias_history(
         await asyncio.sleep(1)
     assert row is not None and row["actor"] == "serving"
     assert (row["from_version"], row["to_version"]) == moved
+
+
+def _lstm_replicas() -> list[str]:
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "LSTMForecaster" in a["name"] and a["name"].startswith("SERVE_REPLICA")
+    )
+
+
+def _running_lstm_replicas() -> int:
+    status = serve.status().applications["stockcopilot"].deployments["LSTMForecaster"]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+def test_a_killed_replica_is_replaced_while_requests_succeed(serve_url: str) -> None:
+    replicas = _lstm_replicas()
+    assert len(replicas) >= 2
+    ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+    statuses = []
+    for day in range(1, 21):  # distinct as-of dates: every request reaches a model replica
+        response = httpx.get(
+            f"{serve_url}/api/v1/predictions/JPM",
+            params={"model": "lstm", "as_of": f"2020-06-{day:02d}"},
+            timeout=60,
+        )
+        statuses.append(response.status_code)
+    assert statuses == [200] * 20
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        replicas[0] in _lstm_replicas() or _running_lstm_replicas() < 2
+    ):
+        time.sleep(1)
+    assert replicas[0] not in _lstm_replicas() and _running_lstm_replicas() >= 2
