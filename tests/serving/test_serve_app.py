@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import mlflow
+import pandas as pd
 import pytest
 import ray
 from mlflow import MlflowClient
@@ -43,7 +44,18 @@ def serve_url(
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # two LSTM replicas from the start, so one can be killed while the other answers
         config = ServeAppConfig(
-            settings=app_settings, overrides={"lstm": Scaling(min_replicas=2, max_replicas=3)}
+            settings=app_settings,
+            overrides={
+                "lstm": Scaling(min_replicas=2, max_replicas=3),
+                # quick to react, so a short bounded load shows scaling out and back in
+                "hybrid": Scaling(
+                    min_replicas=1,
+                    max_replicas=2,
+                    target_ongoing_requests=1,
+                    upscale_delay_s=1,
+                    downscale_delay_s=8,
+                ),
+            },
         )
         serve.run(build_app(config), name="stockcopilot", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
@@ -145,8 +157,8 @@ def _lstm_replicas() -> list[str]:
     )
 
 
-def _running_lstm_replicas() -> int:
-    status = serve.status().applications["stockcopilot"].deployments["LSTMForecaster"]
+def _running(deployment: str) -> int:
+    status = serve.status().applications["stockcopilot"].deployments[deployment]
     return int(status.replica_states.get("RUNNING", 0))
 
 
@@ -165,7 +177,46 @@ def test_a_killed_replica_is_replaced_while_requests_succeed(serve_url: str) -> 
     assert statuses == [200] * 20
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (
-        replicas[0] in _lstm_replicas() or _running_lstm_replicas() < 2
+        replicas[0] in _lstm_replicas() or _running("LSTMForecaster") < 2
     ):
         time.sleep(1)
-    assert replicas[0] not in _lstm_replicas() and _running_lstm_replicas() >= 2
+    assert replicas[0] not in _lstm_replicas() and _running("LSTMForecaster") >= 2
+
+
+async def _load(url: str, stop: asyncio.Event, workers: int = 12) -> int:
+    """Loopback load on uncached hybrid predictions until `stop` is set; returns requests sent."""
+    dates = pd.bdate_range("2020-01-02", "2022-12-28")
+    combos = iter([(t, d) for d in dates for t in ("AAPL", "KO", "XOM", "JPM", "MSFT")])
+    sent = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal sent
+        for ticker, day in combos:
+            if stop.is_set():
+                return
+            await client.get(
+                f"{url}/api/v1/predictions/{ticker}",
+                params={"model": "hybrid", "as_of": str(day.date())},
+            )
+            sent += 1
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(workers)))
+    return sent
+
+
+async def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(serve_url: str) -> None:
+    assert _running("HybridForecaster") == 1
+    stop = asyncio.Event()
+    load = asyncio.create_task(_load(serve_url, stop))
+    peak, deadline = 1, time.monotonic() + 60  # bounded: at most a minute of load
+    while time.monotonic() < deadline and peak < 2:
+        await asyncio.sleep(1)
+        peak = max(peak, _running("HybridForecaster"))
+    stop.set()
+    sent = await load
+    assert peak >= 2, f"no scale-out after {sent} requests"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and _running("HybridForecaster") > 1:
+        await asyncio.sleep(2)
+    assert _running("HybridForecaster") == 1
