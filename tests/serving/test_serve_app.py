@@ -217,6 +217,6 @@ async def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(serve_
     sent = await load
     assert peak >= 2, f"no scale-out after {sent} requests"
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and _running("HybridForecaster") > 1:
+    while time.monotonic() < deadline and _running("HybridForecaster") > 1:  # noqa: ASYNC110 - polls Serve
         await asyncio.sleep(2)
     assert _running("HybridForecaster") == 1
