@@ -8,36 +8,44 @@ then swaps the reference, so in-flight requests finish on the version they start
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import asyncpg
 import structlog
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
 from api.predictor import FamilyCatalogue, ForecastBatch, ForecastRequest, ModelUnavailable, Routing
 from api.settings import Settings
 from serving.local import DbWeights, LocalPredictor
+from training.registry import model_name
 
 log = structlog.get_logger(__name__)
 
 
 class AliasAudit:
-    """Writes alias switches serving observed (e.g. made in the MLflow UI) to the alias history,
-    unless the mover (the CLI, automatic rollback) already recorded that very move."""
+    """Alias switches serving observed (e.g. made in the MLflow UI) and automatic rollbacks, in
+    the alias history; rollbacks are also published for the notification stream."""
+
+    CHANNEL = "notifications:models"
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
 
-    async def observed(self, family: str, alias: str, old: str | None, new: str | None) -> None:
-        from training.registry import model_name
-
+    async def _repo(self) -> AliasEventRepository:
         if self._pool is None:
             self._pool = await create_pool(self._settings)
-        repo = AliasEventRepository(self._pool)
+        return AliasEventRepository(self._pool)
+
+    async def observed(self, family: str, alias: str, old: str | None, new: str | None) -> None:
+        """Record a move unless its mover (the CLI, a rollback) already recorded it."""
+        repo = await self._repo()
         latest = await repo.history(model_name(family), alias, limit=1)
         if latest and latest[0].to_version == new:
             return
@@ -53,6 +61,30 @@ class AliasAudit:
         )
         log.info("alias_switch", family=family, alias=alias, old=old, new=new)
 
+    async def rollback(
+        self, family: str, alias: str, broken: str | None, restored: str | None, reason: str
+    ) -> None:
+        await self.observed(family, alias, restored, broken)  # the move that failed, if unseen
+        repo = await self._repo()
+        await repo.record(
+            AliasEvent(model_name(family), alias, broken, restored, "auto-rollback", reason)
+        )
+        event = {
+            "type": "model_rollback",
+            "family": family,
+            "alias": alias,
+            "from_version": broken,
+            "to_version": restored,
+            "reason": reason,
+        }
+        redis = Redis.from_url(self._settings.redis_url or "")
+        try:
+            await redis.publish(self.CHANNEL, json.dumps(event))
+        except (RedisError, OSError) as exc:  # the audit row is written; the push is best effort
+            log.warning("rollback_notification_failed", error=type(exc).__name__)
+        finally:
+            await redis.aclose()
+
 
 class FamilyForecaster:
     """Serves one family through the same in-process predictor tests and `--no-ray` use."""
@@ -65,29 +97,65 @@ class FamilyForecaster:
         from training import registry
 
         torch.set_num_threads(1)  # see training.fit: one thread is much faster on small nets
-        self._predictor = LocalPredictor(
-            registry.configure(settings.mlflow_tracking_uri), alias_ttl_s=settings.alias_poll_s
-        )
+        self._client = registry.configure(settings.mlflow_tracking_uri)
+        self._predictor = LocalPredictor(self._client, alias_ttl_s=settings.alias_poll_s)
         self._poll_s = settings.alias_poll_s
         self._audit = AliasAudit(settings)
         self._watch = asyncio.get_event_loop().create_task(self._follow_aliases())
 
     async def _follow_aliases(self) -> None:
-        """Load a newly aliased version, then record the switch in the alias history."""
-        seen: dict[str, str | None] = {}
+        """Switch to a newly aliased version only once it has loaded; roll back one that fails.
+
+        Requests are answered throughout from the last vetted routing (`pin`), so a broken
+        version never receives traffic.
+        """
+        active: Routing | None = None
         while True:
             try:
-                routing = await self._predictor.routing(self.family)
-                for alias in ("champion", "challenger"):
-                    version = getattr(routing, alias)
-                    if version is not None:
-                        await self._predictor.preload(self.family, version)
-                    if alias in seen and seen[alias] != version:
-                        await self._audit.observed(self.family, alias, seen[alias], version)
-                    seen[alias] = version
+                active = await self._vet(active)
             except Exception as exc:  # a failed poll keeps serving what it has
                 log.warning("alias_poll_failed", family=self.family, error=str(exc))
             await asyncio.sleep(self._poll_s)
+
+    async def _vet(self, active: Routing | None) -> Routing:
+        wanted = await self._predictor.registry_routing(self.family)
+        vetted = wanted if active is None else active.model_copy()
+        for alias in ("champion", "challenger"):
+            new, old = getattr(wanted, alias), getattr(vetted, alias)
+            if active is not None and new == getattr(active, alias):
+                continue
+            try:
+                if new is not None:
+                    await self._predictor.preload(self.family, new)
+            except ModelUnavailable as exc:
+                await self._rollback(alias, old, new, str(exc))
+                continue
+            if active is not None:
+                await self._audit.observed(self.family, alias, old, new)
+            vetted = vetted.model_copy(update={alias: new})
+        vetted = vetted.model_copy(update={"challenger_weight": wanted.challenger_weight})
+        self._predictor.pin(vetted)
+        return vetted
+
+    async def _rollback(
+        self, alias: str, previous: str | None, broken: str | None, why: str
+    ) -> None:
+        """Point the alias back at the version that was serving, and say so everywhere."""
+        from training import registry
+
+        log.error(
+            "auto_rollback",
+            family=self.family,
+            alias=alias,
+            broken=broken,
+            previous=previous,
+            reason=why,
+        )
+        if previous is not None:
+            await asyncio.to_thread(registry.set_alias, self._client, self.family, alias, previous)
+        await self._audit.rollback(
+            self.family, alias, broken, previous, f"version {broken} failed to load: {why}"[:500]
+        )
 
     async def routing(self) -> Routing:
         return await self._predictor.routing(self.family)

@@ -115,9 +115,19 @@ class LocalPredictor:
         self._bundles: dict[str, Bundle] = {}
         self._lock = asyncio.Lock()
 
+    def pin(self, routing: Routing) -> None:
+        """Serve exactly these versions until the next pin (a deployment that vets new versions
+        before switching pins what it has vetted; the alias TTL no longer applies)."""
+        self._routing[routing.family] = (float("inf"), routing)
+
+    async def registry_routing(self, family: str) -> Routing:
+        """The aliases as the registry has them right now (no cache)."""
+        self._routing.pop(family, None)
+        return await self.routing(family)
+
     async def routing(self, family: str) -> Routing:
         cached = self._routing.get(family)
-        if cached and time.monotonic() - cached[0] < self._ttl:
+        if cached and (cached[0] == float("inf") or time.monotonic() - cached[0] < self._ttl):
             return cached[1]
         champion, challenger = await asyncio.gather(
             asyncio.to_thread(registry.alias_version, self._client, family, CHAMPION),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -16,11 +17,13 @@ import pytest
 import ray
 from mlflow import MlflowClient
 from ray import serve
+from redis.asyncio import Redis
 
 from api.settings import Settings
 from serving.app import build_app
 from serving.config import Scaling, ServeAppConfig
 from training import registry
+from training.pyfunc import ForecasterModel
 
 pytestmark = pytest.mark.slow
 
@@ -220,3 +223,57 @@ async def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(serve_
     while time.monotonic() < deadline and _running("HybridForecaster") > 1:  # noqa: ASYNC110 - polls Serve
         await asyncio.sleep(2)
     assert _running("HybridForecaster") == 1
+
+
+async def test_a_version_that_fails_to_load_is_rolled_back_while_requests_succeed(
+    serve_url: str,
+    serving_registry: MlflowClient,
+    registry_root: Path,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    good = registry.alias_version(serving_registry, "transformer", "champion")
+    broken_dir = registry_root / "broken-bundle"
+    broken_dir.mkdir()  # no bundle.json and no weights: loading this model must fail
+    registry.experiment("transformer")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ForecasterModel(),
+            artifacts={"bundle": str(broken_dir)},
+            pip_requirements=["stock-copilot"],
+        )
+    broken = registry.register(info.model_uri, "transformer")
+    redis = Redis.from_url(settings.redis_url or "")
+    notifications = redis.pubsub()
+    await notifications.subscribe("notifications:models")
+    serving_registry.set_registered_model_alias("stockcopilot-transformer", "champion", broken)
+
+    deadline, day, answered = time.monotonic() + 40, 1, []
+    while time.monotonic() < deadline:
+        async with httpx.AsyncClient(timeout=60) as client:
+            response = await client.get(
+                f"{serve_url}/api/v1/predictions/XOM",
+                params={"model": "transformer", "as_of": f"2019-07-{day:02d}"},
+            )
+        answered.append((response.status_code, response.json()["model"]["version"]))
+        if registry.alias_version(serving_registry, "transformer", "champion") == good:
+            break
+        day = day % 28 + 1
+        await asyncio.sleep(1)
+    assert registry.alias_version(serving_registry, "transformer", "champion") == good
+    assert all(status == 200 and version == good for status, version in answered)
+    event = await pool.fetchrow(
+        "SELECT from_version, to_version, reason FROM model_alias_events WHERE actor = "
+        "'auto-rollback' AND model = 'stockcopilot-transformer' ORDER BY id DESC LIMIT 1"
+    )
+    assert (event["from_version"], event["to_version"]) == (broken, good)
+    assert "failed to load" in event["reason"]
+    message = None
+    for _ in range(20):
+        message = await notifications.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message:
+            break
+    await notifications.aclose()
+    await redis.aclose()
+    assert message is not None and json.loads(message["data"])["type"] == "model_rollback"
