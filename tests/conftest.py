@@ -71,3 +71,12 @@ async def client(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point `stockcopilot` commands run by a test at the session's embedded services."""
+    monkeypatch.setenv("DATABASE_URL", settings.database_url or "")
+    monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
+    monkeypatch.setenv("STOCKCOPILOT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LOG_JSON", "true")

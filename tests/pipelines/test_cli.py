@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import asyncpg
-import pytest
-from typer.testing import CliRunner, Result
 
 from api.db.migrate import discover
-from api.settings import Settings
-from pipelines.cli import app
-
-runner = CliRunner()
-
-
-async def invoke(*args: str) -> Result:
-    """Run the CLI in a worker thread: its own asyncio.run() cannot nest in the test's loop."""
-    return await asyncio.to_thread(runner.invoke, app, list(args))
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", settings.database_url or "")
-    monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
-    monkeypatch.setenv("STOCKCOPILOT_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("LOG_JSON", "true")
+from tests.utils import invoke
 
 
 async def test_db_upgrade_reports_the_schema_version(cli_env: None, pool: asyncpg.Pool) -> None:

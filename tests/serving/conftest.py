@@ -15,27 +15,13 @@ from api.app import create_app
 from api.settings import Settings
 from features.windows import FeatureConfig
 from serving.local import LocalPredictor
+from tests.utils import TINY
 from training import registry
 from training.bundle import EnsembleBundle, ForecastBundle
-from training.config import TrainConfig
 from training.data import MEMBERS, Vocab, build_panel
 from training.walkforward import fit_on_fold, folds_for
 
-CFG = TrainConfig(
-    window=10,
-    hidden=8,
-    layers=1,
-    heads=2,
-    embedding_dim=4,
-    batch_size=256,
-    max_epochs=1,
-    patience=1,
-    train_stride=3,
-    n_folds=3,
-    test_days=40,
-    val_days=30,
-    embargo=20,
-)
+CFG = TINY
 TICKERS = ("AAPL", "KO", "XOM", "JPM", "MSFT")
 CHALLENGER_WEIGHTS = {"hybrid": 0.5}
 

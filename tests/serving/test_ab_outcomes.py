@@ -3,7 +3,6 @@ bars that arrive later, the Diebold-Mariano verdict and the `stockcopilot ab` co
 
 from __future__ import annotations
 
-import asyncio
 import math
 from datetime import date, timedelta
 
@@ -12,7 +11,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner, Result
 
 from api.db.ab import (
     AbWeightRepository,
@@ -22,26 +20,10 @@ from api.db.ab import (
 )
 from api.services.ab import bucket
 from api.services.outcomes import ab_report
-from api.settings import Settings
-from pipelines.cli import app
 from pipelines.models import default_actor
 from tests.conftest import ADMIN_TOKEN
+from tests.utils import invoke
 from training.metrics import diebold_mariano, row_pinball
-
-runner = CliRunner()
-
-
-async def invoke(*args: str) -> Result:
-    """Run the CLI in a worker thread: its own asyncio.run() cannot nest in the test's loop."""
-    return await asyncio.to_thread(runner.invoke, app, list(args))
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", settings.database_url or "")
-    monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
-    monkeypatch.setenv("STOCKCOPILOT_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("LOG_JSON", "true")
 
 
 def _pinball_by_hand(y: float, q10: float, q50: float, q90: float) -> float:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from features.windows import FeatureConfig
+from tests.utils import TINY
 from training.config import TrainConfig
 from training.data import Panel, Vocab, build_panel
 from training.models import QuantileForecaster
@@ -16,21 +17,7 @@ TICKERS = ("AAPL", "KO", "XOM", "JPM")
 
 @pytest.fixture(scope="session")
 def tiny_cfg() -> TrainConfig:
-    return TrainConfig(
-        window=10,
-        hidden=8,
-        layers=1,
-        heads=2,
-        embedding_dim=4,
-        batch_size=256,
-        max_epochs=1,
-        patience=1,
-        train_stride=2,
-        n_folds=3,
-        test_days=40,
-        val_days=30,
-        embargo=20,
-    )
+    return TINY
 
 
 @pytest.fixture(scope="session")

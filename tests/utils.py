@@ -1,0 +1,35 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+
+from typer.testing import CliRunner, Result
+
+from training.config import TrainConfig
+
+# A network small enough to fit in a second or two on real data, for tests that need one.
+TINY = TrainConfig(
+    window=10,
+    hidden=8,
+    layers=1,
+    heads=2,
+    embedding_dim=4,
+    batch_size=256,
+    max_epochs=1,
+    patience=1,
+    train_stride=2,
+    n_folds=3,
+    test_days=40,
+    val_days=30,
+    embargo=20,
+)
+
+_runner = CliRunner()
+
+
+async def invoke(*args: str) -> Result:
+    """Run the CLI in a worker thread: its own asyncio.run() cannot nest in the test's loop."""
+    from pipelines.cli import app
+
+    return await asyncio.to_thread(_runner.invoke, app, list(args))
