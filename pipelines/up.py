@@ -78,6 +78,7 @@ def _serve_with_ray(ready: Settings, console: Console) -> None:
     from serving.config import ServeAppConfig
 
     context = ray.init(
+        address="local",  # our own cluster, never one that happens to run on the machine
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         log_to_driver=False,

@@ -237,13 +237,25 @@ class ABRouter:
 
 
 class RayPredictor:
-    """The API's Predictor over a Ray handle to the A/B router."""
+    """The API's Predictor over a Ray handle to the A/B router.
 
-    def __init__(self, router: DeploymentHandle) -> None:
+    The routing table is kept for `routing_ttl_s` in the ingress, so a cached prediction is
+    answered without entering the Ray cluster at all.
+    """
+
+    def __init__(self, router: DeploymentHandle, routing_ttl_s: float = 2.0) -> None:
         self._router = router
+        self._ttl = routing_ttl_s
+        self._routing: dict[str, tuple[float, Routing]] = {}
 
     async def routing(self, family: str) -> Routing:
-        return await self._router.routing.remote(family)
+        now = asyncio.get_running_loop().time()
+        cached = self._routing.get(family)
+        if cached and now - cached[0] < self._ttl:
+            return cached[1]
+        routing: Routing = await self._router.routing.remote(family)
+        self._routing[family] = (now, routing)
+        return routing
 
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
         return await self._router.forecast.remote(request)

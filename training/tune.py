@@ -217,6 +217,7 @@ def _start_ray(cpus: int) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(
+        address="local",  # our own cluster, never one that happens to run on the machine
         num_cpus=cpus,
         include_dashboard=False,
         log_to_driver=False,
