@@ -1,0 +1,1 @@
+"""Reproducible performance runs that print ratios measured side by side."""

@@ -1,0 +1,289 @@
+"""Serving benchmark: the same prediction through every layer, side by side, in one run.
+
+    uv run python -m benchmarks.serving [--seconds 4] [--family lstm]
+
+Loopback only, each measurement bounded in time. Layers: the raw model forward; the API behind
+plain FastAPI in-process (`stockcopilot up --no-ray`); the bare Serve handle; the full stack
+through the Serve proxy, uncached and cached; a batch of every bundled ticker against one.
+Absolute numbers vary on a shared machine; the ratios, measured in the same run, are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import psutil
+
+from api.app import create_app
+from api.predictor import ForecastRequest, SeriesInput
+from api.settings import Settings
+from features.datasets import load_universe
+from pipelines.embedded import resolved_settings
+from pipelines.ingest import bars_stored, ingest_bundled
+from pipelines.up import ensure_champions
+from serving.local import LocalPredictor
+from training import registry
+from training.fit import predict
+
+TICKERS = [i.ticker for i in load_universe().instruments if i.asset_type == "equity"]
+DATES = [str(d.date()) for d in pd.bdate_range("2016-01-04", "2022-12-28")]
+
+
+@dataclass
+class Row:
+    name: str
+    concurrency: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def measure(
+    name: str, call: Callable[[int], Awaitable[object]], concurrency: int, seconds: float
+) -> Row:
+    """Run `call(i)` from `concurrency` workers for `seconds`; latency per call."""
+    latencies: list[float] = []
+    counter = itertools.count()
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            await call(next(counter))
+            latencies.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return Row(
+        name,
+        concurrency,
+        len(ordered),
+        len(ordered) / elapsed,
+        1000 * statistics.median(ordered),
+        1000 * ordered[int(0.99 * (len(ordered) - 1))],
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _uncached(ticker_base: int) -> Callable[[int], tuple[str, str]]:
+    """A distinct (ticker, as-of) per call, so nothing is answered from the cache."""
+
+    def pick(i: int) -> tuple[str, str]:
+        n = ticker_base + i
+        return TICKERS[n % len(TICKERS)], DATES[(n // len(TICKERS)) % len(DATES)]
+
+    return pick
+
+
+async def run(args: argparse.Namespace, settings: Settings, prepared: tuple) -> list[Row]:
+    import ray
+    import uvicorn
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import ServeAppConfig
+
+    rows: list[Row] = []
+    family, seconds = args.family, args.seconds
+    predictor = LocalPredictor(registry.configure(settings.mlflow_tracking_uri))
+    # 1. raw forward: the network on one prepared window, no I/O
+    bundle, bars = prepared
+    window = bundle.window_set(bars[bars["ticker"] == "AAPL"])
+
+    async def raw(_: int) -> object:
+        return predict(bundle.module, window)
+
+    rows.append(await measure("raw model forward", raw, 1, seconds))
+
+    # 2. plain FastAPI in-process (the --no-ray path) on loopback
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, predictor),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:  # noqa: ASYNC110 - polls uvicorn's flag in another thread
+        await asyncio.sleep(0.1)
+    local = f"http://127.0.0.1:{port}"
+
+    # 3-5. Ray Serve
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve_port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    serve.run(build_app(ServeAppConfig(settings=settings)), name="stockcopilot", route_prefix="/")
+    full = f"http://127.0.0.1:{serve_port}"
+    handle = serve.get_deployment_handle(
+        {
+            "lstm": "LSTMForecaster",
+            "transformer": "TransformerForecaster",
+            "hybrid": "HybridForecaster",
+        }[family],
+        app_name="stockcopilot",
+    )
+    closes = bars[bars["ticker"] == "AAPL"].tail(400)
+    request = ForecastRequest(
+        family=family,
+        variant="champion",
+        series=[
+            SeriesInput(
+                ticker="AAPL",
+                dates=[d.date() for d in closes["date"]],
+                closes=list(closes["close"]),
+            )
+        ],
+    )
+
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=128)) as client:
+
+        async def get(base: str, pick: Callable[[int], tuple[str, str]], i: int) -> None:
+            ticker, as_of = pick(i)
+            response = await client.get(
+                f"{base}/api/v1/predictions/{ticker}", params={"model": family, "as_of": as_of}
+            )
+            response.raise_for_status()
+
+        async def bare(_: int) -> object:
+            return await handle.forecast.remote(request)
+
+        offset = itertools.count(step=100_000)
+        for concurrency in (1, 16, 64):
+            for name, base in (("in-process FastAPI", local), ("full stack (proxy)", full)):
+                pick = _uncached(next(offset))
+                rows.append(
+                    await measure(
+                        f"{name}, uncached",
+                        lambda i, b=base, p=pick: get(b, p, i),
+                        concurrency,
+                        seconds,
+                    )
+                )
+                fixed = _uncached(0)
+                await get(base, fixed, 0)  # warm the cache entry
+                rows.append(
+                    await measure(
+                        f"{name}, cached",
+                        lambda i, b=base, f=fixed: get(b, f, 0),
+                        concurrency,
+                        seconds,
+                    )
+                )
+            rows.append(await measure("bare Serve handle", bare, concurrency, seconds))
+
+        async def batch(size: int, i: int) -> None:
+            response = await client.post(
+                f"{full}/api/v1/predictions/batch",
+                json={"tickers": TICKERS[:size], "model": family, "as_of": DATES[-1 - i % 500]},
+            )
+            response.raise_for_status()
+
+        rows.append(await measure("batch of 1 (proxy)", lambda i: batch(1, i), 1, seconds))
+        rows.append(
+            await measure(
+                f"batch of {len(TICKERS)} (proxy)", lambda i: batch(len(TICKERS), i), 1, seconds
+            )
+        )
+    rss = _stack_rss_gib()
+    serve.shutdown()
+    ray.shutdown()
+    server.should_exit = True
+    thread.join(timeout=30)  # let the in-process app close its pools before Postgres stops
+    print(f"\nwhole stack RSS (this process + Ray + Postgres + Redis): {rss:.2f} GiB")
+    return rows
+
+
+def prepare(settings: Settings, family: str) -> tuple:
+    """The champion bundle and the bars, loaded before any timing starts."""
+    from features.datasets import load_bundled_bars
+
+    registry.configure(settings.mlflow_tracking_uri)
+    bundle = registry.load_bundle(f"models:/{registry.model_name(family)}@champion")
+    return bundle, load_bundled_bars()
+
+
+def _stack_rss_gib() -> float:
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.pid != me.pid and any(
+            k in cmd for k in ("ray::", "raylet", "gcs_server", "postgres", "redis-server")
+        ):
+            total += proc.info["memory_info"].rss
+    return total / 2**30
+
+
+def report(rows: list[Row]) -> None:
+    print(f"\n{'path':34} {'conc':>4} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in rows:
+        print(
+            f"{r.name:34} {r.concurrency:>4} {r.requests:>6} {r.rps:>8.1f} {r.p50_ms:>8.1f} "
+            f"{r.p99_ms:>8.1f}"
+        )
+    by = {(r.name, r.concurrency): r for r in rows}
+    print("\nratios (same run):")
+    for c in (1, 16, 64):
+        cached = (
+            by[("full stack (proxy), cached", c)].p50_ms
+            / by[("in-process FastAPI, cached", c)].p50_ms
+        )
+        uncached = by[("full stack (proxy), uncached", c)].rps / by[("bare Serve handle", c)].rps
+        print(
+            f"  c={c:>2}: cached full-stack p50 / in-process FastAPI p50 = {cached:.2f} "
+            f"(target ≤ 1.5); uncached full-stack req/s / bare handle req/s = {uncached:.2f} "
+            f"(target ≥ 0.5)"
+        )
+    one = by[("batch of 1 (proxy)", 1)].p50_ms
+    many = next(r for r in rows if r.name.startswith("batch of") and r.name != "batch of 1 (proxy)")
+    print(f"  {many.name} p50 / batch of 1 p50 = {many.p50_ms / one:.2f} (target ≤ 3)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--family", default="lstm", choices=["lstm", "transformer", "hybrid"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        base = Settings(
+            data_dir=Path(tmp),
+            database_url=None,
+            redis_url=None,
+            log_json=True,
+            log_level="WARNING",
+        )
+        with resolved_settings(base) as settings:
+            if asyncio.run(bars_stored(settings.database_url or "")) == 0:
+                asyncio.run(ingest_bundled(settings.database_url or "", show_progress=False))
+            from rich.console import Console
+
+            ensure_champions(settings, Console(stderr=True))
+            report(asyncio.run(run(args, settings, prepare(settings, args.family))))
+
+
+if __name__ == "__main__":
+    main()
