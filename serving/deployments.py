@@ -23,6 +23,7 @@ from api.db.pool import create_pool
 from api.predictor import FamilyCatalogue, ForecastBatch, ForecastRequest, ModelUnavailable, Routing
 from api.settings import Settings
 from serving.local import DbWeights, LocalPredictor
+from serving.ttl import TtlCache
 from training.registry import model_name
 
 log = structlog.get_logger(__name__)
@@ -245,17 +246,13 @@ class RayPredictor:
 
     def __init__(self, router: DeploymentHandle, routing_ttl_s: float = 2.0) -> None:
         self._router = router
-        self._ttl = routing_ttl_s
-        self._routing: dict[str, tuple[float, Routing]] = {}
+        self._routing: TtlCache[str, Routing] = TtlCache(routing_ttl_s)
 
     async def routing(self, family: str) -> Routing:
-        now = asyncio.get_running_loop().time()
         cached = self._routing.get(family)
-        if cached and now - cached[0] < self._ttl:
-            return cached[1]
-        routing: Routing = await self._router.routing.remote(family)
-        self._routing[family] = (now, routing)
-        return routing
+        if cached is not None:
+            return cached
+        return self._routing.put(family, await self._router.routing.remote(family))
 
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
         return await self._router.forecast.remote(request)

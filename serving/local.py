@@ -7,7 +7,6 @@ Tests and `stockcopilot up --no-ray` use it directly; each Ray Serve model deplo
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from api.predictor import (
 from api.services.ab import CHALLENGER, CHAMPION
 from api.settings import Settings
 from features.bars import canonical
+from serving.ttl import TtlCache
 from training import registry
 from training.bundle import EnsembleBundle, ForecastBundle
 
@@ -50,20 +50,16 @@ class DbWeights:
 
     def __init__(self, settings: Settings, ttl_s: float = 5.0) -> None:
         self._settings = settings
-        self._ttl = ttl_s
         self._pool: asyncpg.Pool | None = None
-        self._cache: dict[str, tuple[float, float]] = {}
+        self._cache: TtlCache[str, float] = TtlCache(ttl_s)
 
     async def __call__(self, family: str) -> float:
-        now = asyncio.get_running_loop().time()
         cached = self._cache.get(family)
-        if cached and now - cached[0] < self._ttl:
-            return cached[1]
+        if cached is not None:
+            return cached
         if self._pool is None:
             self._pool = await create_pool(self._settings)
-        weight = await challenger_weight(self._pool, family)
-        self._cache[family] = (now, weight)
-        return weight
+        return self._cache.put(family, await challenger_weight(self._pool, family))
 
 
 def series_to_bars(series: list[SeriesInput]) -> pd.DataFrame:
@@ -110,25 +106,24 @@ class LocalPredictor:
     ) -> None:
         self._client = client
         self._weight = weight
-        self._ttl = alias_ttl_s
-        self._routing: dict[str, tuple[float, Routing]] = {}
+        self._routing: TtlCache[str, Routing] = TtlCache(alias_ttl_s)
         self._bundles: dict[str, Bundle] = {}
         self._lock = asyncio.Lock()
 
     def pin(self, routing: Routing) -> None:
         """Serve exactly these versions until the next pin (a deployment that vets new versions
         before switching pins what it has vetted; the alias TTL no longer applies)."""
-        self._routing[routing.family] = (float("inf"), routing)
+        self._routing.pin(routing.family, routing)
 
     async def registry_routing(self, family: str) -> Routing:
         """The aliases as the registry has them right now (no cache)."""
-        self._routing.pop(family, None)
+        self._routing.drop(family)
         return await self.routing(family)
 
     async def routing(self, family: str) -> Routing:
         cached = self._routing.get(family)
-        if cached and (cached[0] == float("inf") or time.monotonic() - cached[0] < self._ttl):
-            return cached[1]
+        if cached is not None:
+            return cached
         champion, challenger = await asyncio.gather(
             asyncio.to_thread(registry.alias_version, self._client, family, CHAMPION),
             asyncio.to_thread(registry.alias_version, self._client, family, CHALLENGER),
@@ -137,8 +132,7 @@ class LocalPredictor:
         routing = Routing(
             family=family, champion=champion, challenger=challenger, challenger_weight=weight
         )
-        self._routing[family] = (time.monotonic(), routing)
-        return routing
+        return self._routing.put(family, routing)
 
     async def catalogue(self, family: str) -> FamilyCatalogue:
         """Registered versions with aliases and the headline metrics of their training run."""
