@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -80,3 +82,23 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
     monkeypatch.setenv("STOCKCOPILOT_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("LOG_JSON", "true")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without the interpreter's final teardown once pytest has finished everything.
+
+    By now every fixture has stopped what it started (Ray, Postgres, Redis) and the summary is
+    printed. Ray's native threads can still crash CPython's own finalisation (exit 139 after a
+    green run; see ray-project/ray#34508), which would turn a passing suite red at random.
+    """
+    status = getattr(config, "_stockcopilot_exitstatus", None)
+    if status is None or "ray" not in sys.modules:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(status))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._stockcopilot_exitstatus = exitstatus  # type: ignore[attr-defined]
