@@ -16,6 +16,11 @@ FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
 HORIZONS = (1, 5, 20)
 
 
+def model_name(family: str) -> str:
+    """The registered MLflow model serving a family."""
+    return f"stockcopilot-{family}"
+
+
 class SeriesInput(BaseModel):
     """One ticker's recent closes, oldest first, ending at the as-of bar."""
 
@@ -55,6 +60,11 @@ class ForecastBatch(BaseModel):
     variant: str
     forecasts: list[Forecast]
     skill: dict[int, HorizonSkill] = Field(default_factory=dict)
+    shadow: ForecastBatch | None = Field(
+        default=None,
+        description="the previous champion's forecasts for the same request while a newly "
+        "promoted champion is on probation; logged for the live comparison, never served",
+    )
 
 
 class Routing(BaseModel):
@@ -64,6 +74,9 @@ class Routing(BaseModel):
     champion: str | None
     challenger: str | None = None
     challenger_weight: float = 0.0
+
+    def version_of(self, variant: str) -> str | None:
+        return self.challenger if variant == "challenger" else self.champion
 
 
 class ModelVersion(BaseModel):

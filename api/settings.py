@@ -46,6 +46,33 @@ class Settings(BaseSettings):
         description="keys carry version and as-of date, so the TTL only bounds memory",
     )
     alias_poll_s: float = Field(default=30.0, gt=0, description="how often aliases are re-read")
+    rollback_error_rate: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="a newly aliased version failing more than this share of its probation "
+        "requests is rolled back",
+    )
+    rollback_latency_slo_ms: float = Field(
+        default=2_000.0,
+        gt=0,
+        description="p95 latency of a model replica's forecast call a new version must keep",
+    )
+    rollback_min_requests: int = Field(
+        default=20, ge=1, description="requests seen before error rate or latency can judge"
+    )
+    rollback_probation_requests: int = Field(
+        default=500, ge=1, description="requests a new version is watched for errors and latency"
+    )
+    rollback_live_window_s: float = Field(
+        default=14 * 86_400.0,
+        gt=0,
+        description="how long after a promotion the previous champion is shadow-scored and the "
+        "new one rolled back if it loses significantly on live outcomes",
+    )
+    rollback_live_alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="family-wise significance over the horizons"
+    )
     log_level: str = "INFO"
     log_json: bool = True
     admin_api_token: SecretStr | None = Field(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -18,13 +20,25 @@ from ray.serve.handle import DeploymentHandle
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from api.db.ab import PredictionLogRepository
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
-from api.predictor import FamilyCatalogue, ForecastBatch, ForecastRequest, ModelUnavailable, Routing
+from api.predictor import (
+    FamilyCatalogue,
+    ForecastBatch,
+    ForecastRequest,
+    ModelUnavailable,
+    Routing,
+    model_name,
+)
+from api.services.ab import CHALLENGER, CHAMPION
 from api.settings import Settings
-from serving.local import DbWeights, LocalPredictor
+from serving.guard import Probation, RollbackPolicy, live_verdict
+from serving.local import DbWeights, LocalPredictor, MemberPredictions
 from serving.ttl import TtlCache
-from training.registry import model_name
+
+ALIASES = (CHAMPION, CHALLENGER)
+ROLLBACK_ACTOR = "auto-rollback"
 
 log = structlog.get_logger(__name__)
 
@@ -39,36 +53,44 @@ class AliasAudit:
         self._settings = settings
         self._pool: asyncpg.Pool | None = None
 
-    async def _repo(self) -> AliasEventRepository:
+    async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             self._pool = await create_pool(self._settings)
-        return AliasEventRepository(self._pool)
+        return self._pool
 
-    async def observed(self, family: str, alias: str, old: str | None, new: str | None) -> None:
-        """Record a move unless its mover (the CLI, a rollback) already recorded it."""
-        repo = await self._repo()
-        latest = await repo.history(model_name(family), alias, limit=1)
-        if latest and latest[0].to_version == new:
-            return
-        await repo.record(
-            AliasEvent(
-                model_name(family),
-                alias,
-                old,
-                new,
-                "serving",
-                "alias moved outside stockcopilot (e.g. MLflow UI)",
-            )
+    async def latest(self, family: str, alias: str) -> AliasEvent | None:
+        found = await AliasEventRepository(await self.pool()).history(
+            model_name(family), alias, limit=1
         )
+        return found[0] if found else None
+
+    async def observed(
+        self, family: str, alias: str, old: str | None, new: str | None
+    ) -> AliasEvent:
+        """Record a move unless its mover (the CLI, a rollback) already did; returns the event
+        that put `new` under the alias."""
+        latest = await self.latest(family, alias)
+        if latest and latest.to_version == new:
+            return latest
+        event = AliasEvent(
+            model_name(family),
+            alias,
+            old,
+            new,
+            "serving",
+            "alias moved outside stockcopilot (e.g. MLflow UI)",
+            datetime.now(UTC),
+        )
+        await AliasEventRepository(await self.pool()).record(event)
         log.info("alias_switch", family=family, alias=alias, old=old, new=new)
+        return event
 
     async def rollback(
         self, family: str, alias: str, broken: str | None, restored: str | None, reason: str
     ) -> None:
         await self.observed(family, alias, restored, broken)  # the move that failed, if unseen
-        repo = await self._repo()
-        await repo.record(
-            AliasEvent(model_name(family), alias, broken, restored, "auto-rollback", reason)
+        await AliasEventRepository(await self.pool()).record(
+            AliasEvent(model_name(family), alias, broken, restored, ROLLBACK_ACTOR, reason)
         )
         event = {
             "type": "model_rollback",
@@ -88,7 +110,8 @@ class AliasAudit:
 
 
 class FamilyForecaster:
-    """Serves one family through the same in-process predictor tests and `--no-ray` use."""
+    """Serves one family through the same in-process predictor tests and `--no-ray` use, and
+    keeps every newly aliased version on probation (see serving.guard)."""
 
     family = "base"
 
@@ -101,7 +124,10 @@ class FamilyForecaster:
         self._client = registry.configure(settings.mlflow_tracking_uri)
         self._predictor = LocalPredictor(self._client, alias_ttl_s=settings.alias_poll_s)
         self._poll_s = settings.alias_poll_s
+        self._policy = RollbackPolicy.from_settings(settings)
         self._audit = AliasAudit(settings)
+        self._trials: dict[str, Probation] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._watch = asyncio.get_event_loop().create_task(self._follow_aliases())
 
     async def _follow_aliases(self) -> None:
@@ -114,6 +140,7 @@ class FamilyForecaster:
         while True:
             try:
                 active = await self._vet(active)
+                await self._judge_live()
             except Exception as exc:  # a failed poll keeps serving what it has
                 log.warning("alias_poll_failed", family=self.family, error=str(exc))
             await asyncio.sleep(self._poll_s)
@@ -121,48 +148,147 @@ class FamilyForecaster:
     async def _vet(self, active: Routing | None) -> Routing:
         wanted = await self._predictor.registry_routing(self.family)
         vetted = wanted if active is None else active.model_copy()
-        for alias in ("champion", "challenger"):
-            new, old = getattr(wanted, alias), getattr(vetted, alias)
+        for alias in ALIASES:
+            new = getattr(wanted, alias)
             if active is not None and new == getattr(active, alias):
                 continue
+            if active is None:  # a (re)started replica: what did `new` replace, and when?
+                event = await self._audit.latest(self.family, alias)
+                event = event if event is not None and event.to_version == new else None
+                old = event.from_version if event is not None else None
+            else:
+                event, old = None, getattr(active, alias)
             try:
                 if new is not None:
                     await self._predictor.preload(self.family, new)
             except ModelUnavailable as exc:
-                await self._rollback(alias, old, new, str(exc))
+                await self._rollback(alias, new, old, f"version {new} failed to load: {exc}")
+                vetted = vetted.model_copy(update={alias: old})
                 continue
             if active is not None:
-                await self._audit.observed(self.family, alias, old, new)
+                event = await self._audit.observed(self.family, alias, old, new)
+            await self._start_probation(alias, new, event)
             vetted = vetted.model_copy(update={alias: new})
         vetted = vetted.model_copy(update={"challenger_weight": wanted.challenger_weight})
         self._predictor.pin(vetted)
         return vetted
 
+    async def _start_probation(self, alias: str, new: str | None, event: AliasEvent | None) -> None:
+        """Put `new` on probation against the version it replaced, unless the move was itself
+        a rollback (the restored version already proved itself)."""
+        self._trials.pop(alias, None)
+        if new is None or event is None or event.actor == ROLLBACK_ACTOR:
+            return
+        fallback = event.from_version
+        if fallback is not None:
+            try:
+                await self._predictor.preload(self.family, fallback)
+            except ModelUnavailable:
+                fallback = None  # nothing to fall back on; the probation still watches
+        self._trials[alias] = Probation(
+            alias, new, fallback, event.at or datetime.now(UTC), self._policy
+        )
+        log.info(
+            "probation_started", family=self.family, alias=alias, version=new, fallback=fallback
+        )
+
+    async def _judge_live(self) -> None:
+        """Shadow-score the previous champion while the new one is on live probation, and roll
+        the new one back once live outcomes show it significantly worse."""
+        trial = self._trials.get(CHAMPION)
+        if trial is None or not trial.shadowing():
+            self._predictor.shadow(self.family, None)
+            return
+        assert trial.fallback is not None
+        self._predictor.shadow(self.family, trial.fallback)
+        log_repo = PredictionLogRepository(await self._audit.pool())
+        await log_repo.resolve_due(self.family)
+        rows = await log_repo.version_losses(self.family, [trial.candidate, trial.fallback])
+        reason = live_verdict(rows, trial.candidate, trial.fallback, self._policy.live_alpha)
+        if reason is not None:
+            trial.fail(reason)
+            self._predictor.shadow(self.family, None)
+            await self._rollback(CHAMPION, trial.candidate, trial.fallback, reason)
+
     async def _rollback(
-        self, alias: str, previous: str | None, broken: str | None, why: str
+        self, alias: str, broken: str | None, restore: str | None, why: str
     ) -> None:
-        """Point the alias back at the version that was serving, and say so everywhere."""
+        """Point the alias back at the version it replaced (or remove it if there was none) and
+        say so everywhere. Skipped when the alias has moved on meanwhile (another replica's
+        rollback, an operator)."""
         from training import registry
 
+        current = await asyncio.to_thread(registry.alias_version, self._client, self.family, alias)
+        if current != broken:
+            return
+        if restore is None and alias == CHAMPION:  # nothing to go back to: keep it, say why
+            log.error("champion_unservable", family=self.family, version=broken, reason=why)
+            return
         log.error(
             "auto_rollback",
             family=self.family,
             alias=alias,
             broken=broken,
-            previous=previous,
+            restored=restore,
             reason=why,
         )
-        if previous is not None:
-            await asyncio.to_thread(registry.set_alias, self._client, self.family, alias, previous)
-        await self._audit.rollback(
-            self.family, alias, broken, previous, f"version {broken} failed to load: {why}"[:500]
-        )
+        if restore is not None:
+            await asyncio.to_thread(registry.set_alias, self._client, self.family, alias, restore)
+        else:
+            await asyncio.to_thread(
+                self._client.delete_registered_model_alias, model_name(self.family), alias
+            )
+        await self._audit.rollback(self.family, alias, broken, restore, why[:500])
 
     async def routing(self) -> Routing:
         return await self._predictor.routing(self.family)
 
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        return await self._predictor.forecast(request)
+        return await self._guarded(request, None)
+
+    async def _guarded(
+        self, request: ForecastRequest, members: MemberPredictions | None
+    ) -> ForecastBatch:
+        """Forecast; while the routed version is on probation, time it, count its failures,
+        answer a failed call from the version it replaced, and roll it back on a breach."""
+        trial = self._trials.get(request.variant)
+        version = (await self._predictor.routing(self.family)).version_of(request.variant)
+        if trial is None or trial.candidate != version:
+            return await self._predictor.forecast(request, members)
+        if trial.verdict is not None and trial.fallback is not None:  # rollback under way
+            return await self._predictor.forecast(request, members, trial.fallback)
+        if not trial.watching:
+            return await self._predictor.forecast(request, members)
+        started = time.perf_counter()
+        try:
+            batch = await self._predictor.forecast(request, members, version)
+        except Exception as exc:
+            trial.record(False, time.perf_counter() - started)
+            self._judge(trial)
+            if trial.fallback is None:
+                raise
+            log.warning(
+                "probation_call_failed",
+                family=self.family,
+                version=version,
+                answered_by=trial.fallback,
+                error=str(exc)[:200],
+            )
+            return await self._predictor.forecast(request, members, trial.fallback)
+        trial.record(True, time.perf_counter() - started)
+        self._judge(trial)
+        return batch
+
+    def _judge(self, trial: Probation) -> None:
+        reason = trial.breach()
+        if reason is None or trial.ended:
+            return
+        trial.fail(reason)
+        task = asyncio.get_running_loop().create_task(
+            self._rollback(trial.alias, trial.candidate, trial.fallback, reason)
+        )
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
 
     async def catalogue(self) -> FamilyCatalogue:
         return await self._predictor.catalogue(self.family)
@@ -198,7 +324,7 @@ class EnsembleForecaster(FamilyForecaster):
         self._members = members
 
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        return await self._predictor.forecast_ensemble(request, self._member_predictions)
+        return await self._guarded(request, self._member_predictions)
 
     async def _member_predictions(
         self,

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pandas as pd
+import structlog
 from mlflow import MlflowClient
 
 from api.db.ab import challenger_weight
@@ -38,6 +39,7 @@ Bundle = ForecastBundle | EnsembleBundle
 WeightSource = Callable[[str], Awaitable[float]]
 # (member family, exact model URI, request) -> prediction records
 MemberPredictions = Callable[[str, str, ForecastRequest], Awaitable[list[dict[str, Any]]]]
+log = structlog.get_logger(__name__)
 
 
 async def no_challenger_traffic(_: str) -> float:
@@ -108,6 +110,7 @@ class LocalPredictor:
         self._weight = weight
         self._routing: TtlCache[str, Routing] = TtlCache(alias_ttl_s)
         self._bundles: dict[str, Bundle] = {}
+        self._shadows: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     def pin(self, routing: Routing) -> None:
@@ -116,23 +119,22 @@ class LocalPredictor:
         self._routing.pin(routing.family, routing)
 
     async def registry_routing(self, family: str) -> Routing:
-        """The aliases as the registry has them right now (no cache)."""
-        self._routing.drop(family)
-        return await self.routing(family)
-
-    async def routing(self, family: str) -> Routing:
-        cached = self._routing.get(family)
-        if cached is not None:
-            return cached
+        """The aliases as the registry has them right now; what is served is left unchanged
+        (a pinned routing stays pinned while the caller vets these versions)."""
         champion, challenger = await asyncio.gather(
             asyncio.to_thread(registry.alias_version, self._client, family, CHAMPION),
             asyncio.to_thread(registry.alias_version, self._client, family, CHALLENGER),
         )
         weight = await self._weight(family) if challenger else 0.0
-        routing = Routing(
+        return Routing(
             family=family, champion=champion, challenger=challenger, challenger_weight=weight
         )
-        return self._routing.put(family, routing)
+
+    async def routing(self, family: str) -> Routing:
+        cached = self._routing.get(family)
+        if cached is not None:
+            return cached
+        return self._routing.put(family, await self.registry_routing(family))
 
     async def catalogue(self, family: str) -> FamilyCatalogue:
         """Registered versions with aliases and the headline metrics of their training run."""
@@ -173,20 +175,57 @@ class LocalPredictor:
         frame = await asyncio.to_thread(bundle.predict_bars, series_to_bars(request.series))
         return frame.to_dict("records")
 
-    async def _resolve(self, request: ForecastRequest) -> tuple[str, Bundle]:
-        routing = await self.routing(request.family)
-        version = routing.challenger if request.variant == CHALLENGER else routing.champion
+    def shadow(self, family: str, version: str | None) -> None:
+        """Also score `version` on every champion request of `family` (None stops it); the
+        result rides along as `ForecastBatch.shadow` for the live comparison."""
+        if version is None:
+            self._shadows.pop(family, None)
+        else:
+            self._shadows[family] = version
+
+    async def forecast(
+        self,
+        request: ForecastRequest,
+        members: MemberPredictions | None = None,
+        version: str | None = None,
+    ) -> ForecastBatch:
+        """The routed version's forecast (or exactly `version`'s); ensemble members come from
+        `members` (the member deployments under Ray) or are computed here."""
+        if version is None:
+            version = (await self.routing(request.family)).version_of(request.variant)
         if version is None:
             raise ModelUnavailable(f"no {request.variant} is registered for {request.family}")
-        uri = f"models:/{registry.model_name(request.family)}/{version}"
-        return version, await self._bundle(uri)
+        shadow = self._shadows.get(request.family) if request.variant == CHAMPION else None
+        if shadow is None or shadow == version:
+            return await self._forecast_version(request, version, members)
+        batch, ghost = await asyncio.gather(
+            self._forecast_version(request, version, members),
+            self._forecast_version(request, shadow, members),
+            return_exceptions=True,
+        )
+        if isinstance(batch, BaseException):
+            raise batch
+        if isinstance(ghost, BaseException):  # the shadow never costs the user an answer
+            log.warning("shadow_forecast_failed", family=request.family, error=str(ghost))
+            return batch
+        return batch.model_copy(update={"shadow": ghost})
 
-    async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        if request.family == "ensemble":
-            return await self.forecast_ensemble(request, self._local_member)
-        version, bundle = await self._resolve(request)
-        assert isinstance(bundle, ForecastBundle)
-        predictions = await asyncio.to_thread(bundle.predict_bars, series_to_bars(request.series))
+    async def _forecast_version(
+        self, request: ForecastRequest, version: str, members: MemberPredictions | None
+    ) -> ForecastBatch:
+        bundle = await self._bundle(f"models:/{registry.model_name(request.family)}/{version}")
+        if isinstance(bundle, EnsembleBundle):
+            # each member exactly as the ensemble was fitted with it, combined with its weights
+            member = members or self._local_member
+            records = await asyncio.gather(
+                *(member(f, bundle.members[f]["model_uri"], request) for f in bundle.families)
+            )
+            frames = {f: pd.DataFrame(r) for f, r in zip(bundle.families, records, strict=True)}
+            predictions = bundle.combine(frames)
+        else:
+            predictions = await asyncio.to_thread(
+                bundle.predict_bars, series_to_bars(request.series)
+            )
         return to_batch(
             request.family, version, request.variant, predictions, bundle.card.get("skill", {})
         )
@@ -198,22 +237,3 @@ class LocalPredictor:
         request: ForecastRequest,
     ) -> list[dict[str, Any]]:
         return await self.predict_uri(model_uri, request)
-
-    async def forecast_ensemble(
-        self, request: ForecastRequest, members: MemberPredictions
-    ) -> ForecastBatch:
-        """Each member exactly as the ensemble was fitted with it, combined with its weights."""
-        version, bundle = await self._resolve(request)
-        if not isinstance(bundle, EnsembleBundle):
-            raise ModelUnavailable(f"ensemble version {version} is not an ensemble bundle")
-        records = await asyncio.gather(
-            *(members(f, bundle.members[f]["model_uri"], request) for f in bundle.families)
-        )
-        frames = {f: pd.DataFrame(r) for f, r in zip(bundle.families, records, strict=True)}
-        return to_batch(
-            "ensemble",
-            version,
-            request.variant,
-            bundle.combine(frames),
-            bundle.card.get("skill", {}),
-        )

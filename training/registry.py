@@ -15,16 +15,13 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from api.predictor import model_name
 from training.bundle import EnsembleBundle, ForecastBundle
 from training.pyfunc import EnsembleModel, ForecasterModel
 
 FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
 ALIASES = ("champion", "challenger")
 MLRUNS = Path("mlruns")
-
-
-def model_name(family: str) -> str:
-    return f"stockcopilot-{family}"
 
 
 def configure(tracking_uri: str, artifact_root: Path = MLRUNS / "artifacts") -> MlflowClient:

@@ -46,9 +46,12 @@ class LoggedPrediction:
     q10: float
     q50: float
     q90: float
+    live: bool = False
 
     @classmethod
-    def of(cls, forecast: Forecast, family: str, version: str, variant: str) -> LoggedPrediction:
+    def of(
+        cls, forecast: Forecast, family: str, version: str, variant: str, live: bool
+    ) -> LoggedPrediction:
         return cls(
             forecast.ticker,
             forecast.as_of,
@@ -59,6 +62,7 @@ class LoggedPrediction:
             forecast.q10,
             forecast.q50,
             forecast.q90,
+            live,
         )
 
 
@@ -176,9 +180,10 @@ class PredictionLogRepository:
         columns = list(zip(*(_row(p) for p in predictions), strict=True))
         status = await self._db.execute(
             """INSERT INTO prediction_log
-                   (ticker, as_of, horizon, family, version, variant, q10, q50, q90)
+                   (ticker, as_of, horizon, family, version, variant, q10, q50, q90, live)
                SELECT * FROM unnest($1::text[], $2::date[], $3::int[], $4::text[], $5::text[],
-                                    $6::text[], $7::float8[], $8::float8[], $9::float8[])
+                                    $6::text[], $7::float8[], $8::float8[], $9::float8[],
+                                    $10::bool[])
                ON CONFLICT (ticker, as_of, horizon, family, version) DO NOTHING""",
             *map(list, columns),
         )
@@ -200,16 +205,17 @@ class PredictionLogRepository:
         horizon: int | None = None,
         versions: dict[str, str] | None = None,
     ) -> list[ResolvedLoss]:
-        """Per-forecast realised losses of a family, oldest first.
+        """Per-forecast realised losses of a family's live forecasts, oldest first.
 
         `versions` ({variant: version}) restricts a variant to one model version, so a report
-        compares the current pair rather than everything that ever held the alias.
+        compares the current pair rather than everything that ever held the alias. Forecasts for
+        a past as-of date are left out: their outcome was already known when they were asked for.
         """
         versions = versions or {}
         rows = await self._db.fetch(
             """SELECT p.as_of, p.ticker, p.horizon, p.variant, p.version, o.pinball_loss AS loss
                FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.family = $1 AND ($2::int IS NULL OR p.horizon = $2)
+               WHERE p.family = $1 AND p.live AND ($2::int IS NULL OR p.horizon = $2)
                  AND ($3::text IS NULL OR p.variant <> 'champion' OR p.version = $3)
                  AND ($4::text IS NULL OR p.variant <> 'challenger' OR p.version = $4)
                ORDER BY p.as_of, p.ticker, p.horizon, p.variant""",
@@ -220,16 +226,30 @@ class PredictionLogRepository:
         )
         return [ResolvedLoss(**dict(r)) for r in rows]
 
+    async def version_losses(self, family: str, versions: Sequence[str]) -> list[ResolvedLoss]:
+        """Realised losses of the live forecasts of these versions, whatever variant served
+        them (a shadow-scored previous champion included), oldest first."""
+        rows = await self._db.fetch(
+            """SELECT p.as_of, p.ticker, p.horizon, p.variant, p.version, o.pinball_loss AS loss
+               FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
+               WHERE p.family = $1 AND p.live AND p.version = ANY($2::text[])
+               ORDER BY p.as_of, p.ticker, p.horizon, p.version""",
+            family,
+            list(versions),
+        )
+        return [ResolvedLoss(**dict(r)) for r in rows]
+
     async def for_ticker(
         self, ticker: str, horizon: int | None, family: str | None, limit: int
     ) -> list[asyncpg.Record]:
-        """Past forecasts of one ticker, newest first, with their outcome once resolved."""
+        """Past forecasts served for one ticker, newest first, with their outcome once resolved
+        (shadow scores of a previous champion were never served, so they are not listed)."""
         return await self._db.fetch(
-            """SELECT p.as_of, p.horizon, p.family, p.version, p.variant, p.q10, p.q50, p.q90,
-                      o.outcome_date, o.realised_log_return, o.pinball_loss
+            """SELECT p.as_of, p.horizon, p.family, p.version, p.variant, p.live,
+                      p.q10, p.q50, p.q90, o.outcome_date, o.realised_log_return, o.pinball_loss
                FROM prediction_log p LEFT JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.ticker = $1 AND ($2::int IS NULL OR p.horizon = $2)
-                 AND ($3::text IS NULL OR p.family = $3)
+               WHERE p.ticker = $1 AND p.variant <> 'shadow'
+                 AND ($2::int IS NULL OR p.horizon = $2) AND ($3::text IS NULL OR p.family = $3)
                ORDER BY p.as_of DESC, p.horizon, p.family LIMIT $4""",
             ticker,
             horizon,
@@ -239,4 +259,15 @@ class PredictionLogRepository:
 
 
 def _row(p: LoggedPrediction) -> tuple:
-    return (p.ticker, p.as_of, p.horizon, p.family, p.version, p.variant, p.q10, p.q50, p.q90)
+    return (
+        p.ticker,
+        p.as_of,
+        p.horizon,
+        p.family,
+        p.version,
+        p.variant,
+        p.q10,
+        p.q50,
+        p.q90,
+        p.live,
+    )

@@ -93,6 +93,13 @@ class InstrumentRepository:
         )
 
 
+@dataclass(frozen=True)
+class RecentCloses:
+    sector: str | None
+    last_date: date | None
+    closes: list[tuple[date, float]]
+
+
 class BarRepository:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -143,6 +150,35 @@ class BarRepository:
             limit,
         )
         return [(r["date"], r["close"]) for r in reversed(rows)]
+
+    async def recent_closes_many(
+        self,
+        tickers: list[str],
+        end: date | None,
+        limit: int,
+    ) -> dict[str, RecentCloses]:
+        """For each known ticker: sector, newest bar date and the newest `limit` closes up to
+        `end`, oldest first, in one round trip. Unknown tickers are absent from the result."""
+        rows = await self._conn.fetch(
+            """SELECT i.ticker, i.sector, l.last_date, b.date, b.close
+               FROM unnest($1::text[]) AS t(ticker)
+               JOIN instruments i ON i.ticker = t.ticker
+               CROSS JOIN LATERAL (SELECT max(date) AS last_date FROM bars
+                                   WHERE ticker = i.ticker) l
+               LEFT JOIN LATERAL (SELECT date, close FROM bars
+                                  WHERE ticker = i.ticker AND ($2::date IS NULL OR date <= $2)
+                                  ORDER BY date DESC LIMIT $3) b ON true
+               ORDER BY i.ticker, b.date""",
+            tickers,
+            end,
+            limit,
+        )
+        found: dict[str, RecentCloses] = {}
+        for r in rows:
+            entry = found.setdefault(r["ticker"], RecentCloses(r["sector"], r["last_date"], []))
+            if r["date"] is not None:
+                entry.closes.append((r["date"], r["close"]))
+        return found
 
     async def count(self) -> int:
         return int(await self._conn.fetchval("SELECT count(*) FROM bars"))

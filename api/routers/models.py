@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from api.db.models import AliasEventRepository
 from api.deps import PoolDep
 from api.errors import ProblemError
-from api.predictor import FAMILIES, ModelVersion, Predictor
+from api.predictor import FAMILIES, ModelVersion, Predictor, model_name
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 HISTORY_LIMIT = 20
@@ -52,7 +52,7 @@ async def list_models(
     for family in FAMILIES:
         routing = await predictor.routing(family)
         catalogue = await predictor.catalogue(family)
-        moves = await history.history(f"stockcopilot-{family}", limit=HISTORY_LIMIT)
+        moves = await history.history(model_name(family), limit=HISTORY_LIMIT)
         out.append(
             FamilyOut(
                 family=family,

@@ -91,6 +91,10 @@ class PastPrediction(BaseModel):
     as_of: date
     horizon: int
     model: ModelRef
+    live: bool = Field(
+        description="made from the newest bar at the time; only live forecasts count in A/B "
+        "reports, since a past as-of forecast could be asked for after its outcome was known"
+    )
     log_return_quantiles: LogReturnQuantiles
     outcome: Outcome | None = Field(description="null until the horizon's bar has arrived")
 

@@ -13,7 +13,7 @@ from scipy.stats import norm
 from api.cache import JsonCache
 from api.db.ab import LoggedPrediction, PredictionLogRepository
 from api.db.market import BarRepository
-from api.errors import ProblemError, Unprocessable
+from api.errors import NotFound, ProblemError, Unprocessable
 from api.predictor import (
     FAMILIES,
     HORIZONS,
@@ -25,6 +25,7 @@ from api.predictor import (
 )
 from api.services.ab import CHALLENGER, assign
 from api.services.market_data import MarketDataService
+from features.bars import normalise_ticker
 
 LOOKBACK_BARS = 400  # covers the longest feature (200-day average) plus any model window ≤ 200
 MAX_BATCH = 100
@@ -48,6 +49,7 @@ class Target:
     ticker: str
     sector: str | None
     closes: list[tuple[date, float]]
+    live: bool  # made from the ticker's newest bar, not for a past as-of date
 
     @property
     def as_of(self) -> date:
@@ -80,6 +82,7 @@ def _past(r: dict[str, Any]) -> dict[str, Any]:
         "as_of": r["as_of"],
         "horizon": r["horizon"],
         "model": {"family": r["family"], "version": r["version"], "variant": r["variant"]},
+        "live": r["live"],
         "log_return_quantiles": {"q10": r["q10"], "q50": r["q50"], "q90": r["q90"]},
         "outcome": None
         if y is None
@@ -100,13 +103,24 @@ class PredictionService:
         self._cache = cache
         self._market = MarketDataService(pool)
 
-    async def _target(self, raw_ticker: str, as_of: date | None) -> Target:
-        row = await self._market.instrument(raw_ticker)
+    async def _targets(self, raw_tickers: list[str], as_of: date | None) -> list[Target]:
+        """Every ticker's recent closes in one query; unknown tickers 404, bar-less ones 422."""
+        try:
+            tickers = list(dict.fromkeys(normalise_ticker(t) for t in raw_tickers))
+        except ValueError as exc:
+            raise Unprocessable("invalid_ticker", str(exc)) from exc
         async with self._pool.acquire() as conn:
-            closes = await BarRepository(conn).recent_closes(row["ticker"], as_of, LOOKBACK_BARS)
-        if not closes:
-            raise Unprocessable("no_bars", f"{row['ticker']} has no bars on or before {as_of}")
-        return Target(row["ticker"], row["sector"], closes)
+            found = await BarRepository(conn).recent_closes_many(tickers, as_of, LOOKBACK_BARS)
+        targets = []
+        for ticker in tickers:
+            entry = found.get(ticker)
+            if entry is None:
+                raise NotFound("ticker", f"no instrument {ticker!r}; search with /api/v1/stocks?q=")
+            if not entry.closes:
+                raise Unprocessable("no_bars", f"{ticker} has no bars on or before {as_of}")
+            live = entry.closes[-1][0] == entry.last_date
+            targets.append(Target(ticker, entry.sector, entry.closes, live))
+        return targets
 
     def _validate(self, family: str, horizon: int) -> None:
         if family not in FAMILIES:
@@ -130,7 +144,7 @@ class PredictionService:
             raise Unprocessable("too_many_tickers", f"give 1 to {MAX_BATCH} tickers")
         if self._predictor is None:
             raise ProblemError(503, "model_not_deployed", "no model serving is configured")
-        targets = [await self._target(t, as_of) for t in dict.fromkeys(tickers)]
+        targets = await self._targets(tickers, as_of)
         routing = await self._predictor.routing(family)
         if routing.champion is None:
             raise ProblemError(
@@ -204,8 +218,18 @@ class PredictionService:
                 "not_enough_history", f"too little history to predict {', '.join(short)}"
             )
         # logged before caching: a cache hit is never logged, so a failed log must not be cached
-        logged = [LoggedPrediction.of(f, family, batch.version, variant) for f in batch.forecasts]
-        await PredictionLogRepository(self._pool).record(logged)  # scored for A/B reports
+        live = {t.ticker: t.live for t in targets}
+        logged = [
+            LoggedPrediction.of(f, family, batch.version, variant, live[f.ticker])
+            for f in batch.forecasts
+        ]
+        if batch.shadow is not None:  # the previous champion on probation duty: live ones only
+            logged += [
+                LoggedPrediction.of(f, family, batch.shadow.version, "shadow", True)
+                for f in batch.shadow.forecasts
+                if live.get(f.ticker)
+            ]
+        await PredictionLogRepository(self._pool).record(logged)  # scored for A/B and rollback
         await self._cache.set_many(
             {
                 self._cache.key(t, h, family, batch.version, value["as_of"]): value

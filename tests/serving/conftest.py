@@ -26,7 +26,9 @@ TICKERS = ("AAPL", "KO", "XOM", "JPM", "MSFT")
 CHALLENGER_WEIGHTS = {"hybrid": 0.5}
 
 
-def _log(bundle: ForecastBundle | EnsembleBundle, family: str, directory: Path) -> tuple[str, str]:
+def log_and_register(
+    bundle: ForecastBundle | EnsembleBundle, family: str, directory: Path
+) -> tuple[str, str]:
     registry.experiment(family)
     with mlflow.start_run():
         uri = registry.log_bundle(bundle, directory)
@@ -79,13 +81,13 @@ def serving_registry(
             }
         }
         bundle = ForecastBundle.from_module(module, panel.config, scaler, vocab, card)
-        version, uri = _log(bundle, family, root / family)
+        version, uri = log_and_register(bundle, family, root / family)
         registry.set_alias(client, family, "champion", version)
         members[family] = {"run_id": "", "model_uri": uri}
-    challenger, _ = _log(bundle, "hybrid", root / "hybrid-2")
+    challenger, _ = log_and_register(bundle, "hybrid", root / "hybrid-2")
     registry.set_alias(client, "hybrid", "challenger", challenger)
     weights = {h: dict.fromkeys(MEMBERS, 1 / 3) for h in CFG.horizons}
-    version, _ = _log(EnsembleBundle(weights, members), "ensemble", root / "ensemble")
+    version, _ = log_and_register(EnsembleBundle(weights, members), "ensemble", root / "ensemble")
     registry.set_alias(client, "ensemble", "champion", version)
     return client
 

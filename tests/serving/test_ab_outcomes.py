@@ -100,11 +100,12 @@ async def test_served_forecast_is_logged_and_scored_against_later_bars(
     body = response.json()
     assert body["as_of"] == "2022-06-01"
     logged = await pool.fetch(
-        """SELECT id, horizon, family, version, variant, q10, q50, q90 FROM prediction_log
+        """SELECT id, horizon, family, version, variant, live, q10, q50, q90 FROM prediction_log
            WHERE ticker = 'KO' AND as_of = '2022-06-01' AND family = 'lstm' ORDER BY horizon"""
     )
     assert [r["horizon"] for r in logged] == [1, 5, 20]  # every horizon the model returned
     assert all((r["version"], r["variant"]) == ("1", "champion") for r in logged)
+    assert not any(r["live"] for r in logged)  # KO has later bars: a look back, not live
     row = next(r for r in logged if r["horizon"] == 5)
     assert {q: row[q] for q in ("q10", "q50", "q90")} == body["log_return_quantiles"]
 
@@ -129,28 +130,34 @@ async def test_served_forecast_is_logged_and_scored_against_later_bars(
     assert outcome["pinball_loss"] == pytest.approx(row_pinball(frame)[0], rel=1e-12)
 
 
+async def _bars(pool: asyncpg.Pool, ticker: str, start: date, end: date) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT date, close FROM bars WHERE ticker = $1 AND date BETWEEN $2 AND $3 ORDER BY date",
+        ticker,
+        start,
+        end,
+    )
+
+
+async def _upload(api: httpx.AsyncClient, ticker: str, rows: list[asyncpg.Record]) -> None:
+    """Bars arriving for `ticker` through the admin CSV import."""
+    csv = "date,close\n" + "".join(f"{r['date']},{r['close']}\n" for r in rows)
+    response = await api.post(
+        "/api/v1/admin/bars/import",
+        params={"ticker": ticker},
+        files={"file": (f"{ticker.lower()}.csv", csv.encode(), "text/csv")},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert response.status_code == 201, response.text
+
+
 async def test_forecast_waits_for_its_outcome_bar_to_arrive(
     api: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     """A ticker whose bars stop at as-of: nothing resolves until the horizon-th bar is imported."""
-    ko = await pool.fetch(
-        "SELECT date, close FROM bars WHERE ticker = 'KO' AND date BETWEEN $1 AND $2 ORDER BY date",
-        date(2020, 1, 1),
-        date(2022, 8, 1),
-    )
+    ko = await _bars(pool, "KO", date(2020, 1, 1), date(2022, 8, 1))
     cut = next(i for i, r in enumerate(ko) if r["date"] == date(2022, 6, 1))
-
-    async def upload(rows: list[asyncpg.Record]) -> None:
-        csv = "date,close\n" + "".join(f"{r['date']},{r['close']}\n" for r in rows)
-        response = await api.post(
-            "/api/v1/admin/bars/import",
-            params={"ticker": "ABLIVE"},
-            files={"file": ("ablive.csv", csv.encode(), "text/csv")},
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert response.status_code == 201, response.text
-
-    await upload(ko[: cut + 1])
+    await _upload(api, "ABLIVE", ko[: cut + 1])
     response = await api.get("/api/v1/predictions/ABLIVE", params={"model": "lstm"})
     assert response.status_code == 200 and response.json()["as_of"] == "2022-06-01"
     repo = PredictionLogRepository(pool)
@@ -159,8 +166,9 @@ async def test_forecast_waits_for_its_outcome_bar_to_arrive(
                  FROM prediction_log p LEFT JOIN prediction_outcomes o ON o.prediction_id = p.id
                  WHERE p.ticker = 'ABLIVE' ORDER BY p.horizon"""
     assert [tuple(r) for r in await pool.fetch(pending)] == [(1, False), (5, False), (20, False)]
+    assert await pool.fetchval("SELECT bool_and(live) FROM prediction_log WHERE ticker = 'ABLIVE'")
 
-    await upload(ko[cut + 1 : cut + 6])  # the next five trading days arrive
+    await _upload(api, "ABLIVE", ko[cut + 1 : cut + 6])  # the next five trading days arrive
     assert await repo.resolve_due("lstm") == 2
     assert [tuple(r) for r in await pool.fetch(pending)] == [(1, True), (5, True), (20, False)]
     y1 = await pool.fetchval(
@@ -276,25 +284,31 @@ async def test_cli_ab_set_stores_and_audits_the_weight(cli_env: None, pool: asyn
 async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
     cli_env: None, api: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
-    """Both hybrid variants forecast the same tickers on ten dates; the CLI resolves and tests."""
-    days = await pool.fetch(
-        "SELECT date FROM bars WHERE ticker = 'KO' AND date >= '2022-02-01' ORDER BY date LIMIT 50"
-    )
-    for day in [r["date"] for r in days][::5]:
+    """Bars arrive five days at a time for two imported tickers; after each arrival both hybrid
+    variants forecast from the newest bar (live). The CLI then resolves and tests them."""
+    source = {
+        "ABREPA": await _bars(pool, "KO", date(2021, 1, 1), date(2022, 6, 1)),
+        "ABREPB": await _bars(pool, "MSFT", date(2021, 1, 1), date(2022, 6, 1)),
+    }
+    cut = 300
+    for ticker, rows in source.items():
+        await _upload(api, ticker, rows[:cut])
+    for step in range(10):
         for challenger in (False, True):
             response = await api.post(
                 "/api/v1/predictions/batch",
-                json={
-                    "tickers": ["KO", "MSFT"],
-                    "horizon": 5,
-                    "model": "hybrid",
-                    "as_of": str(day),
-                },
+                json={"tickers": list(source), "horizon": 5, "model": "hybrid"},
                 headers={"X-Client-Id": _client_id("hybrid", challenger)},
             )
             assert response.status_code == 200, response.text
             variants = {p["model"]["variant"] for p in response.json()["predictions"]}
             assert variants == {"challenger" if challenger else "champion"}
+        for ticker, rows in source.items():  # the next five trading days arrive
+            await _upload(api, ticker, rows[cut + 5 * step : cut + 5 * step + 5])
+    live = await pool.fetchval(
+        "SELECT bool_and(live) FROM prediction_log WHERE ticker IN ('ABREPA', 'ABREPB')"
+    )
+    assert live is True
 
     result = await invoke("ab", "report", "--model", "hybrid", "--horizon", "5")
     assert result.exit_code == 0, result.output

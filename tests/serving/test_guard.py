@@ -1,0 +1,256 @@
+"""Automatic rollback beyond load failures: error rate, latency SLO and live losses.
+
+The probation rules are checked as plain functions; then a real family deployment class (run in
+this process, without Ray) against the real registry, Postgres and Redis: a promoted version that
+fails every call is rolled back while every request is answered, and a promoted champion that
+loses to the shadow-scored previous one on live outcomes is rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from redis.asyncio import Redis
+
+from api.db.ab import LoggedPrediction, PredictionLogRepository, ResolvedLoss
+from api.predictor import Forecast, ForecastRequest, SeriesInput
+from api.settings import Settings
+from serving.deployments import FamilyForecaster
+from serving.guard import Probation, RollbackPolicy, live_verdict
+from tests.serving.conftest import log_and_register
+from training import registry
+
+POLICY = RollbackPolicy(max_error_rate=0.2, latency_slo_ms=100, min_requests=10)
+
+
+def _probation(policy: RollbackPolicy = POLICY, alias: str = "champion") -> Probation:
+    return Probation(alias, "2", "1", datetime.now(UTC), policy)
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def test_error_rate_above_the_limit_is_a_breach_once_enough_calls_are_seen() -> None:
+    trial = _probation()
+    for i in range(9):
+        trial.record(i % 2 == 0, 0.01)  # 4 of 9 failed, but 9 < min_requests
+    assert trial.breach() is None
+    trial.record(False, 0.01)
+    reason = trial.breach()
+    assert reason is not None and "failed 5 of its first 10 requests" in reason
+
+
+def test_a_few_errors_within_the_limit_and_fast_calls_hold() -> None:
+    trial = _probation()
+    for i in range(50):
+        trial.record(i % 10 != 0, 0.02)  # 10% errors, 20 ms
+    assert trial.breach() is None
+
+
+def test_p95_latency_above_the_slo_is_a_breach() -> None:
+    trial = _probation()
+    for i in range(40):
+        trial.record(True, 0.5 if i % 10 == 0 else 0.01)  # 10% of calls take 500 ms
+    reason = trial.breach()
+    assert reason is not None and "p95 latency" in reason and "100 ms SLO" in reason
+
+
+def test_probation_watches_a_bounded_number_of_requests_and_shadows_a_bounded_time() -> None:
+    trial = _probation(replace(POLICY, probation_requests=3, live_window_s=60))
+    assert trial.watching and trial.shadowing()
+    for _ in range(3):
+        trial.record(True, 0.01)
+    assert not trial.watching
+    assert not trial.shadowing(datetime.now(UTC) + timedelta(seconds=61))
+    assert not _probation(alias="challenger").shadowing()  # only a champion has a shadow
+    no_fallback = Probation("champion", "2", None, datetime.now(UTC), POLICY)
+    assert not no_fallback.shadowing()
+
+
+def _losses(candidate: float, incumbent: float, dates: int = 40) -> list[ResolvedLoss]:
+    rng = np.random.default_rng(3)
+    rows = []
+    for d in range(dates):
+        for t in ("A", "B"):
+            common = rng.gamma(2.0, 0.005)
+            for version, variant, mean in (
+                ("2", "champion", candidate),
+                ("1", "shadow", incumbent),
+            ):
+                loss = max(0.0, mean + common + rng.normal(0, 0.001))
+                rows.append(
+                    ResolvedLoss(date(2024, 1, 1) + timedelta(d), t, 5, variant, version, loss)
+                )
+    return rows
+
+
+def test_live_verdict_rolls_back_only_a_significantly_worse_candidate() -> None:
+    reason = live_verdict(_losses(candidate=0.03, incumbent=0.01), "2", "1")
+    assert reason is not None and "version 2 loses to version 1" in reason and "h=5" in reason
+    assert live_verdict(_losses(candidate=0.01, incumbent=0.03), "2", "1") is None  # better
+    assert live_verdict(_losses(candidate=0.01, incumbent=0.01), "2", "1") is None  # same
+    assert live_verdict(_losses(0.03, 0.01, dates=5), "2", "1") is None  # too little evidence
+
+
+# ---------------------------------------------------------------- a real family deployment
+
+
+class _Lstm(FamilyForecaster):
+    family = "lstm"
+
+
+@pytest.fixture
+async def lstm_deployment(
+    settings: Settings,
+    registry_uri: str,
+    registry_root: Path,
+    serving_registry: MlflowClient,
+    first_ingest: object,
+) -> AsyncIterator[_Lstm]:
+    """The LSTM deployment's class in this process, polling aliases every 0.2 s; the champion
+    alias and the artefact root are put back afterwards for the other tests."""
+    good = registry.alias_version(serving_registry, "lstm", "champion")
+    assert good is not None
+    deployment = _Lstm(
+        settings.model_copy(
+            update={
+                "mlflow_tracking_uri": registry_uri,
+                "alias_poll_s": 0.2,
+                "rollback_min_requests": 5,
+            }
+        )
+    )
+    yield deployment
+    deployment._watch.cancel()
+    registry.configure(registry_uri, registry_root / "artifacts")
+    registry.set_alias(serving_registry, "lstm", "champion", good)
+
+
+async def _until(check, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def _request(pool_rows: list[asyncpg.Record]) -> ForecastRequest:
+    return ForecastRequest(
+        family="lstm",
+        variant="champion",
+        series=[
+            SeriesInput(
+                ticker="KO",
+                dates=[r["date"] for r in pool_rows],
+                closes=[r["close"] for r in pool_rows],
+            )
+        ],
+    )
+
+
+async def _ko(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT date, close FROM bars WHERE ticker = 'KO' AND date <= '2022-06-01' "
+        "ORDER BY date DESC LIMIT 300"
+    )
+
+
+async def _promote(client: MlflowClient, bundle_change: dict, root: Path, name: str) -> str:
+    """Register a copy of the LSTM champion with changed hyper-parameters and move `champion`
+    to it directly in the registry, as an operator would in the MLflow UI."""
+    champion = registry.load_bundle("models:/stockcopilot-lstm@champion")
+    changed = replace(champion, hparams={**champion.hparams, **bundle_change})
+    version, _ = log_and_register(changed, "lstm", root / name)
+    client.set_registered_model_alias("stockcopilot-lstm", "champion", version)
+    return version
+
+
+async def test_a_promoted_version_that_fails_its_calls_is_rolled_back_while_all_are_answered(
+    lstm_deployment: _Lstm,
+    serving_registry: MlflowClient,
+    registry_root: Path,
+    pool: asyncpg.Pool,
+    settings: Settings,
+) -> None:
+    good = registry.alias_version(serving_registry, "lstm", "champion")
+    await asyncio.sleep(0.5)  # the first poll has pinned the current champion
+    # loads fine (weights and metadata present) but every forward fails: 16 hidden units
+    # declared, 8 stored
+    broken = await _promote(serving_registry, {"hidden": 16}, registry_root, "lstm-broken")
+    trial = lstm_deployment._trials
+    await _until(lambda: "champion" in trial and trial["champion"].candidate == broken)
+    redis = Redis.from_url(settings.redis_url or "")
+    notifications = redis.pubsub()
+    await notifications.subscribe("notifications:models")
+
+    request = _request(list(reversed(await _ko(pool))))
+    answered = [await lstm_deployment.forecast(request) for _ in range(8)]
+    assert all(batch.version == good and batch.forecasts for batch in answered)  # the fallback
+    await _until(lambda: registry.alias_version(serving_registry, "lstm", "champion") == good)
+    event = await pool.fetchrow(
+        "SELECT from_version, to_version, reason FROM model_alias_events WHERE actor = "
+        "'auto-rollback' AND model = 'stockcopilot-lstm' ORDER BY id DESC LIMIT 1"
+    )
+    assert (event["from_version"], event["to_version"]) == (broken, good)
+    assert f"version {broken} failed 5 of its first 5 requests" in event["reason"]
+    message = None
+    for _ in range(20):
+        message = await notifications.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message:
+            break
+    await notifications.aclose()
+    await redis.aclose()
+    assert message is not None and json.loads(message["data"])["to_version"] == good
+    # the restored version is not put on probation against the one that failed
+    await _until(lambda: lstm_deployment._trials.get("champion") is None)
+
+
+async def test_a_champion_losing_to_the_shadowed_previous_one_on_live_outcomes_is_rolled_back(
+    lstm_deployment: _Lstm,
+    serving_registry: MlflowClient,
+    registry_root: Path,
+    pool: asyncpg.Pool,
+) -> None:
+    good = registry.alias_version(serving_registry, "lstm", "champion")
+    await asyncio.sleep(0.5)
+    # the same network under a new version number: serves normally
+    candidate = await _promote(serving_registry, {}, registry_root, "lstm-candidate")
+    trial = lstm_deployment._trials
+    await _until(lambda: "champion" in trial and trial["champion"].candidate == candidate)
+    ko = list(reversed(await _ko(pool)))
+    batch = await lstm_deployment.forecast(_request(ko))
+    assert batch.version == candidate
+    assert batch.shadow is not None and batch.shadow.version == good  # scored alongside
+
+    # live forecasts on 30 past dates as if served then: the candidate's medians are far off,
+    # the previous champion's are the truth-centred zero; outcomes come from the real bars
+    dates = [r["date"] for r in ko[-80:-40]]
+    logged = []
+    for as_of in dates:
+        for horizon in (1, 5, 20):
+            for version, variant, q in ((candidate, "champion", 0.2), (good, "shadow", 0.0)):
+                forecast = Forecast(
+                    ticker="KO", as_of=as_of, horizon=horizon, q10=q - 0.05, q50=q, q90=q + 0.05
+                )
+                logged.append(LoggedPrediction.of(forecast, "lstm", version, variant, True))
+    await PredictionLogRepository(pool).record(logged)
+
+    await _until(lambda: registry.alias_version(serving_registry, "lstm", "champion") == good)
+    event = await pool.fetchrow(
+        "SELECT from_version, to_version, reason FROM model_alias_events WHERE actor = "
+        "'auto-rollback' AND model = 'stockcopilot-lstm' ORDER BY id DESC LIMIT 1"
+    )
+    assert (event["from_version"], event["to_version"]) == (candidate, good)
+    assert f"version {candidate} loses to version {good} on live outcomes" in event["reason"]
+    await _until(lambda: lstm_deployment._predictor._shadows.get("lstm") is None)
