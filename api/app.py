@@ -10,20 +10,26 @@ from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
 from api.db.pool import create_pool
+from api.deps import rate_limited
 from api.errors import install_error_handlers
-from api.middleware import RequestContextMiddleware
+from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
 from api.predictor import Predictor
-from api.routers import admin, analysis, health, models, predictions, stocks
+from api.routers import admin, analysis, auth, health, models, predictions, stocks, users
+from api.security.crypto import Keyring
+from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 
 
 def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
     """Build the API. `settings` must carry concrete database and Redis URLs."""
 
+    keyring = Keyring.from_settings(settings)  # refuses development keys in production
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings)
         app.state.redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+        app.state.rate_limiter = RateLimiter(app.state.redis)
         try:
             yield
         finally:
@@ -38,6 +44,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     )
     app.state.settings = settings
     app.state.predictor = predictor
+    app.state.keyring = keyring
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -47,7 +54,10 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)
-    for module in (health, stocks, analysis, predictions, models, admin):
-        app.include_router(module.router)
+    app.include_router(health.router)  # probes are never rate limited
+    app.include_router(auth.router)  # its own, stricter tier
+    for module in (users, stocks, analysis, predictions, models, admin):
+        app.include_router(module.router, dependencies=[rate_limited("default")])
     return app

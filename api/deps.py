@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request, Response
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from redis.asyncio import Redis
 
 from api.cache import JsonCache
 from api.errors import ProblemError
+from api.security.ratelimit import Limit
+from api.services.auth import AuthService, Principal, unauthorized
 from api.services.market_data import MarketDataService
 from api.services.predictions import PredictionService
 from api.settings import Settings
@@ -39,11 +40,14 @@ def get_predictions(
     return PredictionService(pool, request.app.state.predictor, cache)
 
 
-def caller_key(request: Request) -> str:
-    """Who is asking, for sticky A/B assignment: the client id header, else the client address.
-
-    The authenticated user id takes this role once sign-in exists.
-    """
+async def caller_key(
+    request: Request,
+    principal: Annotated[Principal | None, Depends(optional_principal)],
+) -> str:
+    """Who is asking, for sticky A/B assignment: the signed-in user, else the client id header,
+    else the client address."""
+    if principal is not None:
+        return f"user:{principal.user_id}"
     client_id = request.headers.get("x-client-id", "")
     if 8 <= len(client_id) <= 64 and client_id.replace("-", "").isalnum():
         return client_id
@@ -54,21 +58,109 @@ def get_market_data(pool: Annotated[asyncpg.Pool, Depends(get_pool)]) -> MarketD
     return MarketDataService(pool)
 
 
-_bearer = HTTPBearer(auto_error=False, description="Admin API token (ADMIN_API_TOKEN)")
+# Both schemes show in the OpenAPI "Authorize" dialog: the password flow for a token, or a key.
+_oauth2 = OAuth2PasswordBearer(
+    tokenUrl="/api/v1/auth/token", auto_error=False, description="access token (JWT)"
+)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="scoped API key")
 
 
-def require_admin(
-    settings: Annotated[Settings, Depends(get_settings)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Admin routes need the configured admin token (user roles arrive with the auth service)."""
-    if settings.admin_api_token is None:
-        raise ProblemError(403, "admin_disabled", "admin API is disabled: set ADMIN_API_TOKEN")
-    expected = settings.admin_api_token.get_secret_value().encode()
-    given = (credentials.credentials if credentials else "").encode()
-    # compare_digest: the time taken must not reveal how much of the token matched
-    if not hmac.compare_digest(given, expected):
-        raise ProblemError(401, "unauthorized", "a valid admin bearer token is required")
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def get_auth(request: Request) -> AuthService:
+    state = request.app.state
+    return AuthService(state.pool, state.redis, state.settings, state.keyring)
+
+
+async def optional_principal(
+    auth: Annotated[AuthService, Depends(get_auth)],
+    token: Annotated[str | None, Depends(_oauth2)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal | None:
+    """The caller if credentials came with the request (invalid ones are refused, never
+    ignored), else None."""
+    if token:
+        return await auth.principal_from_token(token)
+    if api_key:
+        return await auth.principal_from_api_key(api_key)
+    return None
+
+
+async def current_principal(
+    principal: Annotated[Principal | None, Depends(optional_principal)],
+) -> Principal:
+    if principal is None:
+        raise unauthorized()
+    return principal
+
+
+def require_scope(scope: str) -> Any:
+    """A dependency admitting access tokens and API keys that carry `scope`."""
+
+    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not principal.allows(scope):
+            raise ProblemError(403, "insufficient_scope", f"this API key lacks the {scope!r} scope")
+        return principal
+
+    return Depends(check)
+
+
+def scope_if_signed_in(scope: str) -> Any:
+    """Routes still open to anonymous callers: credentials that come along must be valid, and
+    an API key must carry `scope` (issue 7 makes these routes require sign-in)."""
+
+    async def check(
+        principal: Annotated[Principal | None, Depends(optional_principal)],
+    ) -> None:
+        if principal is not None and not principal.allows(scope):
+            raise ProblemError(403, "insufficient_scope", f"this API key lacks the {scope!r} scope")
+
+    return Depends(check)
+
+
+async def require_admin(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
+    if not principal.is_admin:
+        raise ProblemError(403, "forbidden", "administrator role required")
+    return principal
+
+
+def rate_limited(tier: str) -> Any:
+    """A dependency spending one request of `tier`'s budget: per user (or API key) when the
+    caller is known, per client address otherwise. Sets RateLimit-* headers; 429 when spent."""
+
+    async def spend(
+        request: Request,
+        response: Response,
+        principal: Annotated[Principal | None, Depends(optional_principal)],
+    ) -> None:
+        settings: Settings = request.app.state.settings
+        per_min = (
+            settings.rate_limit_auth_per_min
+            if tier == "auth"
+            else settings.rate_limit_default_per_min
+        )
+        if principal is None:
+            subject = f"ip:{client_ip(request)}"
+        elif principal.api_key_id is not None:
+            subject = f"key:{principal.api_key_id}"
+        else:
+            subject = f"user:{principal.user_id}"
+        decision = await request.app.state.rate_limiter.hit(Limit(tier, per_min, 60.0), subject)
+        if not decision.allowed:
+            raise ProblemError(
+                429,
+                "rate_limited",
+                f"rate limit of {per_min} requests per minute reached; retry later",
+                headers=decision.headers(),
+            )
+        request.state.rate_limit_headers = decision.headers()  # for error responses too
+        response.headers.update(decision.headers())
+
+    return Depends(spend)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -78,3 +170,7 @@ MarketDataDep = Annotated[MarketDataService, Depends(get_market_data)]
 PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]
 CallerKeyDep = Annotated[str, Depends(caller_key)]
 AdminDep = Depends(require_admin)
+AuthDep = Annotated[AuthService, Depends(get_auth)]
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+AdminPrincipalDep = Annotated[Principal, Depends(require_admin)]
+ClientIpDep = Annotated[str | None, Depends(client_ip)]

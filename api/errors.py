@@ -18,11 +18,19 @@ log = structlog.get_logger(__name__)
 class ProblemError(Exception):
     """Raise anywhere below a route; becomes a problem+json response."""
 
-    def __init__(self, status: int, code: str, detail: str, **extensions: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers or {}
         self.extensions = extensions
 
 
@@ -59,7 +67,11 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem(exc.status, exc.code, exc.detail, request.url.path, **exc.extensions)
+        response = problem(exc.status, exc.code, exc.detail, request.url.path, **exc.extensions)
+        # a refused request still tells the client where its rate budget stands
+        response.headers.update(getattr(request.state, "rate_limit_headers", {}))
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -19,14 +19,32 @@ _SECRET_KEYS = frozenset(
         "authorization",
         "api_key",
         "secret",
-        "admin_api_token",
+        "jwt_secret",
+        "encryption_keys",
+        "blind_index_key",
+        "x-api-key",
+        "email",
     }
 )
+
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_API_KEY = re.compile(r"\b(sck_[0-9a-f]{8})_[A-Za-z0-9_-]+")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
 
 
 def mask_email(value: str) -> str:
     """`jane.doe@example.com` -> `j***@example.com`: enough to correlate, not to identify."""
     return _EMAIL.sub(r"\1***@\2", value)
+
+
+def mask_text(value: str) -> str:
+    """E-mail addresses, JWTs, API keys (their public prefix kept) and bearer credentials
+    masked wherever they appear in a string."""
+    value = _BEARER.sub(r"\1 ***", value)
+    value = _JWT.sub("***jwt***", value)
+    value = _API_KEY.sub(r"\1_***", value)
+    return mask_email(value)
 
 
 def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +53,7 @@ def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         if key.lower() in _SECRET_KEYS:
             event[key] = "***"
         elif isinstance(event[key], str):
-            event[key] = mask_email(event[key])
+            event[key] = mask_text(event[key])
     return event
 
 

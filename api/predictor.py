@@ -12,6 +12,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+EPOCH = date(1970, 1, 1).toordinal()
 FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
 HORIZONS = (1, 5, 20)
 
@@ -22,12 +23,24 @@ def model_name(family: str) -> str:
 
 
 class SeriesInput(BaseModel):
-    """One ticker's recent closes, oldest first, ending at the as-of bar."""
+    """One ticker's recent closes, oldest first, ending at the as-of bar.
+
+    Dates travel as day numbers (days since 1970-01-01): a batch carries tens of thousands of
+    them through two Ray hops, and plain ints cost a fraction of date objects to build, pickle
+    and turn into a date index.
+    """
 
     ticker: str
     sector: str | None = None
-    dates: list[date]
+    days: list[int] = Field(min_length=1, description="bar dates, days since 1970-01-01")
     closes: list[float] = Field(min_length=1)
+
+    @classmethod
+    def of(
+        cls, ticker: str, dates: list[date], closes: list[float], sector: str | None = None
+    ) -> SeriesInput:
+        days = [d.toordinal() - EPOCH for d in dates]
+        return cls(ticker=ticker, sector=sector, days=days, closes=closes)
 
 
 class ForecastRequest(BaseModel):

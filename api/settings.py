@@ -75,18 +75,46 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_json: bool = True
-    admin_api_token: SecretStr | None = Field(
-        default=None,
-        description="Bearer token for /api/v1/admin until user roles exist; unset = disabled.",
-    )
     cors_origins: list[str] = Field(default_factory=list)
+    # --- accounts and security (api.security); development defaults are refused in production
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 signing key for access tokens (≥ 32 characters)"
+    )
+    access_token_ttl_s: int = Field(default=900, ge=60, le=86_400)
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=3_600)
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description='JSON {"key id": "base64url 32-byte key", ...}: AES-256-GCM keyring',
+    )
+    encryption_active_key: str | None = Field(
+        default=None, description="key id new ciphertexts use (default: the greatest id)"
+    )
+    blind_index_key: SecretStr | None = Field(
+        default=None, description="base64url 32-byte HMAC key for e-mail lookup; never rotated"
+    )
+    rate_limit_default_per_min: int = Field(default=120, ge=1)
+    rate_limit_auth_per_min: int = Field(default=10, ge=1)
+    login_lockout_after: int = Field(
+        default=5, ge=1, description="failed logins before the account is locked for a while"
+    )
+    login_lockout_base_s: int = Field(
+        default=30, ge=1, description="first lockout; doubles with every further failure"
+    )
 
     @model_validator(mode="after")
-    def _refuse_weak_admin_token(self) -> Self:
-        token = self.admin_api_token
-        if token is not None and len(token.get_secret_value()) < 16:
-            raise ValueError("ADMIN_API_TOKEN must be at least 16 characters")
+    def _refuse_weak_secrets(self) -> Self:
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters")
+        if self.environment == Environment.PRODUCTION and self.jwt_secret is None:
+            raise ValueError("JWT_SECRET must be set in production")
         return self
+
+    @property
+    def signing_key(self) -> str:
+        """The access-token key; a public development key outside production."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return "stock-copilot-development-signing-key-not-secret"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -8,6 +8,8 @@ they are never model inputs.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
@@ -34,31 +36,122 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 )
 
 
-def _log_close(close: pd.Series) -> pd.Series:
-    return np.log(close.astype(np.float64))
+class _SeriesOps:
+    """The feature arithmetic on one ticker's pandas series (training, and the reference)."""
+
+    @staticmethod
+    def log(x: pd.Series) -> pd.Series:
+        return np.log(x.astype(np.float64))
+
+    @staticmethod
+    def diff(x: pd.Series, k: int) -> pd.Series:
+        return x.diff(k)
+
+    @staticmethod
+    def mean(x: pd.Series, k: int) -> pd.Series:
+        return x.rolling(k).mean()
+
+    @staticmethod
+    def std(x: pd.Series, k: int, ddof: int = 1) -> pd.Series:
+        return x.rolling(k).std(ddof=ddof)
+
+    @staticmethod
+    def running_max(x: pd.Series, k: int) -> pd.Series:
+        return x.rolling(k, min_periods=1).max()
+
+    @staticmethod
+    def talib(x: pd.Series, indicator: Callable[[np.ndarray], np.ndarray]) -> pd.Series:
+        return pd.Series(indicator(x.to_numpy(np.float64)), index=x.index)
+
+    @staticmethod
+    def zero_to_nan(x: pd.Series) -> pd.Series:
+        return x.replace(0.0, np.nan)
 
 
-def _feature_columns(close: pd.Series) -> dict[str, pd.Series]:
-    log_close = _log_close(close)
-    ret = log_close.diff()
-    values = close.to_numpy(np.float64)
-    _, _, macd_hist = talib.MACD(values, 12, 26, 9)
-    sma20 = close.rolling(20).mean()
-    std20 = close.rolling(20).std(ddof=0)
+class _TailOps:
+    """The same arithmetic on a [bars, tickers] array, every ticker at once, evaluating rolling
+    statistics only for the newest `rows` bars (all a forecast needs); earlier rows are NaN."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    @staticmethod
+    def log(x: np.ndarray) -> np.ndarray:
+        return np.log(x)
+
+    @staticmethod
+    def diff(x: np.ndarray, k: int) -> np.ndarray:
+        out = np.full_like(x, np.nan)
+        out[k:] = x[k:] - x[:-k]
+        return out
+
+    def _windows(self, x: np.ndarray, k: int) -> tuple[int, np.ndarray]:
+        """(first row computed, [rows, tickers, k] trailing windows ending at each row)."""
+        start = max(len(x) - self.rows, 0)
+        lo = start - (k - 1)
+        src = x[max(lo, 0) :]
+        if lo < 0:
+            src = np.vstack([np.full((-lo, x.shape[1]), np.nan), src])
+        return start, np.lib.stride_tricks.sliding_window_view(src, k, axis=0)
+
+    def _rolling(
+        self, x: np.ndarray, k: int, reduce: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        out = np.full_like(x, np.nan)
+        start, windows = self._windows(x, k)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows stay NaN
+            out[start:] = reduce(windows)
+        return out
+
+    def mean(self, x: np.ndarray, k: int) -> np.ndarray:
+        return self._rolling(x, k, lambda w: w.mean(axis=-1))
+
+    def std(self, x: np.ndarray, k: int, ddof: int = 1) -> np.ndarray:
+        return self._rolling(x, k, lambda w: w.std(axis=-1, ddof=ddof))
+
+    def running_max(self, x: np.ndarray, k: int) -> np.ndarray:
+        return self._rolling(x, k, lambda w: np.nanmax(w, axis=-1))
+
+    @staticmethod
+    def talib(x: np.ndarray, indicator: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        # recursive indicators (EMA-based) need each ticker's whole history, not just the tail
+        return np.stack([indicator(np.ascontiguousarray(x[:, i])) for i in range(x.shape[1])], 1)
+
+    @staticmethod
+    def zero_to_nan(x: np.ndarray) -> np.ndarray:
+        return np.where(x == 0.0, np.nan, x)
+
+
+def _macd_hist(values: np.ndarray) -> np.ndarray:
+    return talib.MACD(values, 12, 26, 9)[2]
+
+
+def _rsi_14(values: np.ndarray) -> np.ndarray:
+    return talib.RSI(values, 14)
+
+
+def _feature_columns(close: Any, ops: Any = _SeriesOps) -> dict[str, Any]:
+    """Every feature, defined once: on one ticker's pandas series (`_SeriesOps`), or on a
+    [bars, tickers] array with NaN before each ticker's first bar (`_TailOps`)."""
+    log_close = ops.log(close)
+    ret = ops.diff(log_close, 1)
+    sma20 = ops.mean(close, 20)
+    std20 = ops.std(close, 20, ddof=0)
     return {
         "log_ret_1": ret,
-        "log_ret_5": log_close.diff(5),
-        "log_ret_20": log_close.diff(20),
-        "vol_5": ret.rolling(5).std(),
-        "vol_20": ret.rolling(20).std(),
-        "vol_60": ret.rolling(60).std(),
-        "rsi_14": pd.Series(talib.RSI(values, 14), index=close.index) / 100.0,
-        "macd_hist": pd.Series(macd_hist, index=close.index) / close,
+        "log_ret_5": ops.diff(log_close, 5),
+        "log_ret_20": ops.diff(log_close, 20),
+        "vol_5": ops.std(ret, 5),
+        "vol_20": ops.std(ret, 20),
+        "vol_60": ops.std(ret, 60),
+        "rsi_14": ops.talib(close, _rsi_14) / 100.0,
+        "macd_hist": ops.talib(close, _macd_hist) / close,
         "dist_sma_20": close / sma20 - 1.0,
-        "dist_sma_50": close / close.rolling(50).mean() - 1.0,
-        "dist_sma_200": close / close.rolling(200).mean() - 1.0,
-        "bb_pct_b": (close - (sma20 - 2 * std20)) / (4 * std20).replace(0.0, np.nan),
-        "drawdown_252": close / close.rolling(252, min_periods=1).max() - 1.0,
+        "dist_sma_50": close / ops.mean(close, 50) - 1.0,
+        "dist_sma_200": close / ops.mean(close, 200) - 1.0,
+        "bb_pct_b": (close - (sma20 - 2 * std20)) / ops.zero_to_nan(4 * std20),
+        "drawdown_252": close / ops.running_max(close, 252) - 1.0,
     }
 
 
@@ -93,9 +186,47 @@ def build_features(close: pd.Series, config: FeatureConfig) -> pd.DataFrame:
     return pd.DataFrame({name: columns[name] for name in config.features}, index=close.index)
 
 
+def latest_windows(
+    closes: dict[str, pd.Series], config: FeatureConfig, scaler: FeatureScaler
+) -> dict[str, np.ndarray]:
+    """The newest scaled window of each ticker, all tickers at once.
+
+    Each ticker's closes (ascending, complete) become one column of a [bars, tickers] array
+    aligned on the newest bar, NaN before its first bar, and every feature is computed for the
+    whole batch in one numpy expression, rolling statistics only over the newest `window` rows.
+    The feature definitions are the ones training uses (`_feature_columns`), and a test checks
+    each ticker's window against its own series built the training way. Tickers whose newest
+    window is incomplete (too little history) are left out.
+    """
+    usable = {t: c for t, c in closes.items() if len(c) >= config.window + 1}
+    if not usable:
+        return {}
+    for ticker, close in usable.items():
+        if close.isna().any() or (close <= 0).any():
+            raise ValueError(f"{ticker}: closes must be positive and complete to build features")
+    length = max(len(c) for c in usable.values())
+    tickers = list(usable)
+    wide = np.full((length, len(tickers)), np.nan)
+    for i, ticker in enumerate(tickers):
+        values = usable[ticker].to_numpy(np.float64)
+        wide[length - len(values) :, i] = values
+    if list(config.features) != scaler.features:
+        raise ValueError(f"scaler was fitted on {scaler.features}, got {list(config.features)}")
+    columns = _feature_columns(wide, _TailOps(config.window))
+    mean = np.asarray(scaler.mean)
+    std = np.asarray(scaler.std)
+    tail = np.stack([columns[name][-config.window :] for name in config.features], axis=-1)
+    tail = ((tail - mean) / std).astype(np.float32)  # [window, tickers, features]
+    return {
+        ticker: np.ascontiguousarray(tail[:, i, :])
+        for i, ticker in enumerate(tickers)
+        if not np.isnan(tail[:, i, :]).any()
+    }
+
+
 def forward_log_returns(close: pd.Series, horizons: tuple[int, ...]) -> pd.DataFrame:
     """Targets: log(close[t+h] / close[t]) for each horizon; NaN where t+h is beyond the data."""
-    log_close = _log_close(close)
+    log_close = _SeriesOps.log(close)
     return pd.DataFrame({f"h{h}": log_close.shift(-h) - log_close for h in horizons})
 
 

@@ -16,7 +16,7 @@ from api.predictor import FAMILIES, HORIZONS
 from api.settings import Settings
 
 
-def _with_conn[T](settings: Settings, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+def with_conn[T](settings: Settings, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """Run `action(conn)` on a migrated database, starting the embedded one if no URL is set."""
     from pipelines.embedded import resolved_settings
     from pipelines.models import connect
@@ -67,7 +67,7 @@ def register_ab_commands(
             raise typer.BadParameter(
                 f"challenger weight must be between 0 and 1, got {challenger_weight}"
             )
-        change = _with_conn(
+        change = with_conn(
             settings_factory(),
             lambda conn: AbWeightRepository(conn).set(
                 family, challenger_weight, default_actor(), reason
@@ -109,7 +109,7 @@ def register_ab_commands(
             weight = await AbWeightRepository(conn).get(family)
             return resolved, weight, await log.resolved_losses(family, horizon, versions)
 
-        resolved, weight, rows = _with_conn(settings_factory(), gather)
+        resolved, weight, rows = with_conn(settings_factory(), gather)
         result = ab_report(rows, horizon)
         console.print(
             f"resolved {resolved} forecast(s) now; {family} challenger weight {weight:g}; "

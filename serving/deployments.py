@@ -114,13 +114,15 @@ class FamilyForecaster:
     keeps every newly aliased version on probation (see serving.guard)."""
 
     family = "base"
+    runs_networks = True  # the ensemble only combines member outputs: no torch in its process
 
     def __init__(self, settings: Settings) -> None:
-        import torch
-
         from training import registry
 
-        torch.set_num_threads(1)  # see training.fit: one thread is much faster on small nets
+        if self.runs_networks:
+            import torch
+
+            torch.set_num_threads(1)  # see training.fit: one thread is much faster on small nets
         self._client = registry.configure(settings.mlflow_tracking_uri)
         self._predictor = LocalPredictor(self._client, alias_ttl_s=settings.alias_poll_s)
         self._poll_s = settings.alias_poll_s
@@ -318,6 +320,7 @@ class EnsembleForecaster(FamilyForecaster):
     """Weights from the registered ensemble; member predictions come from the member deployments."""
 
     family = "ensemble"
+    runs_networks = False
 
     def __init__(self, settings: Settings, members: dict[str, DeploymentHandle]) -> None:
         super().__init__(settings)

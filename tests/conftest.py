@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from features.datasets import load_bundled_bars
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import IngestReport, ingest_bundled
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,11 @@ def settings(data_dir: Path) -> Iterator[Settings]:
         data_dir=data_dir,
         database_url=None,
         redis_url=None,
-        admin_api_token=ADMIN_TOKEN,
+        # the suite makes thousands of requests from one address; tests of the limiter build
+        # their own app with small limits
+        rate_limit_default_per_min=1_000_000,
+        rate_limit_auth_per_min=1_000_000,
+        access_token_ttl_s=3_600,
         log_json=True,
     )
     with resolved_settings(base) as ready:
@@ -73,6 +78,27 @@ async def client(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+async def sign_up(
+    client: httpx.AsyncClient, email: str, display_name: str = "Test User"
+) -> dict[str, str]:
+    """Register (if new) and log in; the Authorization header of the session."""
+    await client.post(
+        "/api/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "display_name": display_name},
+    )
+    response = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+@pytest.fixture(scope="session")
+async def admin_headers(client: httpx.AsyncClient, pool: asyncpg.Pool) -> dict[str, str]:
+    """An administrator's session (registered through the API, promoted in the database)."""
+    me = await client.get("/api/v1/users/me", headers=await sign_up(client, "admin@example.com"))
+    await pool.execute("UPDATE users SET role = 'admin' WHERE id = $1", uuid.UUID(me.json()["id"]))
+    return await sign_up(client, "admin@example.com")  # a fresh token carrying the role
 
 
 @pytest.fixture

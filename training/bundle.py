@@ -10,19 +10,21 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pandas as pd
-import torch
 
 from features.bars import ticker_frame
-from features.windows import FeatureConfig, FeatureScaler, build_features, make_windows
+from features.windows import FeatureConfig, FeatureScaler, latest_windows
 from training.baselines import to_frame
-from training.data import Vocab, WindowSet, trailing_sigma
+from training.data import Vocab, WindowSet, latest_sigma
 from training.ensemble import align, combine
-from training.fit import predict
-from training.models import FAMILIES, QuantileForecaster
+
+if TYPE_CHECKING:  # torch is imported only where a network is built or run: an ensemble-only
+    import torch  # process (the ensemble deployment) never pays for it
+
+    from training.models import QuantileForecaster
 
 WEIGHTS_FILE = "weights.pt"
 BUNDLE_FILE = "bundle.json"
@@ -36,21 +38,6 @@ def _write_meta(directory: Path, meta: dict[str, Any]) -> Path:
 
 def _read_meta(directory: Path) -> dict[str, Any]:
     return json.loads((directory / BUNDLE_FILE).read_text())
-
-
-def _last_window(
-    close: pd.Series,
-    config: FeatureConfig,
-    scaler: FeatureScaler,
-) -> tuple[np.ndarray, float] | None:
-    """The newest scaled window and trailing sigma for one ticker, or None if history is short."""
-    if len(close) < config.window + 1:
-        return None
-    x, ends = make_windows(scaler.transform(build_features(close, config)), config.window)
-    sigma = float(trailing_sigma(close).iloc[-1])
-    if len(ends) == 0 or ends[-1] != close.index[-1] or not np.isfinite(sigma):
-        return None
-    return x[-1], sigma
 
 
 @dataclass
@@ -69,6 +56,8 @@ class ForecastBundle:
 
     @cached_property
     def module(self) -> QuantileForecaster:
+        from training.models import FAMILIES
+
         module = FAMILIES[self.family](**self.hparams)
         module.load_state_dict(self.state_dict)
         return module.eval()
@@ -99,11 +88,15 @@ class ForecastBundle:
                 "card": self.card,
             },
         )
+        import torch
+
         torch.save(self.state_dict, directory / WEIGHTS_FILE)
         return directory
 
     @classmethod
     def load(cls, directory: Path) -> Self:
+        import torch
+
         meta = _read_meta(directory)
         state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
         return cls(
@@ -122,26 +115,36 @@ class ForecastBundle:
         sectors: dict[str, str | None] | None = None,
     ) -> WindowSet:
         """The newest window of every ticker in `bars` (canonical rows, already cut at as_of)."""
+        closes = {
+            ticker: ticker_frame(bars, ticker)["close"].dropna()
+            for ticker in sorted(bars["ticker"].unique())
+        }
+        return self.window_set_closes(closes, sectors)
+
+    def window_set_closes(
+        self,
+        closes: dict[str, pd.Series],
+        sectors: dict[str, str | None] | None = None,
+    ) -> WindowSet:
+        """The newest window of each ticker's date-indexed closes (ascending, complete), built
+        for all tickers at once (see features.windows.latest_windows)."""
         sectors = {**self.vocab.ticker_sector, **(sectors or {})}
-        rows: list[tuple] = []
-        for ticker in sorted(bars["ticker"].unique()):
-            close = ticker_frame(bars, ticker)["close"].dropna()
-            found = _last_window(close, self.feature_config, self.scaler)
-            if found is not None:
-                rows.append((ticker, close.index[-1], *found))
-        n = len(rows)
+        windows = latest_windows(closes, self.feature_config, self.scaler)
+        sigma = latest_sigma({t: closes[t] for t in windows})
+        kept = [t for t in windows if np.isfinite(sigma[t])]
+        if not kept:
+            cfg = self.feature_config
+            x = np.empty((0, cfg.window, len(cfg.features)), np.float32)
+        else:
+            x = np.stack([windows[t] for t in kept])
         return WindowSet(
-            x=np.stack([r[2] for r in rows])
-            if rows
-            else np.empty(
-                (0, self.feature_config.window, len(self.feature_config.features)), np.float32
-            ),
-            ticker=np.array([self.vocab.ticker_id(r[0]) for r in rows], np.int64),
-            sector=np.array([self.vocab.sector_id(sectors.get(r[0])) for r in rows], np.int64),
-            sigma=np.array([r[3] for r in rows], np.float32),
-            y=np.full((n, len(self.horizons)), np.nan, np.float32),
-            dates=np.array([r[1] for r in rows], "datetime64[ns]"),
-            tickers=np.array([r[0] for r in rows], object),
+            x=x,
+            ticker=np.array([self.vocab.ticker_id(t) for t in kept], np.int64),
+            sector=np.array([self.vocab.sector_id(sectors.get(t)) for t in kept], np.int64),
+            sigma=np.array([sigma[t] for t in kept], np.float32),
+            y=np.full((len(kept), len(self.horizons)), np.nan, np.float32),
+            dates=np.array([closes[t].index[-1] for t in kept], "datetime64[ns]"),
+            tickers=np.array(kept, object),
         )
 
     def predict_bars(
@@ -153,7 +156,19 @@ class ForecastBundle:
         """Quantile forecasts from each ticker's bars up to `as_of` (default: its last bar)."""
         if as_of is not None:
             bars = bars[bars["date"] <= as_of]
-        ws = self.window_set(bars, sectors)
+        return self._predict(self.window_set(bars, sectors))
+
+    def predict_closes(
+        self,
+        closes: dict[str, pd.Series],
+        sectors: dict[str, str | None] | None = None,
+    ) -> pd.DataFrame:
+        """Quantile forecasts from each ticker's closes (serving's path: no bar frame)."""
+        return self._predict(self.window_set_closes(closes, sectors))
+
+    def _predict(self, ws: WindowSet) -> pd.DataFrame:
+        from training.fit import predict
+
         return to_frame(ws, predict(self.module, ws), self.horizons).drop(columns="y")
 
 

@@ -6,6 +6,7 @@ The scaler is fitted on training rows only (`fit_scaler(panel, until=...)`); win
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -72,6 +73,24 @@ def trailing_sigma(close: pd.Series) -> pd.Series:
     """Trailing daily log-return volatility: the scale every forecaster predicts in units of."""
     sigma = np.log(close).diff().rolling(SIGMA_LOOKBACK, min_periods=20).std()
     return sigma.clip(lower=SIGMA_FLOOR)
+
+
+def latest_sigma(closes: dict[str, pd.Series]) -> dict[str, float]:
+    """`trailing_sigma` at each ticker's newest bar, every ticker in one numpy pass (serving
+    a batch); NaN where fewer than 20 returns are available."""
+    if not closes:
+        return {}
+    rets = np.full((SIGMA_LOOKBACK, len(closes)), np.nan)
+    for i, close in enumerate(closes.values()):
+        tail = np.diff(np.log(close.to_numpy(np.float64)[-(SIGMA_LOOKBACK + 1) :]))
+        if len(tail):
+            rets[-len(tail) :, i] = tail
+    count = np.sum(~np.isnan(rets), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # too-short columns come out NaN
+        sigma = np.nanstd(rets, axis=0, ddof=1)
+    sigma = np.where(count >= 20, np.maximum(sigma, SIGMA_FLOOR), np.nan)
+    return dict(zip(closes, sigma.tolist(), strict=True))
 
 
 def trailing_drift(close: pd.Series) -> pd.Series:

@@ -6,18 +6,19 @@ alias moves; callers record each move in the alias audit trail (see pipelines.mo
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from api.predictor import model_name
-from training.bundle import EnsembleBundle, ForecastBundle
-from training.pyfunc import EnsembleModel, ForecasterModel
+from training.bundle import BUNDLE_FILE, EnsembleBundle, ForecastBundle
 
 FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
 ALIASES = ("champion", "challenger")
@@ -52,6 +53,8 @@ def experiment(family: str) -> str:
 
 def log_bundle(bundle: ForecastBundle | EnsembleBundle, directory: Path) -> str:
     """Log the bundle as a pyfunc model inside the active run; returns the model URI."""
+    from training.pyfunc import EnsembleModel, ForecasterModel
+
     python_model = EnsembleModel() if isinstance(bundle, EnsembleBundle) else ForecasterModel()
     info = mlflow.pyfunc.log_model(
         name="model",
@@ -124,5 +127,17 @@ def versions(client: MlflowClient, family: str) -> list[VersionInfo]:
 
 
 def load_bundle(uri: str) -> ForecastBundle | EnsembleBundle:
-    """Load a registered model (e.g. `models:/stockcopilot-lstm@champion`) as its bundle."""
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().bundle
+    """Load a registered model (e.g. `models:/stockcopilot-lstm@champion`) as its bundle.
+
+    Reads the bundle folder straight from the model's artefacts rather than through
+    `mlflow.pyfunc.load_model`: nothing is unpickled, and an ensemble does not load its members
+    (the ensemble deployment gets member predictions from the member deployments), so a process
+    serving only the ensemble never imports torch.
+    """
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    directory = local / flavor["artifacts"]["bundle"]["path"]
+    meta = json.loads((directory / BUNDLE_FILE).read_text())
+    if meta.get("family") == "ensemble":
+        return EnsembleBundle.load(directory)
+    return ForecastBundle.load(directory)

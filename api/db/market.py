@@ -94,10 +94,10 @@ class InstrumentRepository:
 
 
 @dataclass(frozen=True)
-class RecentCloses:
+class BarDates:
     sector: str | None
-    last_date: date | None
-    closes: list[tuple[date, float]]
+    last_date: date | None  # the ticker's newest bar
+    as_of: date | None  # its newest bar on or before the requested date
 
 
 class BarRepository:
@@ -134,50 +134,41 @@ class BarRepository:
         inserted = sum(1 for r in rows if r["inserted"])
         return UpsertCounts(inserted=inserted, updated=len(rows) - inserted)
 
-    async def recent_closes(
-        self,
-        ticker: str,
-        end: date | None,
-        limit: int,
-    ) -> list[tuple[date, float]]:
-        """The newest `limit` closes up to `end` (inclusive), oldest first."""
+    async def bar_dates_many(self, tickers: list[str], end: date | None) -> dict[str, BarDates]:
+        """For each known ticker: sector, newest bar date, and the newest bar date on or before
+        `end` (None when there is none). Unknown tickers are absent. Index lookups only."""
         rows = await self._conn.fetch(
-            """SELECT date, close FROM bars
-               WHERE ticker = $1 AND ($2::date IS NULL OR date <= $2)
-               ORDER BY date DESC LIMIT $3""",
-            ticker,
-            end,
-            limit,
-        )
-        return [(r["date"], r["close"]) for r in reversed(rows)]
-
-    async def recent_closes_many(
-        self,
-        tickers: list[str],
-        end: date | None,
-        limit: int,
-    ) -> dict[str, RecentCloses]:
-        """For each known ticker: sector, newest bar date and the newest `limit` closes up to
-        `end`, oldest first, in one round trip. Unknown tickers are absent from the result."""
-        rows = await self._conn.fetch(
-            """SELECT i.ticker, i.sector, l.last_date, b.date, b.close
-               FROM unnest($1::text[]) AS t(ticker)
-               JOIN instruments i ON i.ticker = t.ticker
-               CROSS JOIN LATERAL (SELECT max(date) AS last_date FROM bars
-                                   WHERE ticker = i.ticker) l
-               LEFT JOIN LATERAL (SELECT date, close FROM bars
-                                  WHERE ticker = i.ticker AND ($2::date IS NULL OR date <= $2)
-                                  ORDER BY date DESC LIMIT $3) b ON true
-               ORDER BY i.ticker, b.date""",
+            """SELECT i.ticker, i.sector,
+                      (SELECT max(date) FROM bars WHERE ticker = i.ticker) AS last_date,
+                      (SELECT max(date) FROM bars WHERE ticker = i.ticker
+                         AND ($2::date IS NULL OR date <= $2)) AS as_of
+               FROM unnest($1::text[]) AS t(ticker) JOIN instruments i ON i.ticker = t.ticker""",
             tickers,
             end,
+        )
+        return {r["ticker"]: BarDates(r["sector"], r["last_date"], r["as_of"]) for r in rows}
+
+    async def recent_closes_many(
+        self, ends: dict[str, date], limit: int
+    ) -> dict[str, tuple[list[int], list[float]]]:
+        """The newest `limit` closes of each ticker up to its own end date, oldest first, as
+        (day numbers since 1970-01-01, closes), in one round trip of one row per ticker."""
+        rows = await self._conn.fetch(
+            """SELECT t.ticker,
+                      array_agg(b.date - DATE '1970-01-01' ORDER BY b.date) AS days,
+                      array_agg(b.close ORDER BY b.date) AS closes
+               FROM unnest($1::text[], $2::date[]) AS t(ticker, end_date)
+               CROSS JOIN LATERAL (SELECT date, close FROM bars
+                                   WHERE ticker = t.ticker AND date <= t.end_date
+                                   ORDER BY date DESC LIMIT $3) b
+               GROUP BY t.ticker""",
+            list(ends),
+            list(ends.values()),
             limit,
         )
-        found: dict[str, RecentCloses] = {}
+        found: dict[str, tuple[list[int], list[float]]] = {t: ([], []) for t in ends}
         for r in rows:
-            entry = found.setdefault(r["ticker"], RecentCloses(r["sector"], r["last_date"], []))
-            if r["date"] is not None:
-                entry.closes.append((r["date"], r["close"]))
+            found[r["ticker"]] = (r["days"], r["closes"])
         return found
 
     async def count(self) -> int:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import MarketDataDep
+from api.deps import MarketDataDep, scope_if_signed_in
 from api.errors import Unprocessable
 from api.routers.stocks import TickerPath
 from api.schemas import (
@@ -20,7 +20,9 @@ from api.schemas import (
 )
 from features import indicators, patterns
 
-router = APIRouter(prefix="/api/v1/analysis", tags=["analysis"])
+router = APIRouter(
+    prefix="/api/v1/analysis", tags=["analysis"], dependencies=[scope_if_signed_in("read:market")]
+)
 MAX_INDICATORS = 20
 
 

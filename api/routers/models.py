@@ -9,11 +9,13 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from api.db.models import AliasEventRepository
-from api.deps import PoolDep
+from api.deps import PoolDep, scope_if_signed_in
 from api.errors import ProblemError
 from api.predictor import FAMILIES, ModelVersion, Predictor, model_name
 
-router = APIRouter(prefix="/api/v1/models", tags=["models"])
+router = APIRouter(
+    prefix="/api/v1/models", tags=["models"], dependencies=[scope_if_signed_in("read:predictions")]
+)
 HISTORY_LIMIT = 20
 
 

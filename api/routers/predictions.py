@@ -8,10 +8,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import CallerKeyDep, PredictionsDep
+from api.deps import CallerKeyDep, PredictionsDep, scope_if_signed_in
 from api.routers.stocks import TickerPath
 
-router = APIRouter(prefix="/api/v1/predictions", tags=["predictions"])
+router = APIRouter(
+    prefix="/api/v1/predictions",
+    tags=["predictions"],
+    dependencies=[scope_if_signed_in("read:predictions")],
+)
 Family = Literal["lstm", "transformer", "hybrid", "ensemble"]
 
 

@@ -7,10 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import MarketDataDep
+from api.deps import MarketDataDep, scope_if_signed_in
 from api.schemas import Bar, History, StockHit, StockSearch
 
-router = APIRouter(prefix="/api/v1/stocks", tags=["stocks"])
+router = APIRouter(
+    prefix="/api/v1/stocks", tags=["stocks"], dependencies=[scope_if_signed_in("read:market")]
+)
 TickerPath = Annotated[str, Path(min_length=1, max_length=15, examples=["AAPL"])]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import date
+from statistics import NormalDist
 from typing import Any
 
 import asyncpg
-from scipy.stats import norm
 
 from api.cache import JsonCache
 from api.db.ab import LoggedPrediction, PredictionLogRepository
@@ -29,7 +29,7 @@ from features.bars import normalise_ticker
 
 LOOKBACK_BARS = 400  # covers the longest feature (200-day average) plus any model window ≤ 200
 MAX_BATCH = 100
-Z90 = float(norm.ppf(0.9))
+Z90 = NormalDist().inv_cdf(0.9)
 
 
 def prob_up(q10: float, q50: float, q90: float) -> float:
@@ -41,19 +41,15 @@ def prob_up(q10: float, q50: float, q90: float) -> float:
     sigma = (q50 - q10) / Z90 if q50 > 0 else (q90 - q50) / Z90
     if sigma <= 0:
         return 1.0 if q50 > 0 else 0.0
-    return float(1.0 - norm.cdf((0.0 - q50) / sigma))
+    return 1.0 - NormalDist().cdf((0.0 - q50) / sigma)  # stdlib: ~50x cheaper than scipy's
 
 
 @dataclass(frozen=True)
 class Target:
     ticker: str
     sector: str | None
-    closes: list[tuple[date, float]]
+    as_of: date  # the bar the forecast is made from
     live: bool  # made from the ticker's newest bar, not for a past as-of date
-
-    @property
-    def as_of(self) -> date:
-        return self.closes[-1][0]
 
 
 def _shape(forecast: dict[str, Any], batch: ForecastBatch, last_close: float) -> dict[str, Any]:
@@ -104,22 +100,24 @@ class PredictionService:
         self._market = MarketDataService(pool)
 
     async def _targets(self, raw_tickers: list[str], as_of: date | None) -> list[Target]:
-        """Every ticker's recent closes in one query; unknown tickers 404, bar-less ones 422."""
+        """Which bar each ticker is forecast from (all tickers in one query of index lookups,
+        enough for a cache hit); unknown tickers 404, tickers without bars then 422."""
         try:
             tickers = list(dict.fromkeys(normalise_ticker(t) for t in raw_tickers))
         except ValueError as exc:
             raise Unprocessable("invalid_ticker", str(exc)) from exc
         async with self._pool.acquire() as conn:
-            found = await BarRepository(conn).recent_closes_many(tickers, as_of, LOOKBACK_BARS)
+            found = await BarRepository(conn).bar_dates_many(tickers, as_of)
         targets = []
         for ticker in tickers:
             entry = found.get(ticker)
             if entry is None:
                 raise NotFound("ticker", f"no instrument {ticker!r}; search with /api/v1/stocks?q=")
-            if not entry.closes:
+            if entry.as_of is None:
                 raise Unprocessable("no_bars", f"{ticker} has no bars on or before {as_of}")
-            live = entry.closes[-1][0] == entry.last_date
-            targets.append(Target(ticker, entry.sector, entry.closes, live))
+            targets.append(
+                Target(ticker, entry.sector, entry.as_of, entry.as_of == entry.last_date)
+            )
         return targets
 
     def _validate(self, family: str, horizon: int) -> None:
@@ -189,7 +187,12 @@ class PredictionService:
         family: str,
         variant: str,
     ) -> dict[tuple[str, int], dict[str, Any]]:
-        """Call the predictor once; log and cache every horizon it returned under its version."""
+        """Read the closes and call the predictor once; log and cache every horizon it returned
+        under its version."""
+        async with self._pool.acquire() as conn:
+            closes = await BarRepository(conn).recent_closes_many(
+                {t.ticker: t.as_of for t in targets}, LOOKBACK_BARS
+            )
         request = ForecastRequest(
             family=family,
             variant=variant,
@@ -197,8 +200,8 @@ class PredictionService:
                 SeriesInput(
                     ticker=t.ticker,
                     sector=t.sector,
-                    dates=[d for d, _ in t.closes],
-                    closes=[c for _, c in t.closes],
+                    days=closes[t.ticker][0],
+                    closes=closes[t.ticker][1],
                 )
                 for t in targets
             ],
@@ -207,7 +210,7 @@ class PredictionService:
             batch = await self._predictor.forecast(request)  # type: ignore[union-attr]
         except ModelUnavailable as exc:
             raise ProblemError(503, "model_not_deployed", str(exc)) from exc
-        last = {t.ticker: t.closes[-1][1] for t in targets}
+        last = {t: series[1][-1] for t, series in closes.items()}
         shaped = {
             (f.ticker, f.horizon): _shape(f.model_dump(), batch, last[f.ticker])
             for f in batch.forecasts

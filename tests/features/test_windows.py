@@ -14,6 +14,7 @@ from features.windows import (
     FeatureScaler,
     build_features,
     forward_log_returns,
+    latest_windows,
     make_windows,
 )
 
@@ -96,3 +97,27 @@ def test_bad_inputs_are_refused() -> None:
         FeatureConfig(features=("log_ret_1", "tomorrow_close"))
     with pytest.raises(ValueError, match="positive"):
         build_features(pd.Series([1.0, -1.0, 2.0]), CONFIG)
+
+
+def test_batched_latest_windows_equal_each_ticker_built_alone(bundled_bars: pd.DataFrame) -> None:
+    """Serving builds a whole batch in one wide frame; every ticker must get exactly the window
+    its own series gives (different lengths, a close-only index, one too short to use)."""
+    config = FeatureConfig(window=30)
+    closes = {
+        "AAPL": ticker_frame(bundled_bars, "AAPL")["close"].iloc[-400:],
+        "KO": ticker_frame(bundled_bars, "KO")["close"].iloc[-260:],
+        "XOM": ticker_frame(bundled_bars, "XOM")["close"].iloc[-31:],  # warm-up never ends
+        "MSFT": ticker_frame(bundled_bars, "MSFT")["close"].iloc[-300:],
+        "JPM": ticker_frame(bundled_bars, "JPM")["close"].iloc[-20:],  # shorter than a window
+    }
+    scaler = FeatureScaler.fit(build_features(closes["AAPL"], config))
+    batched = latest_windows(closes, config, scaler)
+    assert set(batched) == {"AAPL", "KO", "MSFT"}
+    for ticker, window in batched.items():
+        x, ends = make_windows(scaler.transform(build_features(closes[ticker], config)), 30)
+        assert ends[-1] == closes[ticker].index[-1]
+        np.testing.assert_allclose(window, x[-1], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="positive and complete"):
+        latest_windows(
+            {"KO": closes["KO"].where(closes["KO"].index != closes["KO"].index[5])}, config, scaler
+        )

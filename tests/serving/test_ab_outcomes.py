@@ -21,7 +21,6 @@ from api.db.ab import (
 from api.services.ab import bucket
 from api.services.outcomes import ab_report
 from pipelines.models import default_actor
-from tests.conftest import ADMIN_TOKEN
 from tests.utils import invoke
 from training.metrics import diebold_mariano, row_pinball
 
@@ -139,25 +138,27 @@ async def _bars(pool: asyncpg.Pool, ticker: str, start: date, end: date) -> list
     )
 
 
-async def _upload(api: httpx.AsyncClient, ticker: str, rows: list[asyncpg.Record]) -> None:
+async def _upload(
+    api: httpx.AsyncClient, ticker: str, rows: list[asyncpg.Record], headers: dict[str, str]
+) -> None:
     """Bars arriving for `ticker` through the admin CSV import."""
     csv = "date,close\n" + "".join(f"{r['date']},{r['close']}\n" for r in rows)
     response = await api.post(
         "/api/v1/admin/bars/import",
         params={"ticker": ticker},
         files={"file": (f"{ticker.lower()}.csv", csv.encode(), "text/csv")},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        headers=headers,
     )
     assert response.status_code == 201, response.text
 
 
 async def test_forecast_waits_for_its_outcome_bar_to_arrive(
-    api: httpx.AsyncClient, pool: asyncpg.Pool
+    api: httpx.AsyncClient, pool: asyncpg.Pool, admin_headers: dict[str, str]
 ) -> None:
     """A ticker whose bars stop at as-of: nothing resolves until the horizon-th bar is imported."""
     ko = await _bars(pool, "KO", date(2020, 1, 1), date(2022, 8, 1))
     cut = next(i for i, r in enumerate(ko) if r["date"] == date(2022, 6, 1))
-    await _upload(api, "ABLIVE", ko[: cut + 1])
+    await _upload(api, "ABLIVE", ko[: cut + 1], admin_headers)
     response = await api.get("/api/v1/predictions/ABLIVE", params={"model": "lstm"})
     assert response.status_code == 200 and response.json()["as_of"] == "2022-06-01"
     repo = PredictionLogRepository(pool)
@@ -168,7 +169,9 @@ async def test_forecast_waits_for_its_outcome_bar_to_arrive(
     assert [tuple(r) for r in await pool.fetch(pending)] == [(1, False), (5, False), (20, False)]
     assert await pool.fetchval("SELECT bool_and(live) FROM prediction_log WHERE ticker = 'ABLIVE'")
 
-    await _upload(api, "ABLIVE", ko[cut + 1 : cut + 6])  # the next five trading days arrive
+    await _upload(
+        api, "ABLIVE", ko[cut + 1 : cut + 6], admin_headers
+    )  # the next five trading days arrive
     assert await repo.resolve_due("lstm") == 2
     assert [tuple(r) for r in await pool.fetch(pending)] == [(1, True), (5, True), (20, False)]
     y1 = await pool.fetchval(
@@ -282,7 +285,7 @@ async def test_cli_ab_set_stores_and_audits_the_weight(cli_env: None, pool: asyn
 
 
 async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
-    cli_env: None, api: httpx.AsyncClient, pool: asyncpg.Pool
+    cli_env: None, api: httpx.AsyncClient, pool: asyncpg.Pool, admin_headers: dict[str, str]
 ) -> None:
     """Bars arrive five days at a time for two imported tickers; after each arrival both hybrid
     variants forecast from the newest bar (live). The CLI then resolves and tests them."""
@@ -292,7 +295,7 @@ async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
     }
     cut = 300
     for ticker, rows in source.items():
-        await _upload(api, ticker, rows[:cut])
+        await _upload(api, ticker, rows[:cut], admin_headers)
     for step in range(10):
         for challenger in (False, True):
             response = await api.post(
@@ -304,7 +307,7 @@ async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
             variants = {p["model"]["variant"] for p in response.json()["predictions"]}
             assert variants == {"challenger" if challenger else "champion"}
         for ticker, rows in source.items():  # the next five trading days arrive
-            await _upload(api, ticker, rows[cut + 5 * step : cut + 5 * step + 5])
+            await _upload(api, ticker, rows[cut + 5 * step : cut + 5 * step + 5], admin_headers)
     live = await pool.fetchval(
         "SELECT bool_and(live) FROM prediction_log WHERE ticker IN ('ABREPA', 'ABREPB')"
     )

@@ -150,11 +150,7 @@ def _request(pool_rows: list[asyncpg.Record]) -> ForecastRequest:
         family="lstm",
         variant="champion",
         series=[
-            SeriesInput(
-                ticker="KO",
-                dates=[r["date"] for r in pool_rows],
-                closes=[r["close"] for r in pool_rows],
-            )
+            SeriesInput.of("KO", [r["date"] for r in pool_rows], [r["close"] for r in pool_rows])
         ],
     )
 

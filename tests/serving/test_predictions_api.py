@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 from api.db.models import AliasEvent, AliasEventRepository
 from api.services.predictions import prob_up
 from api.settings import Settings
-from tests.conftest import ADMIN_TOKEN
 
 
 async def test_prediction_names_model_and_gives_ordered_price_bands(api: httpx.AsyncClient) -> None:
@@ -75,7 +74,9 @@ async def test_batch_predicts_every_ticker_in_one_call(api: httpx.AsyncClient) -
     assert all(p["horizon"] == 20 for p in got)
 
 
-async def test_imported_ticker_is_predicted_by_the_global_model(api: httpx.AsyncClient) -> None:
+async def test_imported_ticker_is_predicted_by_the_global_model(
+    api: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
     history = (
         await api.get(
             "/api/v1/stocks/KO/history", params={"start": "2020-01-01", "end": "2022-12-28"}
@@ -86,7 +87,7 @@ async def test_imported_ticker_is_predicted_by_the_global_model(api: httpx.Async
         "/api/v1/admin/bars/import",
         params={"ticker": "KOCOPY"},
         files={"file": ("ko.csv", csv.encode(), "text/csv")},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        headers=admin_headers,
     )
     assert imported.status_code == 201, imported.text
     body = (await api.get("/api/v1/predictions/KOCOPY", params={"model": "lstm"})).json()
@@ -132,7 +133,9 @@ async def test_bad_requests_are_clear(
     assert response.json()["code"] == code
 
 
-async def test_too_many_tickers_and_too_little_history(api: httpx.AsyncClient) -> None:
+async def test_too_many_tickers_and_too_little_history(
+    api: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
     many = await api.post(
         "/api/v1/predictions/batch", json={"tickers": [f"T{i}" for i in range(101)]}
     )
@@ -141,7 +144,7 @@ async def test_too_many_tickers_and_too_little_history(api: httpx.AsyncClient) -
         "/api/v1/admin/bars/import",
         params={"ticker": "TINY"},
         files={"file": ("t.csv", b"date,close\n2022-01-03,5\n", "text/csv")},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        headers=admin_headers,
     )
     assert short.status_code == 201
     response = await api.get("/api/v1/predictions/TINY", params={"model": "lstm"})

@@ -20,7 +20,7 @@ from ray import serve
 from redis.asyncio import Redis
 
 from api.settings import Settings
-from serving.app import build_app
+from serving.app import build_app, start_local_ray
 from serving.config import Scaling, ServeAppConfig
 from training import registry
 from training.pyfunc import ForecasterModel
@@ -42,8 +42,7 @@ def serve_url(
     app_settings = settings.model_copy(
         update={"mlflow_tracking_uri": registry_uri, "alias_poll_s": 2.0}
     )
-    # address="local": always a fresh cluster of our own, never one found on the machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         # two LSTM replicas from the start, so one can be killed while the other answers

@@ -8,7 +8,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from api.settings import Settings
-from serving.app import app_builder
+from serving.app import SERVE_ENV, app_builder
 from serving.config import ServeAppConfig
 
 SERVE_YAML = Path(__file__).resolve().parents[2] / "deploy" / "serve.yaml"
@@ -32,3 +32,8 @@ def test_yaml_sizing_is_the_code_default() -> None:
     for part in ("model", "ensemble", "router", "ingress"):
         expected = getattr(default, part).model_dump()
         assert {k: expected[k] for k in args[part]} == args[part], part
+
+
+def test_yaml_runs_replicas_with_the_same_serve_environment_as_make_up() -> None:
+    raw = yaml.safe_load(SERVE_YAML.read_text())
+    assert raw["applications"][0]["runtime_env"]["env_vars"] == SERVE_ENV

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from features.bars import ticker_frame
 from training.bundle import ForecastBundle
 from training.config import TrainConfig
 from training.data import Panel, Vocab
@@ -85,3 +86,19 @@ def test_bundle_round_trips_through_disk(
     assert loaded.feature_config == tiny_panel.config and loaded.scaler == scaler
     pd.testing.assert_frame_equal(bundle.predict_bars(tiny_bars), loaded.predict_bars(tiny_bars))
     assert loaded.horizons == tiny_cfg.horizons
+
+
+def test_latest_sigma_matches_trailing_sigma_at_the_newest_bar(bundled_bars: pd.DataFrame) -> None:
+    from training.data import latest_sigma, trailing_sigma
+
+    closes = {
+        t: ticker_frame(bundled_bars, t)["close"].iloc[-n:]
+        for t, n in (("AAPL", 300), ("KO", 61), ("XOM", 30), ("JPM", 15))
+    }
+    got = latest_sigma(closes)
+    for ticker, close in closes.items():
+        expected = float(trailing_sigma(close).iloc[-1])
+        if np.isnan(expected):
+            assert np.isnan(got[ticker]), ticker  # JPM: 14 returns are too few
+        else:
+            assert got[ticker] == pytest.approx(expected, rel=1e-9), ticker

@@ -1,0 +1,218 @@
+"""/api/v1/users: the signed-in user's profile, settings, sessions and API keys; admin listing.
+
+Everything under `/me` acts on the caller only, so one user can never reach another's data; a
+session or key id that is not the caller's answers 404, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field, field_validator
+
+from api.db.users import ApiKeyRepository, UserRepository, UserRow
+from api.deps import AdminPrincipalDep, AuthDep, ClientIpDep, PoolDep, PrincipalDep
+from api.errors import ProblemError
+from api.predictor import FAMILIES
+
+router = APIRouter(prefix="/api/v1/users", tags=["users"])
+
+
+class UserOut(BaseModel):
+    id: uuid.UUID
+    email: str
+    display_name: str
+    role: str
+    timezone: str
+    currency: str
+    email_verified: bool
+    created_at: datetime
+
+
+def user_out(user: UserRow, email: str) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=email,
+        display_name=user.display_name,
+        role=user.role,
+        timezone=user.timezone,
+        currency=user.currency,
+        email_verified=user.email_verified_at is not None,
+        created_at=user.created_at,
+    )
+
+
+class ProfilePatch(BaseModel):
+    display_name: str | None = Field(default=None, min_length=1, max_length=80)
+    timezone: str | None = Field(default=None, max_length=64, description="IANA, e.g. Europe/Paris")
+    currency: str | None = Field(default=None, pattern="^[A-Z]{3}$", description="ISO 4217")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None and value not in zoneinfo.available_timezones():
+            raise ValueError(f"unknown time zone {value!r}")
+        return value
+
+
+class NotificationPrefs(BaseModel):
+    email: bool = True
+    push: bool = True
+    model_events: bool = Field(default=False, description="promotions and rollbacks")
+
+
+class UserSettings(BaseModel):
+    """Preferences the frontend keeps for the user (stored as one JSON document)."""
+
+    notifications: NotificationPrefs = Field(default_factory=NotificationPrefs)
+    default_model: str = Field(
+        default="ensemble", description="lstm, transformer, hybrid, ensemble"
+    )
+    risk_tolerance: Literal["low", "medium", "high"] = "medium"
+
+    model_config = {"extra": "forbid"}
+
+    @field_validator("default_model")
+    @classmethod
+    def _served_family(cls, value: str) -> str:
+        if value not in FAMILIES:
+            raise ValueError(f"default_model must be one of {', '.join(FAMILIES)}")
+        return value
+
+
+class SessionOut(BaseModel):
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str
+    current: bool
+
+
+class ApiKeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=80)
+    scopes: list[str] = Field(min_length=1, max_length=10)
+    expires_at: datetime | None = None
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    prefix: str = Field(description="the key's public part, to recognise it in a list")
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="the secret key, shown this once only")
+
+
+async def _me(pool: PoolDep, principal: PrincipalDep) -> UserRow:
+    user = await UserRepository(pool).get(principal.user_id)
+    if user is None:  # erased while a token was still in flight
+        raise ProblemError(401, "unauthorized", "this account no longer exists")
+    return user
+
+
+@router.get("/me", response_model=UserOut)
+async def get_me(pool: PoolDep, principal: PrincipalDep, auth: AuthDep) -> UserOut:
+    user = await _me(pool, principal)
+    return user_out(user, auth.email_of(user))
+
+
+@router.patch("/me", response_model=UserOut)
+async def patch_me(
+    body: ProfilePatch, pool: PoolDep, principal: PrincipalDep, auth: AuthDep
+) -> UserOut:
+    await _me(pool, principal)
+    user = await UserRepository(pool).update_profile(
+        principal.user_id, body.model_dump(exclude_none=True)
+    )
+    return user_out(user, auth.email_of(user))
+
+
+@router.get("/me/settings", response_model=UserSettings)
+async def get_settings(pool: PoolDep, principal: PrincipalDep) -> UserSettings:
+    return UserSettings.model_validate((await _me(pool, principal)).settings)
+
+
+@router.put("/me/settings", response_model=UserSettings)
+async def put_settings(body: UserSettings, pool: PoolDep, principal: PrincipalDep) -> UserSettings:
+    await UserRepository(pool).put_settings(principal.user_id, body.model_dump())
+    return body
+
+
+@router.get("/me/sessions", response_model=list[SessionOut])
+async def list_sessions(principal: PrincipalDep, auth: AuthDep) -> list[SessionOut]:
+    """Signed-in devices (live sessions), newest first."""
+    return [
+        SessionOut(
+            id=s.id,
+            created_at=s.created_at,
+            last_used_at=s.last_used_at,
+            expires_at=s.expires_at,
+            user_agent=s.user_agent,
+            current=s.id == principal.session_id,
+        )
+        for s in await auth.sessions(principal.user_id)
+    ]
+
+
+@router.delete("/me/sessions", status_code=204)
+async def end_all_sessions(principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep) -> None:
+    """Sign out everywhere, this session included."""
+    await auth.end_all_sessions(principal.user_id, ip, "signed out everywhere")
+
+
+@router.delete("/me/sessions/{session_id}", status_code=204)
+async def end_session(
+    session_id: uuid.UUID, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
+) -> None:
+    await auth.end_session(principal.user_id, session_id, ip, "ended by user")
+
+
+@router.post("/me/api-keys", response_model=ApiKeyCreated, status_code=201)
+async def create_api_key(
+    body: ApiKeyIn, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
+) -> ApiKeyCreated:
+    """A scoped key for scripts; the secret is in this response only (we keep a hash)."""
+    if principal.api_key_id is not None:
+        raise ProblemError(403, "forbidden", "API keys cannot create API keys; sign in")
+    row, key = await auth.create_api_key(
+        principal.user_id, body.name, body.scopes, body.expires_at, ip
+    )
+    return ApiKeyCreated(
+        **ApiKeyOut.model_validate(row, from_attributes=True).model_dump(), key=key
+    )
+
+
+@router.get("/me/api-keys", response_model=list[ApiKeyOut])
+async def list_api_keys(pool: PoolDep, principal: PrincipalDep) -> list[ApiKeyOut]:
+    rows = await ApiKeyRepository(pool).of_user(principal.user_id)
+    return [ApiKeyOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.delete("/me/api-keys/{key_id}", status_code=204)
+async def revoke_api_key(
+    key_id: uuid.UUID, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
+) -> None:
+    await auth.revoke_api_key(principal.user_id, key_id, ip)
+
+
+@router.get("", response_model=list[UserOut])
+async def list_users(
+    _: AdminPrincipalDep,
+    pool: PoolDep,
+    auth: AuthDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[UserOut]:
+    """All accounts (administrators only)."""
+    return [user_out(u, auth.email_of(u)) for u in await UserRepository(pool).list(limit, offset)]

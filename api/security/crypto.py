@@ -1,0 +1,116 @@
+"""Field encryption at rest: AES-256-GCM with a keyring, and HMAC blind indexes for lookup.
+
+A ciphertext is `<key id>:<base64(nonce ‖ ciphertext ‖ tag)>`; the key id says which key of the
+ring decrypts it, so keys rotate without a flag day (`stockcopilot keys rotate` re-encrypts every
+field with the active key). Each field is bound to its context (e.g. `users.email:<user id>`) as
+associated data, so a ciphertext copied into another row or column does not decrypt.
+
+Equality lookups (log in by e-mail) use a blind index: HMAC-SHA256 of the normalised value under
+a separate index key, which never rotates with the encryption keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from api.settings import Environment, Settings
+
+DEV_KEY_ID = "dev"
+# Derived from a public string: fine for development and tests, refused anywhere else.
+_DEV_KEY = hashlib.sha256(b"stock-copilot development encryption key").digest()
+_DEV_INDEX_KEY = hashlib.sha256(b"stock-copilot development blind-index key").digest()
+NONCE_BYTES = 12
+
+
+class DecryptionError(ValueError):
+    """The ciphertext is malformed, tampered with, bound to another context, or its key is gone."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def generate_key() -> str:
+    """A new random 256-bit key, base64url, for the ENCRYPTION_KEYS setting."""
+    return _b64(os.urandom(32))
+
+
+@dataclass(frozen=True)
+class Keyring:
+    keys: dict[str, bytes]
+    active: str
+    index_key: bytes
+
+    def __post_init__(self) -> None:
+        if self.active not in self.keys:
+            raise ValueError(f"active key id {self.active!r} is not in the keyring")
+        for kid, key in {**self.keys, "blind index": self.index_key}.items():
+            if len(key) != 32:
+                raise ValueError(f"key {kid!r} must be 32 bytes (AES-256), got {len(key)}")
+            if ":" in kid:
+                raise ValueError(f"key id {kid!r} must not contain ':'")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keyring:
+        """The configured ring; the public development ring only in development and tests."""
+        if settings.encryption_keys is None:
+            if settings.environment == Environment.PRODUCTION:
+                raise ValueError(
+                    "ENCRYPTION_KEYS, ENCRYPTION_ACTIVE_KEY and BLIND_INDEX_KEY must be set in "
+                    "production (generate keys with `stockcopilot keys generate`)"
+                )
+            return cls({DEV_KEY_ID: _DEV_KEY}, DEV_KEY_ID, _DEV_INDEX_KEY)
+        raw = json.loads(settings.encryption_keys.get_secret_value())
+        keys = {str(kid): _unb64(str(value)) for kid, value in raw.items()}
+        active = settings.encryption_active_key or max(keys)
+        if settings.blind_index_key is None:
+            raise ValueError("BLIND_INDEX_KEY must be set together with ENCRYPTION_KEYS")
+        ring = cls(keys, active, _unb64(settings.blind_index_key.get_secret_value()))
+        if settings.environment == Environment.PRODUCTION and (
+            ring.active == DEV_KEY_ID or ring.keys[ring.active] == _DEV_KEY
+        ):
+            raise ValueError("the development encryption key must not be used in production")
+        return ring
+
+    def encrypt(self, plaintext: str, context: str) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = AESGCM(self.keys[self.active]).encrypt(nonce, plaintext.encode(), context.encode())
+        return f"{self.active}:{_b64(nonce + sealed)}"
+
+    def decrypt(self, token: str, context: str) -> str:
+        kid, sep, body = token.partition(":")
+        if not sep or kid not in self.keys:
+            raise DecryptionError(f"no key {kid!r} in the keyring")
+        try:
+            raw = _unb64(body)
+            opened = AESGCM(self.keys[kid]).decrypt(
+                raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode()
+            )
+        except (InvalidTag, ValueError) as exc:
+            raise DecryptionError("ciphertext does not decrypt in this context") from exc
+        return opened.decode()
+
+    def key_id(self, token: str) -> str:
+        return token.partition(":")[0]
+
+    def blind_index(self, value: str) -> str:
+        """Deterministic HMAC of an already-normalised value (e.g. a lower-cased e-mail)."""
+        return hmac.new(self.index_key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def token_hash(secret: str) -> str:
+    """How refresh tokens, API keys and one-time tokens are stored: they are 256-bit random
+    secrets, so a plain SHA-256 is enough (no slow hash needed, unlike passwords)."""
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,333 @@
+"""Accounts and credentials: registration, login with lockout, refresh-token rotation with reuse
+detection, sessions, API keys, and who is calling (`Principal`).
+
+Sessions live in Postgres (the record) and in Redis (`session:<id>`, the live state every request
+checks, so logging out ends access tokens at once). If Redis is unreachable the Postgres record
+decides instead; nothing fails because the cache is down.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from email_validator import EmailNotValidError, validate_email
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from api.db.users import (
+    ApiKeyRepository,
+    ApiKeyRow,
+    SecurityEventRepository,
+    SessionRepository,
+    SessionRow,
+    UserRepository,
+    UserRow,
+)
+from api.errors import ProblemError, Unprocessable
+from api.security.crypto import Keyring, token_hash
+from api.security.tokens import (
+    API_KEY_PREFIX,
+    InvalidToken,
+    decode_access_token,
+    hash_password,
+    issue_access_token,
+    new_api_key,
+    new_secret,
+    password_problem,
+    verify_password,
+)
+from api.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SCOPES = ("read:market", "read:predictions", "write:portfolio", "chat")
+ROLES = ("user", "admin")
+MAX_LOCKOUT_S = 3600
+
+
+def unauthorized(detail: str = "a valid access token or API key is required") -> ProblemError:
+    return ProblemError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user, through an access token (every scope) or an API key (its scopes)."""
+
+    user_id: uuid.UUID
+    role: str
+    scopes: frozenset[str] | None  # None: an access token, which carries every scope
+    session_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+
+    def allows(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    session_id: uuid.UUID
+    token_type: str = "bearer"  # noqa: S105 - the OAuth 2 token type, not a secret
+
+
+def normalise_email(raw: str) -> str:
+    try:
+        return validate_email(raw, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise Unprocessable("invalid_email", str(exc)) from exc
+
+
+class AuthService:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: Redis | None, settings: Settings, keyring: Keyring
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._settings = settings
+        self._keyring = keyring
+        self._users = UserRepository(pool)
+        self._sessions = SessionRepository(pool)
+        self._keys = ApiKeyRepository(pool)
+        self._events = SecurityEventRepository(pool)
+
+    # ------------------------------------------------------------------ helpers
+
+    def email_of(self, user: UserRow) -> str:
+        return self._keyring.decrypt(user.email_ct, f"users.email:{user.id}")
+
+    def ip_hash(self, ip: str | None) -> str | None:
+        return self._keyring.blind_index(f"ip:{ip}")[:32] if ip else None
+
+    async def audit(
+        self, event: str, user_id: uuid.UUID | None, ip: str | None, **detail: Any
+    ) -> None:
+        await self._events.record(event, user_id, self.ip_hash(ip), detail)
+
+    async def _redis_call(self, action: str, call: Any) -> Any:
+        if self._redis is None:
+            return None
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            log.warning("auth_redis_unavailable", action=action, error=type(exc).__name__)
+            return None
+
+    # ------------------------------------------------------------------ accounts
+
+    async def register(
+        self, email: str, password: str, display_name: str, ip: str | None
+    ) -> UserRow:
+        address = normalise_email(email)
+        problem = password_problem(password, address)
+        if problem:
+            raise Unprocessable("weak_password", problem)
+        user_id = uuid.uuid4()
+        user = await self._users.create(
+            user_id,
+            self._keyring.encrypt(address, f"users.email:{user_id}"),
+            self._keyring.blind_index(address),
+            hash_password(password),
+            display_name,
+        )
+        if user is None:
+            raise ProblemError(409, "email_taken", "an account with this e-mail already exists")
+        await self.audit("register", user.id, ip)
+        return user
+
+    async def login(self, email: str, password: str, user_agent: str, ip: str | None) -> TokenPair:
+        try:
+            address = normalise_email(email)
+        except ProblemError:
+            raise unauthorized("wrong e-mail or password") from None
+        index = self._keyring.blind_index(address)
+        locked_for = await self._locked_for(index)
+        if locked_for > 0:
+            await self.audit("login_locked", None, ip)
+            raise ProblemError(
+                429,
+                "account_locked",
+                "too many failed logins; try again later",
+                headers={"Retry-After": str(locked_for)},
+            )
+        user = await self._users.by_email_index(index)
+        ok, rehash = verify_password(password, user.password_hash if user else None)
+        if user is None or not ok:
+            await self._failed_login(index)
+            await self.audit("login_failed", user.id if user else None, ip)
+            raise unauthorized("wrong e-mail or password")
+        if rehash:
+            await self._users.set_password(user.id, rehash)
+        await self._redis_call("login_reset", self._redis.delete(f"fail:{index}", f"lock:{index}"))
+        pair = await self._start_session(user, user_agent)
+        await self.audit("login", user.id, ip, session=str(pair.session_id))
+        return pair
+
+    async def _locked_for(self, index: str) -> int:
+        ttl = await self._redis_call("lockout_check", self._redis.ttl(f"lock:{index}"))
+        return int(ttl) if ttl and ttl > 0 else 0
+
+    async def _failed_login(self, index: str) -> None:
+        """Count the failure; from the Nth on, lock the account for a doubling time."""
+        failures = await self._redis_call("lockout_count", self._incr_day(f"fail:{index}"))
+        if failures is None:
+            return
+        over = int(failures) - self._settings.login_lockout_after
+        if over >= 0:
+            seconds = min(MAX_LOCKOUT_S, self._settings.login_lockout_base_s * 2**over)
+            await self._redis_call("lockout_set", self._redis.set(f"lock:{index}", 1, ex=seconds))
+
+    async def _incr_day(self, key: str) -> int:
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 86_400)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    # ------------------------------------------------------------------ sessions and tokens
+
+    async def _start_session(self, user: UserRow, user_agent: str) -> TokenPair:
+        session_id = uuid.uuid4()
+        refresh = new_secret()
+        ttl = self._settings.refresh_token_ttl_s
+        expires = datetime.now(UTC) + timedelta(seconds=ttl)
+        await self._sessions.create(session_id, user.id, token_hash(refresh), expires, user_agent)
+        await self._redis_call(
+            "session_live", self._redis.set(f"session:{session_id}", str(user.id), ex=ttl)
+        )
+        return self._pair(user, session_id, refresh)
+
+    def _pair(self, user: UserRow, session_id: uuid.UUID, refresh: str) -> TokenPair:
+        ttl = self._settings.access_token_ttl_s
+        access = issue_access_token(self._settings.signing_key, user.id, session_id, user.role, ttl)
+        return TokenPair(access, refresh, ttl, session_id)
+
+    async def refresh(self, refresh_token: str, ip: str | None) -> TokenPair:
+        """Rotate: the presented token is spent and a new one issued in the same session. A spent
+        token presented again means it leaked; the whole session is revoked."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            sessions = SessionRepository(conn)
+            row = await sessions.token(token_hash(refresh_token))
+            if row is None:
+                raise unauthorized("unknown refresh token")
+            now = datetime.now(UTC)
+            if row["used_at"] is not None:
+                await sessions.revoke(row["session_id"], "refresh token reuse")
+                reused = (row["user_id"], row["session_id"])
+            elif row["revoked_at"] is not None or row["expires_at"] <= now:
+                raise unauthorized("session has ended; log in again")
+            else:
+                reused = None
+                new = new_secret()
+                await sessions.rotate(row["token_hash"], token_hash(new), row["session_id"])
+                user = await UserRepository(conn).get(row["user_id"])
+                assert user is not None
+        if reused is not None:
+            await self._forget_session(reused[1])
+            await self.audit("refresh_token_reuse", reused[0], ip, session=str(reused[1]))
+            raise unauthorized("refresh token was already used; the session has been revoked")
+        return self._pair(user, row["session_id"], new)
+
+    async def _forget_session(self, session_id: uuid.UUID) -> None:
+        await self._redis_call("session_end", self._redis.delete(f"session:{session_id}"))
+
+    async def logout(self, principal: Principal, ip: str | None) -> None:
+        if principal.session_id is None:
+            raise ProblemError(400, "no_session", "API keys have no session; revoke the key")
+        await self.end_session(principal.user_id, principal.session_id, ip, "logout")
+
+    async def end_session(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, ip: str | None, reason: str
+    ) -> None:
+        session = await self._sessions.get(session_id)
+        if session is None or session.user_id != user_id:  # someone else's: as if absent
+            raise ProblemError(404, "session_not_found", "no such session")
+        await self._sessions.revoke(session_id, reason)
+        await self._forget_session(session_id)
+        await self.audit("session_ended", user_id, ip, session=str(session_id), reason=reason)
+
+    async def end_all_sessions(self, user_id: uuid.UUID, ip: str | None, reason: str) -> int:
+        ended = await self._sessions.revoke_all(user_id, reason)
+        for session_id in ended:
+            await self._forget_session(session_id)
+        await self.audit("sessions_ended", user_id, ip, count=len(ended), reason=reason)
+        return len(ended)
+
+    async def sessions(self, user_id: uuid.UUID) -> list[SessionRow]:
+        return await self._sessions.active(user_id)
+
+    async def _session_live(self, session_id: uuid.UUID) -> bool:
+        live = await self._redis_call("session_check", self._redis.exists(f"session:{session_id}"))
+        if live is not None:
+            return bool(live)
+        session = await self._sessions.get(session_id)  # Redis down: the record decides
+        return (
+            session is not None
+            and session.revoked_at is None
+            and session.expires_at > datetime.now(UTC)
+        )
+
+    # ------------------------------------------------------------------ who is calling
+
+    async def principal_from_token(self, token: str) -> Principal:
+        try:
+            claims = decode_access_token(self._settings.signing_key, token)
+        except InvalidToken as exc:
+            raise unauthorized(f"invalid access token: {exc}") from exc
+        if not await self._session_live(claims.session_id):
+            raise unauthorized("session has ended; log in again")
+        return Principal(claims.user_id, claims.role, None, session_id=claims.session_id)
+
+    async def principal_from_api_key(self, key: str) -> Principal:
+        if not key.startswith(API_KEY_PREFIX) or len(key) > 200:
+            raise unauthorized("invalid API key")
+        row = await self._keys.authenticate(token_hash(key))
+        if row is None:
+            raise unauthorized("invalid, expired or revoked API key")
+        user = await self._users.get(row.user_id)
+        if user is None:
+            raise unauthorized("invalid API key")
+        return Principal(user.id, user.role, frozenset(row.scopes), api_key_id=row.id)
+
+    # ------------------------------------------------------------------ API keys
+
+    async def create_api_key(
+        self,
+        user_id: uuid.UUID,
+        name: str,
+        scopes: list[str],
+        expires_at: datetime | None,
+        ip: str | None,
+    ) -> tuple[ApiKeyRow, str]:
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown or not scopes:
+            raise Unprocessable(
+                "invalid_scopes", f"scopes must be a non-empty subset of {', '.join(SCOPES)}"
+            )
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise Unprocessable("invalid_expiry", "expires_at must be in the future")
+        key, prefix = new_api_key()
+        row = await self._keys.create(
+            uuid.uuid4(), user_id, name, prefix, token_hash(key), sorted(set(scopes)), expires_at
+        )
+        await self.audit("api_key_created", user_id, ip, key=prefix, scopes=row.scopes)
+        return row, key
+
+    async def api_keys(self, user_id: uuid.UUID) -> list[ApiKeyRow]:
+        return await self._keys.of_user(user_id)
+
+    async def revoke_api_key(self, user_id: uuid.UUID, key_id: uuid.UUID, ip: str | None) -> None:
+        if not await self._keys.revoke(user_id, key_id):
+            raise ProblemError(404, "api_key_not_found", "no such API key")
+        await self.audit("api_key_revoked", user_id, ip, key_id=str(key_id))

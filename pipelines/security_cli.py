@@ -1,0 +1,112 @@
+"""`stockcopilot users` and `stockcopilot keys`: operator commands for accounts and encryption."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated
+
+import asyncpg
+import typer
+from rich.console import Console
+
+from api.security.crypto import Keyring
+from api.settings import Settings
+from pipelines.ab_cli import with_conn
+
+
+def register_security_commands(
+    app: typer.Typer, settings_factory: Callable[[], Settings], console: Console
+) -> None:
+    users_app = typer.Typer(help="Accounts.", no_args_is_help=True)
+    keys_app = typer.Typer(help="Field-encryption keys.", no_args_is_help=True)
+    app.add_typer(users_app, name="users")
+    app.add_typer(keys_app, name="keys")
+
+    @users_app.command("set-role")
+    def set_role(
+        email: Annotated[str, typer.Option(help="the account's e-mail address")],
+        role: Annotated[str, typer.Option(help="user or admin")] = "admin",
+    ) -> None:
+        """Make an account an administrator (or a plain user again)."""
+        from api.db.users import SecurityEventRepository, UserRepository
+        from api.services.auth import ROLES, normalise_email
+
+        if role not in ROLES:
+            raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}")
+        settings = settings_factory()
+        keyring = Keyring.from_settings(settings)
+        index = keyring.blind_index(normalise_email(email))
+
+        async def change(conn: asyncpg.Connection) -> bool:
+            user = await UserRepository(conn).by_email_index(index)
+            if user is None:
+                return False
+            await UserRepository(conn).set_role(user.id, role)
+            await SecurityEventRepository(conn).record(
+                "role_changed", user.id, None, {"role": role}
+            )
+            return True
+
+        if not with_conn(settings, change):
+            console.print("[red]no account with that e-mail[/red]")
+            raise typer.Exit(1)
+        console.print(f"role set to {role}")
+
+    @keys_app.command("generate")
+    def generate(
+        key_id: Annotated[str, typer.Option(help="id of the new key, e.g. the date")],
+    ) -> None:
+        """Print a new random AES-256 key as the JSON entry for ENCRYPTION_KEYS."""
+        from api.security.crypto import generate_key
+
+        typer.echo(json.dumps({key_id: generate_key()}))
+
+    @keys_app.command("rotate")
+    def rotate() -> None:
+        """Re-encrypt every encrypted field with the active key (ENCRYPTION_ACTIVE_KEY).
+
+        Add the new key to ENCRYPTION_KEYS and make it active first; once this reports 0 fields
+        left on old keys, old keys can be removed from the ring.
+        """
+        settings = settings_factory()
+        keyring = Keyring.from_settings(settings)
+
+        async def run(conn: asyncpg.Connection) -> tuple[int, int]:
+            return await rotate_fields(conn, keyring)
+
+        changed, total = with_conn(settings, run)
+        console.print(
+            f"re-encrypted {changed} of {total} field(s) with key {keyring.active!r}; "
+            f"0 left on older keys"
+        )
+
+
+async def rotate_fields(conn: asyncpg.Connection, keyring: Keyring) -> tuple[int, int]:
+    """Re-encrypt users' e-mails and stored secrets under the active key, in one transaction.
+
+    Returns (fields changed, fields seen)."""
+    changed = total = 0
+    async with conn.transaction():
+        for row in await conn.fetch("SELECT id, email_ct FROM users FOR UPDATE"):
+            total += 1
+            if keyring.key_id(row["email_ct"]) != keyring.active:
+                context = f"users.email:{row['id']}"
+                fresh = keyring.encrypt(keyring.decrypt(row["email_ct"], context), context)
+                await conn.execute("UPDATE users SET email_ct = $2 WHERE id = $1", row["id"], fresh)
+                changed += 1
+        for row in await conn.fetch(
+            "SELECT user_id, name, ciphertext FROM user_secrets FOR UPDATE"
+        ):
+            total += 1
+            if keyring.key_id(row["ciphertext"]) != keyring.active:
+                context = f"user_secrets:{row['user_id']}:{row['name']}"
+                fresh = keyring.encrypt(keyring.decrypt(row["ciphertext"], context), context)
+                await conn.execute(
+                    "UPDATE user_secrets SET ciphertext = $3 WHERE user_id = $1 AND name = $2",
+                    row["user_id"],
+                    row["name"],
+                    fresh,
+                )
+                changed += 1
+    return changed, total
