@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from api.app import create_app
 from api.settings import Settings
@@ -107,3 +113,33 @@ async def api(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+async def last_rollback(pool: asyncpg.Pool, family: str, broken: str) -> asyncpg.Record:
+    """The automatic rollback of `broken` in the alias history, waited for (the alias moves
+    back first, the audit row follows)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        event = await pool.fetchrow(
+            """SELECT from_version, to_version, reason FROM model_alias_events
+               WHERE actor = 'auto-rollback' AND model = $1 AND from_version = $2
+               ORDER BY id DESC LIMIT 1""",
+            f"stockcopilot-{family}",
+            broken,
+        )
+        if event is not None:
+            return event
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no rollback of {family} version {broken} recorded")
+
+
+async def next_notification(pubsub: PubSub, redis: Redis, seconds: int = 20) -> dict | None:
+    """The next message published on a subscribed channel (None after `seconds`); closes both."""
+    message = None
+    for _ in range(seconds):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message:
+            break
+    await pubsub.aclose()
+    await redis.aclose()
+    return json.loads(message["data"]) if message else None

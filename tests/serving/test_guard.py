@@ -9,7 +9,6 @@ loses to the shadow-scored previous one on live outcomes is rolled back.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -27,7 +26,7 @@ from api.predictor import Forecast, ForecastRequest, SeriesInput
 from api.settings import Settings
 from serving.deployments import FamilyForecaster
 from serving.guard import Probation, RollbackPolicy, live_verdict
-from tests.serving.conftest import log_and_register
+from tests.serving.conftest import last_rollback, log_and_register, next_notification
 from training import registry
 
 POLICY = RollbackPolicy(max_error_rate=0.2, latency_slo_ms=100, min_requests=10)
@@ -194,20 +193,11 @@ async def test_a_promoted_version_that_fails_its_calls_is_rolled_back_while_all_
     answered = [await lstm_deployment.forecast(request) for _ in range(8)]
     assert all(batch.version == good and batch.forecasts for batch in answered)  # the fallback
     await _until(lambda: registry.alias_version(serving_registry, "lstm", "champion") == good)
-    event = await pool.fetchrow(
-        "SELECT from_version, to_version, reason FROM model_alias_events WHERE actor = "
-        "'auto-rollback' AND model = 'stockcopilot-lstm' ORDER BY id DESC LIMIT 1"
-    )
+    event = await last_rollback(pool, "lstm", broken)
     assert (event["from_version"], event["to_version"]) == (broken, good)
     assert f"version {broken} failed 5 of its first 5 requests" in event["reason"]
-    message = None
-    for _ in range(20):
-        message = await notifications.get_message(ignore_subscribe_messages=True, timeout=1)
-        if message:
-            break
-    await notifications.aclose()
-    await redis.aclose()
-    assert message is not None and json.loads(message["data"])["to_version"] == good
+    message = await next_notification(notifications, redis)
+    assert message is not None and message["to_version"] == good
     # the restored version is not put on probation against the one that failed
     await _until(lambda: lstm_deployment._trials.get("champion") is None)
 
@@ -243,10 +233,7 @@ async def test_a_champion_losing_to_the_shadowed_previous_one_on_live_outcomes_i
     await PredictionLogRepository(pool).record(logged)
 
     await _until(lambda: registry.alias_version(serving_registry, "lstm", "champion") == good)
-    event = await pool.fetchrow(
-        "SELECT from_version, to_version, reason FROM model_alias_events WHERE actor = "
-        "'auto-rollback' AND model = 'stockcopilot-lstm' ORDER BY id DESC LIMIT 1"
-    )
+    event = await last_rollback(pool, "lstm", candidate)
     assert (event["from_version"], event["to_version"]) == (candidate, good)
     assert f"version {candidate} loses to version {good} on live outcomes" in event["reason"]
     await _until(lambda: lstm_deployment._predictor._shadows.get("lstm") is None)

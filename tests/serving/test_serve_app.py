@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from redis.asyncio import Redis
 from api.settings import Settings
 from serving.app import build_app, start_local_ray
 from serving.config import Scaling, ServeAppConfig
+from tests.serving.conftest import last_rollback, next_notification
 from training import registry
 from training.pyfunc import ForecasterModel
 
@@ -265,17 +265,8 @@ async def test_a_version_that_fails_to_load_is_rolled_back_while_requests_succee
         await asyncio.sleep(1)
     assert registry.alias_version(serving_registry, "transformer", "champion") == good
     assert set(answered) == {good}
-    event = await pool.fetchrow(
-        "SELECT from_version, to_version, reason FROM model_alias_events WHERE actor = "
-        "'auto-rollback' AND model = 'stockcopilot-transformer' ORDER BY id DESC LIMIT 1"
-    )
+    event = await last_rollback(pool, "transformer", broken)
     assert (event["from_version"], event["to_version"]) == (broken, good)
     assert "failed to load" in event["reason"]
-    message = None
-    for _ in range(20):
-        message = await notifications.get_message(ignore_subscribe_messages=True, timeout=1)
-        if message:
-            break
-    await notifications.aclose()
-    await redis.aclose()
-    assert message is not None and json.loads(message["data"])["type"] == "model_rollback"
+    message = await next_notification(notifications, redis)
+    assert message is not None and message["type"] == "model_rollback"
