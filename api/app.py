@@ -16,6 +16,7 @@ from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
 from api.predictor import Predictor
 from api.routers import admin, analysis, auth, health, models, predictions, stocks, users
 from api.security.crypto import Keyring
+from api.security.mail import LogEmailSender
 from api.security.ratelimit import RateLimiter
 from api.settings import Settings
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.keyring = keyring
+    app.state.email_sender = LogEmailSender()  # deployments and tests may replace it
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(

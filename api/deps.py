@@ -11,9 +11,11 @@ from redis.asyncio import Redis
 
 from api.cache import JsonCache
 from api.errors import ProblemError
+from api.security.mail import EmailSender
 from api.security.ratelimit import Limit
 from api.services.auth import AuthService, Principal, unauthorized
 from api.services.market_data import MarketDataService
+from api.services.oauth import OAuthService
 from api.services.predictions import PredictionService
 from api.settings import Settings
 
@@ -174,3 +176,18 @@ AuthDep = Annotated[AuthService, Depends(get_auth)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 AdminPrincipalDep = Annotated[Principal, Depends(require_admin)]
 ClientIpDep = Annotated[str | None, Depends(client_ip)]
+
+
+def get_email_sender(request: Request) -> EmailSender:
+    return request.app.state.email_sender
+
+
+EmailSenderDep = Annotated[EmailSender, Depends(get_email_sender)]
+
+
+def get_oauth(request: Request, auth: AuthDep) -> OAuthService:
+    state = request.app.state
+    return OAuthService(state.pool, state.redis, state.settings, state.keyring, auth)
+
+
+OAuthDep = Annotated[OAuthService, Depends(get_oauth)]

@@ -6,7 +6,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +14,24 @@ class Environment(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
     PRODUCTION = "production"
+
+
+class OAuthProvider(BaseModel):
+    """One social or OIDC sign-in provider. `github` and `google` need only the client id and
+    secret (their endpoints are built in); any OIDC issuer works with `server_metadata_url`."""
+
+    client_id: str
+    client_secret: SecretStr
+    server_metadata_url: str | None = Field(
+        default=None, description="OIDC discovery document (…/.well-known/openid-configuration)"
+    )
+    authorize_url: str | None = None
+    token_url: str | None = None
+    userinfo_url: str | None = None
+    emails_url: str | None = Field(
+        default=None, description="GitHub-style list of the account's verified addresses"
+    )
+    scope: str = "openid email profile"
 
 
 class Settings(BaseSettings):
@@ -91,6 +109,14 @@ class Settings(BaseSettings):
     )
     blind_index_key: SecretStr | None = Field(
         default=None, description="base64url 32-byte HMAC key for e-mail lookup; never rotated"
+    )
+    oauth_providers: dict[str, OAuthProvider] = Field(
+        default_factory=dict,
+        description='JSON {"github": {"client_id": ..., "client_secret": ...}, ...}',
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="where browsers reach the API; OAuth callbacks are built from it",
     )
     rate_limit_default_per_min: int = Field(default=120, ge=1)
     rate_limit_auth_per_min: int = Field(default=10, ge=1)

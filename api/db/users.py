@@ -328,3 +328,88 @@ class SecurityEventRepository:
             user_id,
             limit,
         )
+
+
+class OneTimeTokenRepository:
+    """Single-use, expiring tokens (e-mail verification, password reset), stored hashed."""
+
+    def __init__(self, db: Db) -> None:
+        self._db = db
+
+    async def create(
+        self, token_hash: str, user_id: uuid.UUID, purpose: str, expires_at: datetime
+    ) -> None:
+        await self._db.execute(
+            """INSERT INTO one_time_tokens (token_hash, user_id, purpose, expires_at)
+               VALUES ($1, $2, $3, $4)""",
+            token_hash,
+            user_id,
+            purpose,
+            expires_at,
+        )
+
+    async def consume(self, token_hash: str, purpose: str) -> uuid.UUID | None:
+        """Spend a live token of this purpose; its user, or None if unknown, used or expired.
+        One UPDATE, so two concurrent uses cannot both succeed."""
+        return await self._db.fetchval(
+            """UPDATE one_time_tokens SET used_at = now()
+               WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL
+                 AND expires_at > now()
+               RETURNING user_id""",
+            token_hash,
+            purpose,
+        )
+
+
+class ConsentRepository:
+    def __init__(self, db: Db) -> None:
+        self._db = db
+
+    async def record(self, user_id: uuid.UUID, kind: str, granted: bool) -> asyncpg.Record:
+        row = await self._db.fetchrow(
+            """INSERT INTO consents (user_id, kind, granted) VALUES ($1, $2, $3)
+               RETURNING kind, granted, at""",
+            user_id,
+            kind,
+            granted,
+        )
+        assert row is not None
+        return row
+
+    async def of_user(self, user_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await self._db.fetch(
+            "SELECT kind, granted, at FROM consents WHERE user_id = $1 ORDER BY id", user_id
+        )
+
+
+class UserSecretRepository:
+    """Secrets users keep with us (their own LLM provider keys), as ciphertext only."""
+
+    def __init__(self, db: Db) -> None:
+        self._db = db
+
+    async def put(self, user_id: uuid.UUID, name: str, ciphertext: str) -> None:
+        await self._db.execute(
+            """INSERT INTO user_secrets (user_id, name, ciphertext) VALUES ($1, $2, $3)
+               ON CONFLICT (user_id, name) DO UPDATE
+               SET ciphertext = EXCLUDED.ciphertext, updated_at = now()""",
+            user_id,
+            name,
+            ciphertext,
+        )
+
+    async def get(self, user_id: uuid.UUID, name: str) -> str | None:
+        return await self._db.fetchval(
+            "SELECT ciphertext FROM user_secrets WHERE user_id = $1 AND name = $2", user_id, name
+        )
+
+    async def names(self, user_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await self._db.fetch(
+            "SELECT name, updated_at FROM user_secrets WHERE user_id = $1 ORDER BY name", user_id
+        )
+
+    async def delete(self, user_id: uuid.UUID, name: str) -> bool:
+        status = await self._db.execute(
+            "DELETE FROM user_secrets WHERE user_id = $1 AND name = $2", user_id, name
+        )
+        return status.endswith(" 1")

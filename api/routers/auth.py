@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
 
-from api.deps import AuthDep, ClientIpDep, PrincipalDep, rate_limited
+from api.db.users import UserRepository
+from api.deps import (
+    AuthDep,
+    ClientIpDep,
+    EmailSenderDep,
+    OAuthDep,
+    PoolDep,
+    PrincipalDep,
+    SettingsDep,
+    rate_limited,
+)
+from api.errors import ProblemError
 from api.routers.users import UserOut, user_out
 from api.services.auth import TokenPair
 
@@ -84,7 +96,81 @@ async def refresh(body: RefreshIn, auth: AuthDep, ip: ClientIpDep) -> TokenOut:
     return TokenOut.of(await auth.refresh(body.refresh_token, ip))
 
 
+class TokenIn(BaseModel):
+    token: str = Field(min_length=16, max_length=200)
+
+
+class ResetRequestIn(BaseModel):
+    email: str = Field(max_length=254)
+
+
+class ResetIn(BaseModel):
+    token: str = Field(min_length=16, max_length=200)
+    password: str = Field(max_length=256)
+
+
+@router.post("/verify-email/request", status_code=202)
+async def request_verification(
+    principal: PrincipalDep, auth: AuthDep, pool: PoolDep, sender: EmailSenderDep
+) -> None:
+    """Send a verification link (single use, valid two days) to the account's address."""
+    user = await UserRepository(pool).get(principal.user_id)
+    if user is None:
+        raise ProblemError(401, "unauthorized", "this account no longer exists")
+    await auth.request_verification(user, sender)
+
+
+@router.post("/verify-email", status_code=204)
+async def verify_email(body: TokenIn, auth: AuthDep, ip: ClientIpDep) -> None:
+    await auth.verify_email(body.token, ip)
+
+
+@router.post("/password-reset/request", status_code=202)
+async def request_password_reset(
+    body: ResetRequestIn, auth: AuthDep, sender: EmailSenderDep, ip: ClientIpDep
+) -> None:
+    """Send a reset link (single use, valid one hour) if the account exists. The answer is the
+    same either way, so it does not reveal who has an account."""
+    await auth.request_password_reset(body.email, sender, ip)
+
+
+@router.post("/password-reset", status_code=204)
+async def reset_password(body: ResetIn, auth: AuthDep, ip: ClientIpDep) -> None:
+    """Set a new password; every session of the account ends."""
+    await auth.reset_password(body.token, body.password, ip)
+
+
 @router.post("/logout", status_code=204)
 async def logout(principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep) -> None:
     """End this session: its refresh token and its access tokens stop working at once."""
     await auth.logout(principal, ip)
+
+
+class ProvidersOut(BaseModel):
+    providers: list[str]
+
+
+@router.get("/oauth/providers", response_model=ProvidersOut)
+async def oauth_providers(settings: SettingsDep) -> ProvidersOut:
+    """Configured social / OIDC sign-in providers."""
+    return ProvidersOut(providers=sorted(settings.oauth_providers))
+
+
+@router.get("/oauth/{provider}/authorize", status_code=307, response_class=RedirectResponse)
+async def oauth_authorize(provider: str, oauth: OAuthDep) -> RedirectResponse:
+    """Start social sign-in: redirects to the provider (authorization code with PKCE)."""
+    return RedirectResponse(await oauth.authorize_url(provider), status_code=307)
+
+
+@router.get("/oauth/{provider}/callback", response_model=TokenOut)
+async def oauth_callback(
+    provider: str,
+    oauth: OAuthDep,
+    request: Request,
+    ip: ClientIpDep,
+    code: Annotated[str, Query(min_length=1, max_length=2048)],
+    state: Annotated[str, Query(min_length=16, max_length=200)],
+) -> TokenOut:
+    """Where the provider sends the browser back: checks the state, redeems the code with the
+    PKCE verifier, links or creates the account by verified e-mail, and signs in."""
+    return TokenOut.of(await oauth.complete(provider, code, state, _agent(request), ip))

@@ -12,12 +12,21 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, field_validator
 
-from api.db.users import ApiKeyRepository, UserRepository, UserRow
+from api.db.users import (
+    ApiKeyRepository,
+    ConsentRepository,
+    UserRepository,
+    UserRow,
+    UserSecretRepository,
+)
 from api.deps import AdminPrincipalDep, AuthDep, ClientIpDep, PoolDep, PrincipalDep
 from api.errors import ProblemError
 from api.predictor import FAMILIES
+from api.security.tokens import verify_password
+from api.services.privacy import erase_user, export_user
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 
@@ -204,6 +213,96 @@ async def revoke_api_key(
     key_id: uuid.UUID, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
 ) -> None:
     await auth.revoke_api_key(principal.user_id, key_id, ip)
+
+
+class ErasureIn(BaseModel):
+    confirm: Literal["DELETE MY ACCOUNT"] = Field(description='type "DELETE MY ACCOUNT"')
+    password: str | None = Field(default=None, max_length=256, description="current password")
+
+
+class ConsentIn(BaseModel):
+    kind: Literal["terms", "privacy_policy", "marketing_email", "analytics"]
+    granted: bool
+
+
+class ConsentOut(BaseModel):
+    kind: str
+    granted: bool
+    at: datetime
+
+
+SecretName = Literal["togetherai_api_key", "openai_api_key"]
+
+
+class SecretIn(BaseModel):
+    value: str = Field(min_length=8, max_length=512)
+
+
+class SecretOut(BaseModel):
+    name: str
+    updated_at: datetime
+
+
+@router.get("/me/export")
+async def export_me(principal: PrincipalDep, pool: PoolDep, auth: AuthDep, ip: ClientIpDep) -> dict:
+    """Everything we hold about you, as one JSON document (GDPR art. 15 and 20)."""
+    document = await export_user(pool, principal.user_id, auth.keyring)
+    await auth.audit("data_exported", principal.user_id, ip)
+    return jsonable_encoder(document)
+
+
+@router.delete("/me", status_code=204)
+async def erase_me(body: ErasureIn, principal: PrincipalDep, pool: PoolDep, auth: AuthDep) -> None:
+    """Erase the account and all its data (GDPR art. 17); every token and key stops working.
+    The security audit trail keeps its entries, anonymised."""
+    user = await _me(pool, principal)
+    if principal.api_key_id is not None:
+        raise ProblemError(403, "forbidden", "sign in to erase the account; API keys cannot")
+    if (
+        user.password_hash is not None
+        and not verify_password(body.password or "", user.password_hash)[0]
+    ):
+        raise ProblemError(403, "wrong_password", "the current password is required to erase")
+    for session_id in await erase_user(pool, principal.user_id):
+        await auth.forget_session(session_id)
+
+
+@router.post("/me/consents", response_model=ConsentOut, status_code=201)
+async def record_consent(body: ConsentIn, principal: PrincipalDep, pool: PoolDep) -> ConsentOut:
+    """Record a consent given or withdrawn; the history is kept with timestamps."""
+    row = await ConsentRepository(pool).record(principal.user_id, body.kind, body.granted)
+    return ConsentOut(**dict(row))
+
+
+@router.get("/me/consents", response_model=list[ConsentOut])
+async def list_consents(principal: PrincipalDep, pool: PoolDep) -> list[ConsentOut]:
+    return [ConsentOut(**dict(r)) for r in await ConsentRepository(pool).of_user(principal.user_id)]
+
+
+@router.put("/me/secrets/{name}", response_model=SecretOut)
+async def put_secret(
+    name: SecretName, body: SecretIn, principal: PrincipalDep, pool: PoolDep, auth: AuthDep
+) -> SecretOut:
+    """Keep your own provider key with us (encrypted at rest; never shown again)."""
+    if principal.api_key_id is not None:
+        raise ProblemError(403, "forbidden", "sign in to store secrets; API keys cannot")
+    repo = UserSecretRepository(pool)
+    context = f"user_secrets:{principal.user_id}:{name}"
+    await repo.put(principal.user_id, name, auth.keyring.encrypt(body.value, context))
+    await auth.audit("secret_stored", principal.user_id, None, name=name)
+    stored = {r["name"]: r["updated_at"] for r in await repo.names(principal.user_id)}
+    return SecretOut(name=name, updated_at=stored[name])
+
+
+@router.get("/me/secrets", response_model=list[SecretOut])
+async def list_secrets(principal: PrincipalDep, pool: PoolDep) -> list[SecretOut]:
+    return [SecretOut(**dict(r)) for r in await UserSecretRepository(pool).names(principal.user_id)]
+
+
+@router.delete("/me/secrets/{name}", status_code=204)
+async def delete_secret(name: SecretName, principal: PrincipalDep, pool: PoolDep) -> None:
+    if not await UserSecretRepository(pool).delete(principal.user_id, name):
+        raise ProblemError(404, "secret_not_found", f"no {name} stored")
 
 
 @router.get("", response_model=list[UserOut])

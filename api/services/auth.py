@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from api.db.users import (
     ApiKeyRepository,
     ApiKeyRow,
+    OneTimeTokenRepository,
     SecurityEventRepository,
     SessionRepository,
     SessionRow,
@@ -30,6 +31,7 @@ from api.db.users import (
 )
 from api.errors import ProblemError, Unprocessable
 from api.security.crypto import Keyring, token_hash
+from api.security.mail import AccountEmail, EmailSender
 from api.security.tokens import (
     API_KEY_PREFIX,
     InvalidToken,
@@ -48,6 +50,8 @@ log = structlog.get_logger(__name__)
 SCOPES = ("read:market", "read:predictions", "write:portfolio", "chat")
 ROLES = ("user", "admin")
 MAX_LOCKOUT_S = 3600
+VERIFY_TTL = timedelta(days=2)
+RESET_TTL = timedelta(hours=1)
 
 
 def unauthorized(detail: str = "a valid access token or API key is required") -> ProblemError:
@@ -169,9 +173,7 @@ class AuthService:
         if rehash:
             await self._users.set_password(user.id, rehash)
         await self._redis_call("login_reset", self._redis.delete(f"fail:{index}", f"lock:{index}"))
-        pair = await self._start_session(user, user_agent)
-        await self.audit("login", user.id, ip, session=str(pair.session_id))
-        return pair
+        return await self.start_session(user, user_agent, ip)
 
     async def _locked_for(self, index: str) -> int:
         ttl = await self._redis_call("lockout_check", self._redis.ttl(f"lock:{index}"))
@@ -196,6 +198,14 @@ class AuthService:
         return int(count)
 
     # ------------------------------------------------------------------ sessions and tokens
+
+    async def start_session(
+        self, user: UserRow, user_agent: str, ip: str | None, via: str = "password"
+    ) -> TokenPair:
+        """A new sign-in (session and token pair) for an authenticated user."""
+        pair = await self._start_session(user, user_agent)
+        await self.audit("login", user.id, ip, session=str(pair.session_id), via=via)
+        return pair
 
     async def _start_session(self, user: UserRow, user_agent: str) -> TokenPair:
         session_id = uuid.uuid4()
@@ -234,12 +244,16 @@ class AuthService:
                 user = await UserRepository(conn).get(row["user_id"])
                 assert user is not None
         if reused is not None:
-            await self._forget_session(reused[1])
+            await self.forget_session(reused[1])
             await self.audit("refresh_token_reuse", reused[0], ip, session=str(reused[1]))
             raise unauthorized("refresh token was already used; the session has been revoked")
         return self._pair(user, row["session_id"], new)
 
-    async def _forget_session(self, session_id: uuid.UUID) -> None:
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    async def forget_session(self, session_id: uuid.UUID) -> None:
         await self._redis_call("session_end", self._redis.delete(f"session:{session_id}"))
 
     async def logout(self, principal: Principal, ip: str | None) -> None:
@@ -254,13 +268,13 @@ class AuthService:
         if session is None or session.user_id != user_id:  # someone else's: as if absent
             raise ProblemError(404, "session_not_found", "no such session")
         await self._sessions.revoke(session_id, reason)
-        await self._forget_session(session_id)
+        await self.forget_session(session_id)
         await self.audit("session_ended", user_id, ip, session=str(session_id), reason=reason)
 
     async def end_all_sessions(self, user_id: uuid.UUID, ip: str | None, reason: str) -> int:
         ended = await self._sessions.revoke_all(user_id, reason)
         for session_id in ended:
-            await self._forget_session(session_id)
+            await self.forget_session(session_id)
         await self.audit("sessions_ended", user_id, ip, count=len(ended), reason=reason)
         return len(ended)
 
@@ -299,6 +313,62 @@ class AuthService:
         if user is None:
             raise unauthorized("invalid API key")
         return Principal(user.id, user.role, frozenset(row.scopes), api_key_id=row.id)
+
+    # ------------------------------------------------------------------ e-mail and password
+
+    async def request_verification(self, user: UserRow, sender: EmailSender) -> None:
+        if user.email_verified_at is not None:
+            raise ProblemError(409, "already_verified", "this e-mail address is already verified")
+        await self._send_token(user, "verify_email", VERIFY_TTL, sender)
+
+    async def verify_email(self, token: str, ip: str | None) -> None:
+        user_id = await OneTimeTokenRepository(self._pool).consume(
+            token_hash(token), "verify_email"
+        )
+        if user_id is None:
+            raise ProblemError(400, "invalid_token", "the link is invalid, used or expired")
+        await self._pool.execute(
+            "UPDATE users SET email_verified_at = now() WHERE id = $1", user_id
+        )
+        await self.audit("email_verified", user_id, ip)
+
+    async def request_password_reset(self, email: str, sender: EmailSender, ip: str | None) -> None:
+        """Send a reset link if the account exists; the answer is the same either way, so the
+        endpoint does not reveal who has an account."""
+        try:
+            address = normalise_email(email)
+        except ProblemError:
+            return
+        user = await self._users.by_email_index(self._keyring.blind_index(address))
+        if user is not None:
+            await self._send_token(user, "reset_password", RESET_TTL, sender)
+            await self.audit("password_reset_requested", user.id, ip)
+
+    async def reset_password(self, token: str, password: str, ip: str | None) -> None:
+        """Set a new password with a reset token; every session of the account ends."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            user_id = await OneTimeTokenRepository(conn).consume(
+                token_hash(token), "reset_password"
+            )
+            if user_id is None:
+                raise ProblemError(400, "invalid_token", "the link is invalid, used or expired")
+            user = await UserRepository(conn).get(user_id)
+            assert user is not None
+            problem = password_problem(password, self.email_of(user))
+            if problem:
+                raise Unprocessable("weak_password", problem)  # rolls back: the token stays
+            await UserRepository(conn).set_password(user_id, hash_password(password))
+        await self.end_all_sessions(user_id, ip, "password reset")
+        await self.audit("password_reset", user_id, ip)
+
+    async def _send_token(
+        self, user: UserRow, purpose: str, ttl: timedelta, sender: EmailSender
+    ) -> None:
+        secret = new_secret()
+        await OneTimeTokenRepository(self._pool).create(
+            token_hash(secret), user.id, purpose, datetime.now(UTC) + ttl
+        )
+        await sender.send(AccountEmail(self.email_of(user), purpose, secret))
 
     # ------------------------------------------------------------------ API keys
 
