@@ -130,9 +130,13 @@ async def require_admin(
     return principal
 
 
+IP_BUDGET_FACTOR = 5  # an address may carry several users (an office NAT), so it gets more
+
+
 def rate_limited(tier: str) -> Any:
-    """A dependency spending one request of `tier`'s budget: per user (or API key) when the
-    caller is known, per client address otherwise. Sets RateLimit-* headers; 429 when spent."""
+    """A dependency spending one request of `tier`'s budget per client address and, when the
+    caller is known, per user (or API key) as well. Sets RateLimit-* headers for the tighter
+    of the two; 429 when either is spent."""
 
     async def spend(
         request: Request,
@@ -140,27 +144,37 @@ def rate_limited(tier: str) -> Any:
         principal: Annotated[Principal | None, Depends(optional_principal)],
     ) -> None:
         settings: Settings = request.app.state.settings
+        limiter = request.app.state.rate_limiter
         per_min = (
             settings.rate_limit_auth_per_min
             if tier == "auth"
             else settings.rate_limit_default_per_min
         )
+        address = f"ip:{client_ip(request)}"
         if principal is None:
-            subject = f"ip:{client_ip(request)}"
-        elif principal.api_key_id is not None:
-            subject = f"key:{principal.api_key_id}"
+            checks = [(Limit(tier, per_min, 60.0), address)]
         else:
-            subject = f"user:{principal.user_id}"
-        decision = await request.app.state.rate_limiter.hit(Limit(tier, per_min, 60.0), subject)
-        if not decision.allowed:
+            subject = (
+                f"key:{principal.api_key_id}"
+                if principal.api_key_id is not None
+                else f"user:{principal.user_id}"
+            )
+            checks = [
+                (Limit(tier, per_min, 60.0), subject),
+                (Limit(f"{tier}-ip", per_min * IP_BUDGET_FACTOR, 60.0), address),
+            ]
+        decisions = [await limiter.hit(limit, key) for limit, key in checks]
+        refused = [d for d in decisions if not d.allowed]
+        tightest = min(refused or decisions, key=lambda d: (d.remaining, -d.retry_after_s))
+        if refused:
             raise ProblemError(
                 429,
                 "rate_limited",
-                f"rate limit of {per_min} requests per minute reached; retry later",
-                headers=decision.headers(),
+                f"rate limit of {tightest.limit.limit} requests per minute reached; retry later",
+                headers=tightest.headers(),
             )
-        request.state.rate_limit_headers = decision.headers()  # for error responses too
-        response.headers.update(decision.headers())
+        request.state.rate_limit_headers = tightest.headers()  # for error responses too
+        response.headers.update(tightest.headers())
 
     return Depends(spend)
 

@@ -379,3 +379,40 @@ async def test_an_api_key_cannot_be_created_already_expired(client: httpx.AsyncC
         headers=user,
     )
     assert response.status_code == 422 and response.json()["code"] == "invalid_expiry"
+
+
+async def test_signed_in_callers_have_their_own_budget_within_a_larger_address_budget(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    limited = settings.model_copy(update={"rate_limit_default_per_min": 2})
+    app = create_app(limited)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(f"10.8.{uuid.uuid4().int % 250}.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as shared_ip:
+            alice = await sign_up(client, _email())
+            bob = await sign_up(client, _email())
+            statuses = [
+                (await shared_ip.get("/api/v1/users/me", headers=who)).status_code
+                for who in (alice, alice, alice, bob, bob)
+            ]
+            assert statuses == [200, 200, 429, 200, 200]  # Alice's budget is hers alone
+            spent = [(await shared_ip.get("/api/v1/users/me", headers=bob)).status_code]
+            assert spent == [429]
+            anonymous = await shared_ip.get("/api/v1/stocks?q=A")
+            assert anonymous.status_code == 200  # the address budget (5 × 2) still has room
+
+
+async def test_openapi_offers_the_password_flow_and_api_keys_to_authorize(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == "/api/v1/auth/token"
+    assert schemes["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "scoped API key",
+    }
+    me = schema["paths"]["/api/v1/users/me"]["get"]
+    assert {"OAuth2PasswordBearer": []} in me["security"]

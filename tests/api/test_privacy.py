@@ -177,3 +177,20 @@ async def test_export_holds_every_seeded_item_and_erasure_leaves_no_pii(
         )
         >= 1
     )
+
+
+async def test_an_expired_reset_link_is_refused(
+    client: httpx.AsyncClient, outbox: OutboxEmailSender, pool: asyncpg.Pool
+) -> None:
+    email = _email()
+    await sign_up(client, email)
+    await client.post("/api/v1/auth/password-reset/request", json={"email": email})
+    token = outbox.last(email, "reset_password").token
+    await pool.execute(
+        "UPDATE one_time_tokens SET expires_at = now() - interval '1 minute' "
+        "WHERE purpose = 'reset_password' AND used_at IS NULL"
+    )
+    response = await client.post(
+        "/api/v1/auth/password-reset", json={"token": token, "password": "a long new passphrase"}
+    )
+    assert response.status_code == 400 and response.json()["code"] == "invalid_token"
