@@ -14,7 +14,17 @@ from api.deps import rate_limited
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
 from api.predictor import Predictor
-from api.routers import admin, analysis, auth, health, models, predictions, stocks, users
+from api.routers import (
+    admin,
+    analysis,
+    auth,
+    health,
+    models,
+    portfolio,
+    predictions,
+    stocks,
+    users,
+)
 from api.security.crypto import Keyring
 from api.security.mail import LogEmailSender
 from api.security.ratelimit import RateLimiter
@@ -60,6 +70,6 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)  # probes are never rate limited
     app.include_router(auth.router)  # its own, stricter tier
-    for module in (users, stocks, analysis, predictions, models, admin):
+    for module in (users, portfolio, stocks, analysis, predictions, models, admin):
         app.include_router(module.router, dependencies=[rate_limited("default")])
     return app

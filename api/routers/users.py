@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 import zoneinfo
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -248,7 +249,7 @@ async def export_me(principal: PrincipalDep, pool: PoolDep, auth: AuthDep, ip: C
     """Everything we hold about you, as one JSON document (GDPR art. 15 and 20)."""
     document = await export_user(pool, principal.user_id, auth.keyring)
     await auth.audit("data_exported", principal.user_id, ip)
-    return jsonable_encoder(document)
+    return jsonable_encoder(document, custom_encoder={Decimal: str})  # exact amounts
 
 
 @router.delete("/me", status_code=204)

@@ -87,6 +87,33 @@ async def _security_events(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyr
     return [dict(r) for r in await SecurityEventRepository(conn).of_user(user_id, limit=10_000)]
 
 
+async def _portfolios(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
+    out = []
+    for p in await conn.fetch(
+        "SELECT id, name, base_currency, created_at FROM portfolios WHERE user_id = $1 "
+        "ORDER BY created_at",
+        user_id,
+    ):
+        transactions = await conn.fetch(
+            """SELECT type, date, ticker, quantity, price, amount, fee, note, created_at
+               FROM portfolio_transactions WHERE portfolio_id = $1 ORDER BY date, sequence""",
+            p["id"],
+        )
+        out.append({**dict(p), "transactions": [dict(t) for t in transactions]})
+    return out
+
+
+async def _watchlists(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
+    rows = await conn.fetch(
+        """SELECT w.name, w.created_at, coalesce(array_agg(i.ticker ORDER BY i.ticker)
+                  FILTER (WHERE i.ticker IS NOT NULL), '{}') AS tickers
+           FROM watchlists w LEFT JOIN watchlist_items i ON i.watchlist_id = w.id
+           WHERE w.user_id = $1 GROUP BY w.id ORDER BY w.created_at""",
+        user_id,
+    )
+    return [dict(r) for r in rows]
+
+
 EXPORTERS: dict[str, Exporter] = {
     "profile": _profile,
     "settings": _settings,
@@ -95,6 +122,8 @@ EXPORTERS: dict[str, Exporter] = {
     "consents": _consents,
     "stored_secrets": _secrets,
     "security_events": _security_events,
+    "portfolios": _portfolios,
+    "watchlists": _watchlists,
 }
 
 

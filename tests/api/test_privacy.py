@@ -118,6 +118,12 @@ async def test_export_holds_every_seeded_item_and_erasure_leaves_no_pii(
     await client.put(
         "/api/v1/users/me/secrets/openai_api_key", json={"value": "sk-test-123456"}, headers=user
     )
+    portfolio = await client.post("/api/v1/portfolio", json={"name": "Erin's"}, headers=user)
+    await client.post(
+        f"/api/v1/portfolio/{portfolio.json()['id']}/transactions",
+        json={"type": "deposit", "amount": "250", "date": "2022-01-03"},
+        headers=user,
+    )
 
     export = await client.get("/api/v1/users/me/export", headers=user)
     assert export.status_code == 200
@@ -133,6 +139,11 @@ async def test_export_holds_every_seeded_item_and_erasure_leaves_no_pii(
     assert [s["name"] for s in data["stored_secrets"]] == ["openai_api_key"]
     assert "sk-test-123456" not in export.text
     assert len(data["sessions"]) == 1
+    (exported_portfolio,) = data["portfolios"]
+    assert exported_portfolio["name"] == "Erin's"
+    assert [(t["type"], t["amount"]) for t in exported_portfolio["transactions"]] == [
+        ("deposit", "250")
+    ]
     assert {"register", "login", "api_key_created"} <= {e["event"] for e in data["security_events"]}
 
     refused = await client.request(
@@ -163,7 +174,23 @@ async def test_export_holds_every_seeded_item_and_erasure_leaves_no_pii(
     ).status_code == 401
     login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
     assert login.status_code == 401
-    for table in ("users", "sessions", "api_keys", "consents", "user_secrets", "one_time_tokens"):
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM portfolio_transactions WHERE portfolio_id = $1",
+            uuid.UUID(portfolio.json()["id"]),
+        )
+        == 0
+    )
+    for table in (
+        "users",
+        "sessions",
+        "api_keys",
+        "consents",
+        "user_secrets",
+        "one_time_tokens",
+        "portfolios",
+        "watchlists",
+    ):
         column = "id" if table == "users" else "user_id"
         count = await pool.fetchval(f"SELECT count(*) FROM {table} WHERE {column} = $1", user_id)
         assert count == 0, table
