@@ -70,6 +70,15 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)  # probes are never rate limited
     app.include_router(auth.router)  # its own, stricter tier
-    for module in (users, portfolio, stocks, analysis, predictions, models, admin):
-        app.include_router(module.router, dependencies=[rate_limited("default")])
+    for router in (
+        users.router,
+        portfolio.watchlists,
+        portfolio.router,
+        stocks.router,
+        analysis.router,
+        predictions.router,
+        models.router,
+        admin.router,
+    ):
+        app.include_router(router, dependencies=[rate_limited("default")])
     return app

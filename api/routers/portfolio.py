@@ -10,8 +10,9 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
+import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 
@@ -23,7 +24,13 @@ from api.db.portfolios import (
 )
 from api.deps import PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError
-from api.services.portfolios import MAX_CSV_BYTES, PortfolioService, TransactionIn
+from api.services.portfolios import (
+    MAX_CSV_BYTES,
+    PortfolioAnalytics,
+    PortfolioService,
+    TransactionIn,
+)
+from features.bars import normalise_ticker
 
 SCOPE = "write:portfolio"
 router = APIRouter(
@@ -250,3 +257,233 @@ async def positions(
             for v in views
         ],
     )
+
+
+class ValuePoint(BaseModel):
+    date: date
+    value: float
+    flow: float = Field(description="money put in (+) or taken out (−) that day")
+
+
+class PeriodOut(BaseModel):
+    period: str
+    start: date
+    end: date
+    time_weighted: float
+    money_weighted: float | None = Field(description="XIRR, annualised")
+    benchmark: float | None = Field(description="S&P 500 over the same days")
+    excess: float | None
+
+
+class PerformanceOut(BaseModel):
+    holdings_only: bool | None = Field(
+        description="no deposits or withdrawals recorded: buys count as money in, sells and "
+        "dividends as money out, and cash is left out of the value"
+    )
+    benchmark: str
+    history: list[ValuePoint]
+    periods: list[PeriodOut]
+
+
+class RiskMetrics(BaseModel):
+    days: int
+    volatility: float = Field(description="annualised standard deviation of daily returns")
+    beta: float | None = Field(description="against the S&P 500")
+    sharpe: float | None = Field(description="annualised, risk-free rate 0")
+    sortino: float | None
+    max_drawdown: float
+    var_95: float = Field(description="one-day historical value at risk, 95%, as a loss")
+    cvar_95: float = Field(description="one-day expected shortfall beyond the VaR, 95%")
+
+
+class RiskOut(BaseModel):
+    metrics: RiskMetrics
+    correlation: dict[str, dict[str, float | None]]
+    allocation: dict[str, float] = Field(description="share of value by sector (and cash)")
+
+
+class OptimizeOut(BaseModel):
+    method: str
+    weights: dict[str, float]
+    in_sample: dict[str, float]
+    note: str
+
+
+def get_analytics(pool: PoolDep) -> PortfolioAnalytics:
+    return PortfolioAnalytics(pool)
+
+
+AnalyticsDep = Annotated[PortfolioAnalytics, Depends(get_analytics)]
+
+
+@router.get("/{portfolio_id}/performance", response_model=PerformanceOut)
+async def performance(portfolio: OwnedPortfolio, analytics: AnalyticsDep) -> PerformanceOut:
+    """Daily value, and time- and money-weighted returns for 1D/1W/1M/YTD/1Y/Max against the
+    S&P 500 (trading days from the NYSE calendar)."""
+    found = await analytics.performance(portfolio)
+    return PerformanceOut(
+        holdings_only=found["holdings_only"],
+        benchmark=found["benchmark"],
+        history=[ValuePoint(**p) for p in found["history"]],
+        periods=[PeriodOut(**vars(p)) for p in found["periods"]],
+    )
+
+
+@router.get("/{portfolio_id}/risk", response_model=RiskOut)
+async def risk(
+    portfolio: OwnedPortfolio,
+    analytics: AnalyticsDep,
+    lookback_days: Annotated[int, Query(ge=20, le=2520)] = 252,
+) -> RiskOut:
+    """Volatility, beta, Sharpe, Sortino, max drawdown, VaR/CVaR 95%, correlation of holdings
+    and allocation by sector, over the last `lookback_days` trading days."""
+    found = await analytics.risk(portfolio, lookback_days)
+    return RiskOut(
+        metrics=RiskMetrics(**vars(found["metrics"])),
+        correlation=found["correlation"],
+        allocation=found["allocation"],
+    )
+
+
+@router.get("/{portfolio_id}/optimize", response_model=OptimizeOut)
+async def optimize(
+    portfolio: OwnedPortfolio,
+    analytics: AnalyticsDep,
+    method: Annotated[
+        Literal["min_variance", "max_sharpe", "hrp"],
+        Query(
+            description="minimum variance, maximum Sharpe (mean-risk), or hierarchical risk parity"
+        ),
+    ] = "min_variance",
+    lookback_days: Annotated[int, Query(ge=60, le=2520)] = 504,
+) -> OptimizeOut:
+    """Suggested weights for the current holdings (skfolio). Not financial advice."""
+    return OptimizeOut(**await analytics.optimize(portfolio, method, lookback_days))
+
+
+# Declared on its own router and included before `router`, so `/watchlists` is never taken for
+# a portfolio id.
+watchlists = APIRouter(
+    prefix="/api/v1/portfolio/watchlists", tags=["portfolio"], dependencies=[require_scope(SCOPE)]
+)
+
+
+class WatchlistIn(BaseModel):
+    name: str = Field(min_length=1, max_length=80, examples=["Tech to watch"])
+    tickers: list[str] = Field(default_factory=list, max_length=200)
+
+
+class WatchlistOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    tickers: list[str]
+    created_at: datetime
+
+
+async def _watchlist_out(pool: PoolDep, row: asyncpg.Record) -> WatchlistOut:
+    tickers = await pool.fetch(
+        "SELECT ticker FROM watchlist_items WHERE watchlist_id = $1 ORDER BY ticker", row["id"]
+    )
+    return WatchlistOut(
+        id=row["id"],
+        name=row["name"],
+        tickers=[t["ticker"] for t in tickers],
+        created_at=row["created_at"],
+    )
+
+
+async def _known(pool: PoolDep, raw: list[str]) -> list[str]:
+    try:
+        tickers = sorted({normalise_ticker(t) for t in raw})
+    except ValueError as exc:
+        raise ProblemError(422, "invalid_ticker", str(exc)) from exc
+    found = {
+        r["ticker"]
+        for r in await pool.fetch(
+            "SELECT ticker FROM instruments WHERE ticker = ANY($1::text[])", tickers
+        )
+    }
+    unknown = [t for t in tickers if t not in found]
+    if unknown:
+        raise ProblemError(422, "unknown_ticker", f"unknown ticker(s): {', '.join(unknown)}")
+    return tickers
+
+
+@watchlists.post("", response_model=WatchlistOut, status_code=201)
+async def create_watchlist(
+    body: WatchlistIn, principal: PrincipalDep, pool: PoolDep
+) -> WatchlistOut:
+    tickers = await _known(pool, body.tickers)
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """INSERT INTO watchlists (id, user_id, name) VALUES ($1, $2, $3)
+               ON CONFLICT (user_id, name) DO NOTHING RETURNING id, name, created_at""",
+            uuid.uuid4(),
+            principal.user_id,
+            body.name.strip(),
+        )
+        if row is None:
+            raise ProblemError(
+                409, "name_taken", f"you already have a watchlist named {body.name!r}"
+            )
+        await conn.executemany(
+            "INSERT INTO watchlist_items (watchlist_id, ticker) VALUES ($1, $2)",
+            [(row["id"], t) for t in tickers],
+        )
+    return await _watchlist_out(pool, row)
+
+
+@watchlists.get("", response_model=list[WatchlistOut])
+async def list_watchlists(principal: PrincipalDep, pool: PoolDep) -> list[WatchlistOut]:
+    rows = await pool.fetch(
+        "SELECT id, name, created_at FROM watchlists WHERE user_id = $1 ORDER BY created_at",
+        principal.user_id,
+    )
+    return [await _watchlist_out(pool, r) for r in rows]
+
+
+async def _owned_watchlist(
+    watchlist_id: uuid.UUID, principal: PrincipalDep, pool: PoolDep
+) -> asyncpg.Record:
+    row = await pool.fetchrow(
+        "SELECT id, name, created_at FROM watchlists WHERE id = $1 AND user_id = $2",
+        watchlist_id,
+        principal.user_id,
+    )
+    if row is None:
+        raise ProblemError(404, "watchlist_not_found", "no such watchlist")
+    return row
+
+
+OwnedWatchlist = Annotated[asyncpg.Record, Depends(_owned_watchlist)]
+
+
+@watchlists.put("/{watchlist_id}", response_model=WatchlistOut)
+async def replace_watchlist(
+    body: WatchlistIn, watchlist: OwnedWatchlist, pool: PoolDep
+) -> WatchlistOut:
+    """Rename and set the tickers (the list replaces the old one)."""
+    tickers = await _known(pool, body.tickers)
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            await conn.execute(
+                "UPDATE watchlists SET name = $2 WHERE id = $1", watchlist["id"], body.name.strip()
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise ProblemError(
+                409, "name_taken", f"you already have a watchlist named {body.name!r}"
+            ) from exc
+        await conn.execute("DELETE FROM watchlist_items WHERE watchlist_id = $1", watchlist["id"])
+        await conn.executemany(
+            "INSERT INTO watchlist_items (watchlist_id, ticker) VALUES ($1, $2)",
+            [(watchlist["id"], t) for t in tickers],
+        )
+    row = await pool.fetchrow(
+        "SELECT id, name, created_at FROM watchlists WHERE id = $1", watchlist["id"]
+    )
+    return await _watchlist_out(pool, row)
+
+
+@watchlists.delete("/{watchlist_id}", status_code=204)
+async def delete_watchlist(watchlist: OwnedWatchlist, pool: PoolDep) -> None:
+    await pool.execute("DELETE FROM watchlists WHERE id = $1", watchlist["id"])

@@ -14,11 +14,14 @@ import io
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Literal, Self
 
 import asyncpg
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from api.db.portfolios import (
@@ -29,6 +32,13 @@ from api.db.portfolios import (
 )
 from api.errors import ProblemError, Unprocessable
 from api.services.ledger import ZERO, Book, Entry, Oversold, replay
+from api.services.performance import (
+    daily_returns,
+    period_return,
+    risk_report,
+    tracks_cash,
+    value_history,
+)
 from features.bars import normalise_ticker
 
 MAX_AMOUNT = Decimal("1e12")
@@ -365,3 +375,165 @@ def _first_error(exc: Exception) -> str:
         message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         return f"{where}: {message}" if where else message
     return str(exc)
+
+
+BENCHMARK = "SPX"  # the S&P 500 index from the bundled data
+PERIODS = ("1D", "1W", "1M", "YTD", "1Y", "Max")
+NOT_ADVICE = (
+    "Not financial advice: weights fitted to past returns of your current holdings "
+    "(in-sample); past returns do not predict future ones."
+)
+
+
+@lru_cache(maxsize=1)
+def _calendar() -> Any:
+    import exchange_calendars
+
+    return exchange_calendars.get_calendar("XNYS", start="1990-01-01")
+
+
+def trading_days(start: date, end: date) -> pd.DatetimeIndex:
+    """NYSE sessions in [start, end] (exchange-calendars)."""
+    sessions = _calendar().sessions_in_range(pd.Timestamp(start), pd.Timestamp(end))
+    return pd.DatetimeIndex(sessions.tz_localize(None) if sessions.tz else sessions)
+
+
+class PortfolioAnalytics:
+    """Value history, returns, risk and optimisation of one portfolio (read-only)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def _entries(self, portfolio: PortfolioRow) -> list[Entry]:
+        return [t.entry() for t in await TransactionRepository(self._pool).ledger(portfolio.id)]
+
+    async def closes(self, tickers: list[str], start: date, end: date) -> pd.DataFrame:
+        rows = await self._pool.fetch(
+            """SELECT ticker, date, close FROM bars
+               WHERE ticker = ANY($1::text[]) AND date BETWEEN $2 AND $3""",
+            tickers,
+            start,
+            end,
+        )
+        if not rows:
+            return pd.DataFrame(columns=tickers, dtype=float)
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=["ticker", "date", "close"])
+        frame["date"] = pd.to_datetime(frame["date"])
+        return frame.pivot(index="date", columns="ticker", values="close")
+
+    async def _end(self) -> date:
+        last = await self._pool.fetchval("SELECT max(date) FROM bars WHERE ticker = $1", BENCHMARK)
+        return last or date.today()
+
+    async def history(
+        self, portfolio: PortfolioRow
+    ) -> tuple[list[Entry], pd.DataFrame, pd.DataFrame] | None:
+        """(entries, daily value history, daily closes incl. the benchmark), or None if empty."""
+        entries = await self._entries(portfolio)
+        if not entries:
+            return None
+        first = min(e.date for e in entries)
+        end = max(await self._end(), max(e.date for e in entries))
+        days = trading_days(first, end)
+        if len(days) == 0:
+            days = pd.DatetimeIndex([pd.Timestamp(first)])
+        tickers = sorted({e.ticker for e in entries if e.ticker})
+        closes = await self.closes([*tickers, BENCHMARK], first - timedelta(days=10), end)
+        closes = closes.reindex(closes.index.union(days)).ffill().reindex(days)
+        return entries, value_history(entries, closes, days), closes
+
+    async def performance(self, portfolio: PortfolioRow) -> dict[str, Any]:
+        found = await self.history(portfolio)
+        if found is None:
+            return {"holdings_only": None, "benchmark": BENCHMARK, "history": [], "periods": []}
+        entries, history, closes = found
+        benchmark = closes.get(BENCHMARK)
+        return {
+            "holdings_only": not tracks_cash(entries),
+            "benchmark": BENCHMARK,
+            "history": [
+                {"date": d.date(), "value": round(v, 6), "flow": round(f, 6)}
+                for d, v, f in history[["value", "flow"]].itertuples()
+            ],
+            "periods": [period_return(p, history, benchmark) for p in PERIODS],
+        }
+
+    async def risk(self, portfolio: PortfolioRow, lookback_days: int) -> dict[str, Any]:
+        found = await self.history(portfolio)
+        if found is None:
+            raise Unprocessable("no_history", "the portfolio has no transactions yet")
+        entries, history, closes = found
+        returns = daily_returns(history).iloc[-lookback_days:]
+        if len(returns) < 20:
+            raise Unprocessable(
+                "too_little_history", f"risk needs 20 trading days of value; have {len(returns)}"
+            )
+        bench = closes[BENCHMARK].pct_change().dropna() if BENCHMARK in closes else None
+        book = replay(entries)
+        held = sorted(t for t, p in book.positions.items() if p.quantity > 0)
+        last = closes.iloc[-1]
+        values = {t: float(book.positions[t].quantity) * float(last.get(t, np.nan)) for t in held}
+        sectors = await self._sectors(held)
+        allocation: dict[str, float] = {}
+        for ticker, value in values.items():
+            if np.isfinite(value):
+                allocation[sectors.get(ticker) or "Unclassified"] = (
+                    allocation.get(sectors.get(ticker) or "Unclassified", 0.0) + value
+                )
+        if tracks_cash(entries):
+            allocation["Cash"] = float(book.cash)
+        total = sum(allocation.values())
+        holding_returns = closes[held].pct_change().iloc[-lookback_days:] if held else None
+        correlation = (
+            holding_returns.corr().round(6).where(lambda c: c.notna(), None).to_dict()
+            if holding_returns is not None and len(held) > 1
+            else {}
+        )
+        return {
+            "metrics": risk_report(returns, bench),
+            "correlation": correlation,
+            "allocation": {k: v / total for k, v in allocation.items()} if total > 0 else {},
+        }
+
+    async def _sectors(self, tickers: list[str]) -> dict[str, str | None]:
+        rows = await self._pool.fetch(
+            "SELECT ticker, sector FROM instruments WHERE ticker = ANY($1::text[])", tickers
+        )
+        return {r["ticker"]: r["sector"] for r in rows}
+
+    async def optimize(
+        self, portfolio: PortfolioRow, method: str, lookback_days: int
+    ) -> dict[str, Any]:
+        """Suggested weights over the current holdings (skfolio), fitted on their past returns."""
+        from skfolio.optimization import HierarchicalRiskParity, MeanRisk, ObjectiveFunction
+
+        book = await PortfolioService(self._pool).book(portfolio)
+        held = sorted(t for t, p in book.positions.items() if p.quantity > 0)
+        if len(held) < 2:
+            raise Unprocessable("too_few_holdings", "optimisation needs at least two holdings")
+        end = await self._end()
+        closes = await self.closes(held, end - timedelta(days=int(lookback_days * 1.6) + 10), end)
+        returns = closes[held].pct_change().dropna().iloc[-lookback_days:]
+        if len(returns) < 60:
+            raise Unprocessable(
+                "too_little_history",
+                f"optimisation needs 60 common trading days; have {len(returns)}",
+            )
+        model = {
+            "min_variance": lambda: MeanRisk(),
+            "max_sharpe": lambda: MeanRisk(objective_function=ObjectiveFunction.MAXIMIZE_RATIO),
+            "hrp": lambda: HierarchicalRiskParity(),
+        }[method]()
+        model.fit(returns)
+        fitted = model.predict(returns)
+        weights = {t: float(w) for t, w in zip(held, model.weights_, strict=True)}
+        return {
+            "method": method,
+            "weights": weights,
+            "in_sample": {
+                "annualised_return": float(fitted.annualized_mean),
+                "annualised_volatility": float(fitted.annualized_standard_deviation),
+                "days": len(returns),
+            },
+            "note": NOT_ADVICE,
+        }

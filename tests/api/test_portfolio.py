@@ -326,3 +326,30 @@ async def test_api_keys_need_the_portfolio_scope(client: httpx.AsyncClient) -> N
         )
         response = await client.get("/api/v1/portfolio", headers={"X-API-Key": key.json()["key"]})
         assert response.status_code == expected, scopes
+
+
+async def test_watchlists_hold_known_tickers_and_belong_to_their_owner(
+    client: httpx.AsyncClient,
+) -> None:
+    alice = await sign_up(client, _user())
+    bob = await sign_up(client, _user())
+    created = await client.post(
+        "/api/v1/portfolio/watchlists",
+        json={"name": "Tech", "tickers": ["msft", "AAPL"]},
+        headers=alice,
+    )
+    assert created.status_code == 201, created.text
+    watchlist = created.json()
+    assert watchlist["tickers"] == ["AAPL", "MSFT"]
+    url = f"/api/v1/portfolio/watchlists/{watchlist['id']}"
+    bad = await client.post(
+        "/api/v1/portfolio/watchlists", json={"name": "Bad", "tickers": ["ZZZZ"]}, headers=alice
+    )
+    assert bad.status_code == 422 and bad.json()["code"] == "unknown_ticker"
+    replaced = await client.put(url, json={"name": "Big tech", "tickers": ["GOOG"]}, headers=alice)
+    assert replaced.json()["name"] == "Big tech" and replaced.json()["tickers"] == ["GOOG"]
+    assert (await client.put(url, json={"name": "x"}, headers=bob)).status_code == 404
+    assert (await client.delete(url, headers=bob)).status_code == 404
+    assert (await client.get("/api/v1/portfolio/watchlists", headers=bob)).json() == []
+    assert len((await client.get("/api/v1/portfolio/watchlists", headers=alice)).json()) == 1
+    assert (await client.delete(url, headers=alice)).status_code == 204
