@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 
+import pandas as pd
 from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 
 from api.deps import MarketDataDep, scope_if_signed_in
 from api.schemas import Bar, History, StockHit, StockSearch
@@ -27,16 +29,103 @@ async def search_stocks(
     return StockSearch(query=q, results=[StockHit(**dict(r)) for r in rows])
 
 
+class StockInfo(BaseModel):
+    ticker: str
+    name: str
+    sector: str | None
+    asset_type: str
+    first_date: date | None
+    last_date: date | None
+    bars: int
+
+
+class Quote(BaseModel):
+    ticker: str
+    date: date
+    close: float
+    previous_close: float | None
+    change: float | None
+    change_pct: float | None
+    open: float | None
+    high: float | None
+    low: float | None
+    volume: float | None
+    week52_high: float = Field(description="highest high (close where no high) in 52 weeks")
+    week52_low: float
+
+
+@router.get("/{ticker}", response_model=StockInfo)
+async def stock(market: MarketDataDep, ticker: TickerPath) -> StockInfo:
+    """Name, sector, asset type and the span of stored bars."""
+    row = await market.instrument(ticker)
+    return StockInfo(**{k: row[k] for k in StockInfo.model_fields})
+
+
+@router.get("/{ticker}/quote", response_model=Quote)
+async def quote(market: MarketDataDep, ticker: TickerPath) -> Quote:
+    """The latest bar, its change on the previous close, and the 52-week range."""
+    window = await market.resolve_range(ticker, None, None)
+    bars = await market.history(ticker.upper(), window)
+    last = bars.iloc[-1]
+    previous = float(bars["close"].iloc[-2]) if len(bars) > 1 else None
+    year = bars.loc[bars.index[-1] - pd.Timedelta(weeks=52) :]
+    highs = year["high"].fillna(year["close"])
+    lows = year["low"].fillna(year["close"])
+
+    def value(name: str) -> float | None:
+        return None if pd.isna(last[name]) else float(last[name])
+
+    close = float(last["close"])
+    return Quote(
+        ticker=ticker.upper(),
+        date=bars.index[-1].date(),
+        close=close,
+        previous_close=previous,
+        change=None if previous is None else close - previous,
+        change_pct=None if previous is None else close / previous - 1,
+        open=value("open"),
+        high=value("high"),
+        low=value("low"),
+        volume=value("volume"),
+        week52_high=float(highs.max()),
+        week52_low=float(lows.min()),
+    )
+
+
+_RESAMPLE = {"1wk": "W-FRI", "1mo": "ME"}
+
+
+def resample(bars: pd.DataFrame, interval: str) -> pd.DataFrame:
+    """Weekly (to Friday) or monthly OHLCV: first open, highest high, lowest low, last close,
+    summed volume; each bucket is dated by its last actual trading day."""
+    if interval == "1d":
+        return bars
+    grouped = bars.groupby(pd.Grouper(freq=_RESAMPLE[interval]))
+    out = pd.DataFrame(
+        {
+            "open": grouped["open"].first(),
+            "high": grouped["high"].max(),
+            "low": grouped["low"].min(),
+            "close": grouped["close"].last(),
+            "volume": grouped["volume"].sum(min_count=1),
+            "last_day": grouped["close"].apply(lambda c: c.index.max()),
+        }
+    ).dropna(subset=["close"])
+    return out.set_index("last_day").rename_axis("date")
+
+
 @router.get("/{ticker}/history", response_model=History)
 async def stock_history(
     market: MarketDataDep,
     ticker: TickerPath,
     start: date | None = None,
     end: date | None = None,
+    interval: Literal["1d", "1wk", "1mo"] = "1d",
 ) -> History:
-    """Daily OHLCV bars (default: the last year of data). Close-only series have null OHLV."""
+    """OHLCV bars, daily or resampled to weeks or months (default: the last year of data).
+    Close-only series have null OHLV."""
     window = await market.resolve_range(ticker, start, end)
-    bars = await market.history(ticker.upper(), window)
+    bars = resample(await market.history(ticker.upper(), window), interval)
     clean = bars.astype(object).where(bars.notna(), None)
     return History(
         ticker=ticker.upper(),
