@@ -7,6 +7,7 @@ from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
 from api.deps import MarketDataDep, scope_if_signed_in
 from api.errors import Unprocessable
@@ -18,7 +19,8 @@ from api.schemas import (
     PatternOut,
     PatternResponse,
 )
-from features import indicators, patterns
+from api.services.market_data import DateRange
+from features import indicators, patterns, signals
 
 router = APIRouter(
     prefix="/api/v1/analysis", tags=["analysis"], dependencies=[scope_if_signed_in("read:market")]
@@ -114,3 +116,108 @@ async def ticker_patterns(
             for h in table.hits
         ],
     )
+
+
+class VerdictOut(BaseModel):
+    signal: str
+    reason: str
+    values: dict[str, float | None]
+
+
+class SummaryOut(BaseModel):
+    ticker: str
+    as_of: date
+    trend: VerdictOut
+    momentum: VerdictOut
+    volatility: VerdictOut
+    volume: VerdictOut
+    note: str = (
+        "Readings of past prices, not forecasts; see /api/v1/predictions for model forecasts "
+        "with their measured skill."
+    )
+
+
+class LevelOut(BaseModel):
+    price: float
+    touches: int = Field(description="swing highs/lows clustered at this level")
+    last_touched: date
+    distance_pct: float = Field(description="level / last close − 1")
+
+
+class LevelsOut(BaseModel):
+    ticker: str
+    as_of: date
+    last_close: float
+    support: list[LevelOut]
+    resistance: list[LevelOut]
+
+
+class ScanHit(BaseModel):
+    ticker: str
+    direction: str
+    strength: int
+
+
+class ScanOut(BaseModel):
+    pattern: str
+    date: date
+    scanned: int = Field(description="instruments with full OHLC on that date")
+    hits: list[ScanHit]
+
+
+def _verdict(v: signals.Verdict) -> VerdictOut:
+    return VerdictOut(signal=v.signal, reason=v.reason, values=v.values)
+
+
+@router.get("/patterns/scan", response_model=ScanOut)
+async def scan_patterns(
+    market: MarketDataDep,
+    pattern: Annotated[str, Query(min_length=2, max_length=40, examples=["engulfing"])],
+    on: Annotated[date | None, Query(alias="date", description="default: the latest bar")] = None,
+) -> ScanOut:
+    """Every instrument showing `pattern` on one date."""
+    try:
+        (name,) = patterns.validate_names([pattern])
+    except ValueError as exc:
+        raise Unprocessable("invalid_pattern", str(exc)) from exc
+    day, scanned, hits = await market.scan_pattern(name, on)
+    return ScanOut(
+        pattern=name,
+        date=day,
+        scanned=scanned,
+        hits=[ScanHit(ticker=t, direction=h.direction, strength=h.strength) for t, h in hits],
+    )
+
+
+@router.get("/{ticker}/summary", response_model=SummaryOut)
+async def ticker_summary(
+    market: MarketDataDep, ticker: TickerPath, end: date | None = None
+) -> SummaryOut:
+    """Trend, momentum, volatility and volume verdicts, each with the values behind it."""
+    window = await market.resolve_range(ticker, None, end)
+    bars = await market.history(ticker.upper(), DateRange(date(1900, 1, 1), window.end))
+    try:
+        verdicts = signals.summary(bars)
+    except ValueError as exc:
+        raise Unprocessable("not_enough_history", str(exc)) from exc
+    return SummaryOut(
+        ticker=ticker.upper(),
+        as_of=bars.index[-1].date(),
+        **{k: _verdict(v) for k, v in verdicts.items()},
+    )
+
+
+@router.get("/{ticker}/levels", response_model=LevelsOut)
+async def ticker_levels(
+    market: MarketDataDep,
+    ticker: TickerPath,
+    end: date | None = None,
+    lookback_days: Annotated[int, Query(ge=30, le=2520)] = 250,
+) -> LevelsOut:
+    """Support and resistance where swing highs and lows cluster (pivots, 1.5% tolerance)."""
+    window = await market.resolve_range(ticker, None, end)
+    bars = await market.history(ticker.upper(), DateRange(date(1900, 1, 1), window.end))
+    if len(bars) < 30:
+        raise Unprocessable("not_enough_history", "levels need at least 30 bars")
+    found = signals.support_resistance(bars, lookback=lookback_days)
+    return LevelsOut(ticker=ticker.upper(), as_of=bars.index[-1].date(), **found)

@@ -101,6 +101,35 @@ class MarketDataService:
         start = pd.Timestamp(window.start)
         return PatternTable(ticker, window, [h for h in hits if h.date >= start], reason)
 
+    async def scan_pattern(
+        self, pattern: str, on: date | None
+    ) -> tuple[date, int, list[tuple[str, patterns.PatternHit]]]:
+        """(date, instruments scanned, hits on that date) for one pattern across all
+        instruments with full OHLC; TA-Lib needs some bars before the date to judge it."""
+        day = on or await self._pool.fetchval("SELECT max(date) FROM bars WHERE open IS NOT NULL")
+        if day is None:
+            raise NotFound("bars", "no OHLC bars stored")
+        rows = await self._pool.fetch(
+            """SELECT ticker, date, open, high, low, close, volume FROM bars
+               WHERE date BETWEEN $1 AND $2 AND open IS NOT NULL AND high IS NOT NULL
+                 AND low IS NOT NULL
+                 AND ticker IN (SELECT ticker FROM bars WHERE date = $2 AND open IS NOT NULL)
+               ORDER BY ticker, date""",
+            day - timedelta(days=60),
+            day,
+        )
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=list(rows[0].keys()) if rows else [])
+        hits: list[tuple[str, patterns.PatternHit]] = []
+        scanned = 0
+        for ticker, bars in frame.groupby("ticker") if len(frame) else []:
+            scanned += 1
+            ohlc = bars.set_index(pd.to_datetime(bars["date"]))[
+                ["open", "high", "low", "close", "volume"]
+            ]
+            found, _ = await run_in_threadpool(patterns.detect, ohlc, [pattern])
+            hits += [(str(ticker), h) for h in found if h.date.date() == day]
+        return day, scanned, hits
+
     async def import_csv(
         self,
         raw_ticker: str,
