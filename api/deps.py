@@ -42,18 +42,10 @@ def get_predictions(
     return PredictionService(pool, request.app.state.predictor, cache)
 
 
-async def caller_key(
-    request: Request,
-    principal: Annotated[Principal | None, Depends(optional_principal)],
-) -> str:
-    """Who is asking, for sticky A/B assignment: the signed-in user, else the client id header,
-    else the client address."""
-    if principal is not None:
-        return f"user:{principal.user_id}"
-    client_id = request.headers.get("x-client-id", "")
-    if 8 <= len(client_id) <= 64 and client_id.replace("-", "").isalnum():
-        return client_id
-    return request.client.host if request.client else "anonymous"
+async def caller_key(principal: Annotated[Principal, Depends(current_principal)]) -> str:
+    """Who is asking, for sticky A/B assignment: the user (all of a user's keys and sessions
+    get the same variant; no header can choose it)."""
+    return f"user:{principal.user_id}"
 
 
 def get_market_data(pool: Annotated[asyncpg.Pool, Depends(get_pool)]) -> MarketDataService:
@@ -105,19 +97,6 @@ def require_scope(scope: str) -> Any:
         if not principal.allows(scope):
             raise ProblemError(403, "insufficient_scope", f"this API key lacks the {scope!r} scope")
         return principal
-
-    return Depends(check)
-
-
-def scope_if_signed_in(scope: str) -> Any:
-    """Routes still open to anonymous callers: credentials that come along must be valid, and
-    an API key must carry `scope` (issue 7 makes these routes require sign-in)."""
-
-    async def check(
-        principal: Annotated[Principal | None, Depends(optional_principal)],
-    ) -> None:
-        if principal is not None and not principal.allows(scope):
-            raise ProblemError(403, "insufficient_scope", f"this API key lacks the {scope!r} scope")
 
     return Depends(check)
 

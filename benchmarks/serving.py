@@ -165,7 +165,10 @@ async def run(args: argparse.Namespace, settings: Settings, prepared: tuple) -> 
         series=[SeriesInput.of("AAPL", [d.date() for d in closes["date"]], list(closes["close"]))],
     )
 
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=128)) as client:
+    headers = await signed_in(settings)
+    async with httpx.AsyncClient(
+        timeout=120, limits=httpx.Limits(max_connections=128), headers=headers
+    ) as client:
 
         async def get(base: str, pick: Callable[[int], tuple[str, str]], i: int) -> None:
             ticker, as_of = pick(i)
@@ -265,6 +268,30 @@ def _stack_memory_gib() -> tuple[float, float, float]:
         rss += memory.rss
         pss += memory.pss
     return rss / 2**30, pss / 2**30, me.memory_info().rss / 2**30
+
+
+async def signed_in(settings: Settings) -> dict[str, str]:
+    """A benchmark user's Authorization header (every prediction route needs a caller)."""
+    import uuid
+
+    from redis.asyncio import Redis
+
+    from api.db.pool import create_pool
+    from api.db.users import UserRepository
+    from api.security.crypto import Keyring
+    from api.services.auth import AuthService, create_account
+
+    pool = await create_pool(settings)
+    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    try:
+        keyring = Keyring.from_settings(settings)
+        email = f"bench-{uuid.uuid4().hex}@example.com"
+        user = await create_account(UserRepository(pool), keyring, email, "benchmark", None)
+        pair = await AuthService(pool, redis, settings, keyring).start_session(user, "bench", None)
+        return {"Authorization": f"Bearer {pair.access_token}"}
+    finally:
+        await redis.aclose()
+        await pool.close()
 
 
 async def add_imported_tickers(settings: Settings, bars: pd.DataFrame) -> None:

@@ -14,7 +14,7 @@ from api.logging import configure_logging
 from api.settings import Settings
 from pipelines.ab_cli import register_ab_commands
 from pipelines.model_cli import register_commands
-from pipelines.security_cli import register_security_commands
+from pipelines.security_cli import register_security_commands, register_similarity_commands
 
 app = typer.Typer(help="Stock Copilot: serve, ingest and manage the product.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -114,6 +114,7 @@ def snapshot(
 register_commands(app, _settings, console)
 register_ab_commands(app, _settings, console)
 register_security_commands(app, _settings, console)
+register_similarity_commands(app, _settings, console)
 
 
 def main() -> None:

@@ -110,3 +110,34 @@ async def rotate_fields(conn: asyncpg.Connection, keyring: Keyring) -> tuple[int
                 )
                 changed += 1
     return changed, total
+
+
+def register_similarity_commands(
+    app: typer.Typer, settings_factory: Callable[[], Settings], console: Console
+) -> None:
+    similarity_app = typer.Typer(help="Similarity search index.", no_args_is_help=True)
+    app.add_typer(similarity_app, name="similarity")
+
+    @similarity_app.command("build")
+    def build(
+        window: Annotated[int, typer.Option(help="bars per return path: 20, 30 or 60")] = 30,
+        ticker: Annotated[
+            list[str] | None, typer.Option(help="only these tickers (repeatable)")
+        ] = None,
+    ) -> None:
+        """(Re)build the embeddings of every ticker's return windows for similarity search."""
+        from api.services.similarity import build as build_windows
+        from features.similarity import WINDOWS
+
+        if window not in WINDOWS:
+            raise typer.BadParameter(f"window must be one of {WINDOWS}")
+        tickers = [t.upper() for t in ticker] if ticker else None
+
+        async def run(conn: asyncpg.Connection) -> object:
+            return await build_windows(conn, window, tickers)
+
+        with console.status(f"embedding {window}-bar windows and indexing them (HNSW)…"):
+            report = with_conn(settings_factory(), run)
+        console.print(
+            f"indexed {report.rows} windows of {report.window} bars for {report.tickers} ticker(s)"
+        )

@@ -46,6 +46,27 @@ def ensure_champions(settings: Settings, console: Console) -> None:
     console.print(f"registered {asyncio.run(register())}")
 
 
+def ensure_similarity_index(settings: Settings, console: Console, window: int = 30) -> None:
+    """Embed every ticker's return windows once, so similarity search works on first start."""
+    from api.services.similarity import build
+    from pipelines.models import connect
+
+    async def run() -> None:
+        conn = await connect(settings.database_url or "")
+        try:
+            if await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM return_windows WHERE window_len = $1)", window
+            ):
+                return
+            with console.status(f"first run: indexing {window}-bar return windows (pgvector) ..."):
+                report = await build(conn, window)
+            console.print(f"indexed {report.rows} return windows for similarity search")
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def _serve_in_process(ready: Settings, console: Console) -> None:
     """`--no-ray`: the same API and models in this process, behind uvicorn."""
     from serving.local import DbWeights, LocalPredictor
@@ -125,6 +146,7 @@ def run(settings: Settings, console: Console, use_ray: bool = True) -> None:
             report = asyncio.run(ingest_bundled(database_url))
             console.print(f"ingested {report.rows_added} bars in {report.seconds:.1f} s")
         ensure_champions(ready, console)
+        ensure_similarity_index(ready, console)
         if use_ray:
             _serve_with_ray(ready, console)
         else:

@@ -22,6 +22,8 @@ from pipelines.embedded import resolved_settings
 from pipelines.ingest import IngestReport, ingest_bundled
 
 PASSWORD = "correct horse battery staple"
+DEFAULT_USER = "default-user@example.com"
+ANONYMOUS = {"Authorization": ""}  # overrides a client's default credentials: no caller
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +82,21 @@ def outbox() -> OutboxEmailSender:
 async def client(
     settings: Settings, first_ingest: IngestReport, outbox: OutboxEmailSender
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in-process, signed in as a default user (domain routes all need a caller);
+    send `ANONYMOUS` as headers to call without credentials."""
     app = create_app(settings)
     app.state.email_sender = outbox
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            client.headers.update(await sign_up(client, DEFAULT_USER))
             yield client
+
+
+@pytest.fixture(scope="session")
+def user_headers(client: httpx.AsyncClient) -> dict[str, str]:
+    """The default user's Authorization header, for other clients of the same services."""
+    return {"Authorization": client.headers["Authorization"]}
 
 
 async def sign_up(

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import MarketDataDep, scope_if_signed_in
+from api.deps import MarketDataDep, PoolDep, require_scope
 from api.errors import Unprocessable
 from api.routers.stocks import TickerPath
 from api.schemas import (
@@ -20,10 +20,11 @@ from api.schemas import (
     PatternResponse,
 )
 from api.services.market_data import DateRange
+from api.services.similarity import SimilarityService
 from features import indicators, patterns, signals
 
 router = APIRouter(
-    prefix="/api/v1/analysis", tags=["analysis"], dependencies=[scope_if_signed_in("read:market")]
+    prefix="/api/v1/analysis", tags=["analysis"], dependencies=[require_scope("read:market")]
 )
 MAX_INDICATORS = 20
 
@@ -221,3 +222,52 @@ async def ticker_levels(
         raise Unprocessable("not_enough_history", "levels need at least 30 bars")
     found = signals.support_resistance(bars, lookback=lookback_days)
     return LevelsOut(ticker=ticker.upper(), as_of=bars.index[-1].date(), **found)
+
+
+class Analogue(BaseModel):
+    """One historical window (`date` is its last bar) and what followed it."""
+
+    ticker: str
+    date: date
+    distance: float = Field(description="Euclidean distance of the z-normalised return paths")
+    fwd_5: float | None = Field(description="log return over the next 5 bars")
+    fwd_20: float | None = Field(description="log return over the next 20 bars")
+
+
+class OutcomeDistribution(BaseModel):
+    n: int
+    mean: float | None = None
+    median: float | None = None
+    p10: float | None = None
+    p90: float | None = None
+    share_up: float | None = None
+
+
+class SimilarOut(BaseModel):
+    ticker: str
+    as_of: date
+    window: int
+    matches: list[Analogue]
+    outcomes: dict[str, OutcomeDistribution] = Field(
+        description="what followed the analogues, by horizon (5 and 20 bars)"
+    )
+    note: str = (
+        "Analogues describe what followed similar past paths; their spread is wide and they "
+        "are not a forecast."
+    )
+
+
+@router.get("/{ticker}/similar", response_model=SimilarOut)
+async def similar(
+    market: MarketDataDep,
+    pool: PoolDep,
+    ticker: TickerPath,
+    window: Annotated[int, Query(description="bars in the return path: 20, 30 or 60")] = 30,
+    k: Annotated[int, Query(ge=1, le=100)] = 20,
+    end: date | None = None,
+) -> SimilarOut:
+    """The nearest historical analogues of the ticker's recent return path (pgvector HNSW),
+    and the distribution of what followed them."""
+    row = await market.instrument(ticker)
+    found = await SimilarityService(pool).similar(row["ticker"], window, k, end)
+    return SimilarOut(**found)

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from api.db.models import AliasEventRepository
-from api.deps import PoolDep, scope_if_signed_in
+from api.deps import PoolDep, require_scope
 from api.errors import ProblemError
 from api.predictor import FAMILIES, ModelVersion, Predictor, model_name
 
 router = APIRouter(
-    prefix="/api/v1/models", tags=["models"], dependencies=[scope_if_signed_in("read:predictions")]
+    prefix="/api/v1/models", tags=["models"], dependencies=[require_scope("read:predictions")]
 )
 HISTORY_LIMIT = 20
 

@@ -8,13 +8,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import CallerKeyDep, PredictionsDep, scope_if_signed_in
+from api.deps import CallerKeyDep, PredictionsDep, require_scope
 from api.routers.stocks import TickerPath
 
 router = APIRouter(
     prefix="/api/v1/predictions",
     tags=["predictions"],
-    dependencies=[scope_if_signed_in("read:predictions")],
+    dependencies=[require_scope("read:predictions")],
 )
 Family = Literal["lstm", "transformer", "hybrid", "ensemble"]
 

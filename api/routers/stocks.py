@@ -9,11 +9,11 @@ import pandas as pd
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from api.deps import MarketDataDep, scope_if_signed_in
+from api.deps import MarketDataDep, require_scope
 from api.schemas import Bar, History, StockHit, StockSearch
 
 router = APIRouter(
-    prefix="/api/v1/stocks", tags=["stocks"], dependencies=[scope_if_signed_in("read:market")]
+    prefix="/api/v1/stocks", tags=["stocks"], dependencies=[require_scope("read:market")]
 )
 TickerPath = Annotated[str, Path(min_length=1, max_length=15, examples=["AAPL"])]
 

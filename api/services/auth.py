@@ -92,6 +92,28 @@ def normalise_email(raw: str) -> str:
         raise Unprocessable("invalid_email", str(exc)) from exc
 
 
+async def create_account(
+    users: UserRepository,
+    keyring: Keyring,
+    address: str,
+    display_name: str,
+    password_hash: str | None,
+) -> UserRow:
+    """Store a new account (e-mail encrypted and blind-indexed); 409 if the address is taken.
+    Without a password hash the account signs in only through a provider (or a reset link)."""
+    user_id = uuid.uuid4()
+    user = await users.create(
+        user_id,
+        keyring.encrypt(address, f"users.email:{user_id}"),
+        keyring.blind_index(address),
+        password_hash,
+        display_name,
+    )
+    if user is None:
+        raise ProblemError(409, "email_taken", "an account with this e-mail already exists")
+    return user
+
+
 class AuthService:
     def __init__(
         self, pool: asyncpg.Pool, redis: Redis | None, settings: Settings, keyring: Keyring
@@ -136,16 +158,13 @@ class AuthService:
         problem = password_problem(password, address)
         if problem:
             raise Unprocessable("weak_password", problem)
-        user_id = uuid.uuid4()
-        user = await self._users.create(
-            user_id,
-            self._keyring.encrypt(address, f"users.email:{user_id}"),
-            self._keyring.blind_index(address),
-            hash_password(password),
+        user = await create_account(
+            UserRepository(self._pool),
+            self._keyring,
+            address,
             display_name,
+            hash_password(password),
         )
-        if user is None:
-            raise ProblemError(409, "email_taken", "an account with this e-mail already exists")
         await self.audit("register", user.id, ip)
         return user
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,7 @@ from redis.exceptions import RedisError
 from api.db.users import UserRepository, UserRow
 from api.errors import ProblemError
 from api.security.crypto import Keyring
-from api.services.auth import AuthService, TokenPair, normalise_email
+from api.services.auth import AuthService, TokenPair, create_account, normalise_email
 from api.settings import OAuthProvider, Settings
 
 STATE_TTL_S = 600
@@ -214,16 +213,10 @@ class OAuthService:
                 self._keyring.blind_index(account.email)
             )
             event = "oauth_linked"
-            if user is None:
-                user_id = uuid.uuid4()
-                user = await UserRepository(conn).create(
-                    user_id,
-                    self._keyring.encrypt(account.email, f"users.email:{user_id}"),
-                    self._keyring.blind_index(account.email),
-                    None,  # no password: this account signs in through the provider
-                    account.display_name,
+            if user is None:  # no password: this account signs in through the provider
+                user = await create_account(
+                    UserRepository(conn), self._keyring, account.email, account.display_name, None
                 )
-                assert user is not None
                 event = "oauth_registered"
             await conn.execute(
                 """INSERT INTO oauth_identities (provider, subject, user_id) VALUES ($1, $2, $3)""",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 
-from tests.conftest import sign_up
+from tests.conftest import ANONYMOUS, sign_up
 
 GOOD = (
     b"date,open,high,low,close,volume\n"
@@ -20,7 +20,7 @@ def _upload(content: bytes, name: str = "acme.csv") -> dict:
 
 async def test_import_requires_an_administrator(client: httpx.AsyncClient) -> None:
     url = "/api/v1/admin/bars/import?ticker=ACME"
-    assert (await client.post(url, files=_upload(GOOD))).status_code == 401
+    assert (await client.post(url, files=_upload(GOOD), headers=ANONYMOUS)).status_code == 401
     wrong = {"Authorization": "Bearer not-the-token-at-all"}
     assert (await client.post(url, files=_upload(GOOD), headers=wrong)).status_code == 401
     user = await sign_up(client, "not-an-admin@example.com")

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from api.settings import Settings
 from features.bars import ticker_frame
-from tests.conftest import sign_up
+from tests.conftest import ANONYMOUS, sign_up
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,10 @@ async def test_weekly_and_monthly_history_resample_the_daily_bars(
 
 
 async def test_market_routes_require_sign_in(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/api/v1/market/overview")).status_code == 401
+    anonymous = await client.get("/api/v1/market/overview", headers=ANONYMOUS)
+    assert anonymous.status_code == 401
+    for path in ("/api/v1/stocks/AAPL/quote", "/api/v1/analysis/AAPL/summary", "/api/v1/models"):
+        assert (await client.get(path, headers=ANONYMOUS)).status_code == 401, path
 
 
 async def test_overview_counts_every_equity_and_matches_the_index(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from api.services.ledger import Entry, Oversold, replay
-from tests.conftest import sign_up
+from tests.conftest import ANONYMOUS, sign_up
 
 # ---------------------------------------------------------------- the ledger, by hand
 
@@ -222,7 +222,7 @@ async def test_another_users_portfolio_is_not_found_and_untouchable(
         "total"
     ] == 0
     assert [p["id"] for p in (await client.get("/api/v1/portfolio", headers=bob)).json()] == []
-    assert (await client.get(base)).status_code == 401
+    assert (await client.get(base, headers=ANONYMOUS)).status_code == 401
 
 
 async def test_portfolios_are_renamed_listed_deleted_and_names_unique(
@@ -324,7 +324,9 @@ async def test_api_keys_need_the_portfolio_scope(client: httpx.AsyncClient) -> N
         key = await client.post(
             "/api/v1/users/me/api-keys", json={"name": "k", "scopes": scopes}, headers=user
         )
-        response = await client.get("/api/v1/portfolio", headers={"X-API-Key": key.json()["key"]})
+        response = await client.get(
+            "/api/v1/portfolio", headers={**ANONYMOUS, "X-API-Key": key.json()["key"]}
+        )
         assert response.status_code == expected, scopes
 
 

@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 
 from api.security.mail import OutboxEmailSender
-from tests.conftest import PASSWORD, sign_up
+from tests.conftest import ANONYMOUS, PASSWORD, sign_up
 
 
 def _email() -> str:
@@ -170,7 +170,7 @@ async def test_export_holds_every_seeded_item_and_erasure_leaves_no_pii(
 
     assert (await client.get("/api/v1/users/me", headers=user)).status_code == 401
     assert (
-        await client.get("/api/v1/users/me", headers={"X-API-Key": key.json()["key"]})
+        await client.get("/api/v1/users/me", headers={**ANONYMOUS, "X-API-Key": key.json()["key"]})
     ).status_code == 401
     login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
     assert login.status_code == 401

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -18,6 +19,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from api.app import create_app
+from api.db.users import UserRepository
+from api.security.crypto import Keyring
+from api.services.ab import bucket
+from api.services.auth import AuthService, create_account
 from api.settings import Settings
 from features.windows import FeatureConfig
 from serving.local import LocalPredictor
@@ -103,7 +108,10 @@ async def api(
     settings: Settings,
     first_ingest: object,
     serving_registry: MlflowClient,
+    user_headers: dict[str, str],
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """The API over the in-process predictor of this registry, signed in as the default user."""
+
     async def weight(family: str) -> float:
         return CHALLENGER_WEIGHTS.get(family, 0.0)
 
@@ -111,8 +119,44 @@ async def api(
     app = create_app(settings, predictor)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=user_headers
+        ) as client:
             yield client
+
+
+Caller = tuple[uuid.UUID, dict[str, str]]
+
+
+@pytest.fixture(scope="session")
+async def mint_user(
+    settings: Settings, pool: asyncpg.Pool
+) -> AsyncIterator[Callable[[], Awaitable[Caller]]]:
+    """Signed-in users made in bulk for A/B tests: a real account and session each, created
+    through the repositories and AuthService (no password, so no argon2 cost per user)."""
+    keyring = Keyring.from_settings(settings)
+    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    auth = AuthService(pool, redis, settings, keyring)
+
+    async def mint() -> Caller:
+        email = f"caller-{uuid.uuid4().hex}@example.com"
+        user = await create_account(UserRepository(pool), keyring, email, "A/B caller", None)
+        pair = await auth.start_session(user, "tests", None)
+        return user.id, {"Authorization": f"Bearer {pair.access_token}"}
+
+    yield mint
+    await redis.aclose()
+
+
+async def caller_on(
+    mint: Callable[[], Awaitable[Caller]], family: str, challenger: bool, weight: float = 0.5
+) -> dict[str, str]:
+    """Headers of a user the sticky router sends to the wanted variant at `weight`."""
+    for _ in range(200):
+        user_id, headers = await mint()
+        if (bucket(f"user:{user_id}", family) < weight) == challenger:
+            return headers
+    raise AssertionError("no caller found")
 
 
 async def last_rollback(pool: asyncpg.Pool, family: str, broken: str) -> asyncpg.Record:

@@ -4,6 +4,7 @@ bars that arrive later, the Diebold-Mariano verdict and the `stockcopilot ab` co
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 
 import asyncpg
@@ -18,9 +19,9 @@ from api.db.ab import (
     ResolvedLoss,
     challenger_weight,
 )
-from api.services.ab import bucket
 from api.services.outcomes import ab_report
 from pipelines.models import default_actor
+from tests.serving.conftest import Caller, caller_on
 from tests.utils import invoke
 from training.metrics import diebold_mariano, row_pinball
 
@@ -30,15 +31,6 @@ def _pinball_by_hand(y: float, q10: float, q50: float, q90: float) -> float:
         max(tau * (y - q), (tau - 1) * (y - q)) for q, tau in ((q10, 0.1), (q50, 0.5), (q90, 0.9))
     ]
     return sum(losses) / 3
-
-
-def _client_id(family: str, challenger: bool, weight: float = 0.5) -> str:
-    """A client id the sticky router sends to the wanted variant at `weight`."""
-    for i in range(1000):
-        key = f"abtest-{i:04d}"
-        if (bucket(key, family) < weight) == challenger:
-            return key
-    raise AssertionError("no client id found")
 
 
 # ---------------------------------------------------------------- weights
@@ -285,10 +277,15 @@ async def test_cli_ab_set_stores_and_audits_the_weight(cli_env: None, pool: asyn
 
 
 async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
-    cli_env: None, api: httpx.AsyncClient, pool: asyncpg.Pool, admin_headers: dict[str, str]
+    cli_env: None,
+    api: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    admin_headers: dict[str, str],
+    mint_user: Callable[[], Awaitable[Caller]],
 ) -> None:
     """Bars arrive five days at a time for two imported tickers; after each arrival both hybrid
     variants forecast from the newest bar (live). The CLI then resolves and tests them."""
+    callers = {flag: await caller_on(mint_user, "hybrid", flag) for flag in (False, True)}
     source = {
         "ABREPA": await _bars(pool, "KO", date(2021, 1, 1), date(2022, 6, 1)),
         "ABREPB": await _bars(pool, "MSFT", date(2021, 1, 1), date(2022, 6, 1)),
@@ -301,7 +298,7 @@ async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
             response = await api.post(
                 "/api/v1/predictions/batch",
                 json={"tickers": list(source), "horizon": 5, "model": "hybrid"},
-                headers={"X-Client-Id": _client_id("hybrid", challenger)},
+                headers=callers[challenger],
             )
             assert response.status_code == 200, response.text
             variants = {p["model"]["variant"] for p in response.json()["predictions"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from api.db.models import AliasEvent, AliasEventRepository
 from api.services.predictions import prob_up
 from api.settings import Settings
+from tests.serving.conftest import Caller
 
 
 async def test_prediction_names_model_and_gives_ordered_price_bands(api: httpx.AsyncClient) -> None:
@@ -94,25 +96,30 @@ async def test_imported_ticker_is_predicted_by_the_global_model(
     assert body["ticker"] == "KOCOPY" and body["quantiles"]["p10"] < body["quantiles"]["p90"]
 
 
-async def test_ab_split_is_sticky_per_caller_and_near_the_weight(api: httpx.AsyncClient) -> None:
-    variants = []
-    for i in range(120):
-        headers = {"X-Client-Id": f"client-{i:04d}"}
+async def test_ab_split_is_sticky_per_user_and_near_the_weight(
+    api: httpx.AsyncClient, mint_user: Callable[[], Awaitable[Caller]]
+) -> None:
+    variants, users = [], []
+    for _ in range(120):
+        _, headers = await mint_user()
         response = await api.get(
             "/api/v1/predictions/AAPL", params={"model": "hybrid", "horizon": 1}, headers=headers
         )
         variants.append(response.json()["model"]["variant"])
+        users.append(headers)
     share = variants.count("challenger") / len(variants)
-    assert 0.35 < share < 0.65  # weight 0.5; 120 callers put 3 sigma at about ±0.14
+    assert 0.35 < share < 0.65  # weight 0.5; 120 users put 3 sigma at about ±0.14
     again = await api.get(
+        "/api/v1/predictions/AAPL", params={"model": "hybrid", "horizon": 1}, headers=users[7]
+    )
+    assert again.json()["model"]["variant"] == variants[7]  # the same user, the same variant
+    spoof = await api.get(
         "/api/v1/predictions/AAPL",
         params={"model": "hybrid", "horizon": 1},
-        headers={"X-Client-Id": "client-0007"},
+        headers={**users[7], "X-Client-Id": "someone-else-entirely"},
     )
-    assert again.json()["model"]["variant"] == variants[7]
-    champion = await api.get(
-        "/api/v1/predictions/AAPL", params={"model": "lstm"}, headers={"X-Client-Id": "client-0007"}
-    )
+    assert spoof.json()["model"]["variant"] == variants[7]  # a header cannot pick the variant
+    champion = await api.get("/api/v1/predictions/AAPL", params={"model": "lstm"}, headers=users[7])
     assert champion.json()["model"]["variant"] == "champion"  # lstm has no challenger
 
 

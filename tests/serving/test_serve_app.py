@@ -67,10 +67,11 @@ def serve_url(
         ray.shutdown()
 
 
-def test_predictions_through_the_serve_proxy(serve_url: str) -> None:
+def test_predictions_through_the_serve_proxy(serve_url: str, user_headers: dict[str, str]) -> None:
     lstm = httpx.get(
         f"{serve_url}/api/v1/predictions/MSFT",
         params={"model": "lstm", "horizon": 20, "as_of": "2022-03-01"},
+        headers=user_headers,
         timeout=60,
     )
     assert lstm.status_code == 200, lstm.text
@@ -80,6 +81,7 @@ def test_predictions_through_the_serve_proxy(serve_url: str) -> None:
     ensemble = httpx.get(
         f"{serve_url}/api/v1/predictions/XOM",
         params={"model": "ensemble", "as_of": "2022-02-01"},
+        headers=user_headers,
         timeout=60,
     )
     assert ensemble.status_code == 200, ensemble.text
@@ -92,6 +94,7 @@ def test_predictions_through_the_serve_proxy(serve_url: str) -> None:
             "horizon": 1,
             "as_of": "2022-04-01",
         },
+        headers=user_headers,
         timeout=60,
     )
     assert batch.status_code == 200 and len(batch.json()["predictions"]) == 2
@@ -116,7 +119,9 @@ def moved(
     return old, new
 
 
-def test_alias_moved_in_the_registry_is_followed(serve_url: str, moved: tuple[str, str]) -> None:
+def test_alias_moved_in_the_registry_is_followed(
+    serve_url: str, moved: tuple[str, str], user_headers: dict[str, str]
+) -> None:
     new_version = moved[1]
     deadline, seen, day = time.monotonic() + 30, None, 1
     while time.monotonic() < deadline:
@@ -124,6 +129,7 @@ def test_alias_moved_in_the_registry_is_followed(serve_url: str, moved: tuple[st
         response = httpx.get(
             f"{serve_url}/api/v1/predictions/KO",
             params={"model": "lstm", "as_of": f"2021-03-{day:02d}"},
+            headers=user_headers,
             timeout=60,
         )
         assert response.status_code in (200, 422), response.text
@@ -166,7 +172,9 @@ def _running(deployment: str, starting: bool = False) -> int:
     return int(states.get("RUNNING", 0)) + (int(states.get("STARTING", 0)) if starting else 0)
 
 
-def test_a_killed_replica_is_replaced_while_requests_succeed(serve_url: str) -> None:
+def test_a_killed_replica_is_replaced_while_requests_succeed(
+    serve_url: str, user_headers: dict[str, str]
+) -> None:
     replicas = _lstm_replicas()
     assert len(replicas) >= 2
     ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
@@ -175,6 +183,7 @@ def test_a_killed_replica_is_replaced_while_requests_succeed(serve_url: str) -> 
         response = httpx.get(
             f"{serve_url}/api/v1/predictions/JPM",
             params={"model": "lstm", "as_of": f"2020-06-{day:02d}"},
+            headers=user_headers,
             timeout=60,
         )
         statuses.append(response.status_code)
@@ -187,7 +196,7 @@ def test_a_killed_replica_is_replaced_while_requests_succeed(serve_url: str) -> 
     assert replicas[0] not in _lstm_replicas() and _running("LSTMForecaster") >= 2
 
 
-async def _load(url: str, stop: asyncio.Event, workers: int = 12) -> int:
+async def _load(url: str, headers: dict[str, str], stop: asyncio.Event, workers: int = 12) -> int:
     """Loopback load on uncached hybrid predictions until `stop` is set; returns requests sent."""
     dates = pd.bdate_range("2020-01-02", "2022-12-28")
     combos = iter([(t, d) for d in dates for t in ("AAPL", "KO", "XOM", "JPM", "MSFT")])
@@ -204,15 +213,17 @@ async def _load(url: str, stop: asyncio.Event, workers: int = 12) -> int:
             )
             sent += 1
 
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, headers=headers) as client:
         await asyncio.gather(*(worker(client) for _ in range(workers)))
     return sent
 
 
-async def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(serve_url: str) -> None:
+async def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(
+    serve_url: str, user_headers: dict[str, str]
+) -> None:
     assert _running("HybridForecaster") == 1
     stop = asyncio.Event()
-    load = asyncio.create_task(_load(serve_url, stop))
+    load = asyncio.create_task(_load(serve_url, user_headers, stop))
     peak, deadline = 1, time.monotonic() + 90  # bounded: at most 90 s of load
     while time.monotonic() < deadline and peak < 2:
         await asyncio.sleep(1)
@@ -232,6 +243,7 @@ async def test_a_version_that_fails_to_load_is_rolled_back_while_requests_succee
     registry_root: Path,
     pool: asyncpg.Pool,
     settings: Settings,
+    user_headers: dict[str, str],
 ) -> None:
     good = registry.alias_version(serving_registry, "transformer", "champion")
     broken_dir = registry_root / "broken-bundle"
@@ -252,7 +264,7 @@ async def test_a_version_that_fails_to_load_is_rolled_back_while_requests_succee
 
     deadline, day, answered = time.monotonic() + 40, 1, []
     while time.monotonic() < deadline:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with httpx.AsyncClient(timeout=60, headers=user_headers) as client:
             response = await client.get(
                 f"{serve_url}/api/v1/predictions/XOM",
                 params={"model": "transformer", "as_of": f"2019-07-{day:02d}"},
