@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -308,16 +308,7 @@ def _last(entry: Entry, ledger: list[TransactionRow]) -> Entry:
 
 
 def _with_sequence(entry: Entry, sequence: int) -> Entry:
-    return Entry(
-        entry.type,
-        entry.date,
-        entry.ticker,
-        entry.quantity,
-        entry.price,
-        entry.amount,
-        entry.fee,
-        sequence,
-    )
+    return replace(entry, sequence=sequence)
 
 
 def _csv_safe(text: str) -> str:
