@@ -122,6 +122,7 @@ async def request_verification(
 
 @router.post("/verify-email", status_code=204)
 async def verify_email(body: TokenIn, auth: AuthDep, ip: ClientIpDep) -> None:
+    """Mark the address verified with the token from the link (single use)."""
     await auth.verify_email(body.token, ip)
 
 

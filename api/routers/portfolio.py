@@ -137,16 +137,19 @@ ServiceDep = Annotated[PortfolioService, Depends(get_service)]
 async def create_portfolio(
     body: PortfolioIn, principal: PrincipalDep, service: ServiceDep
 ) -> PortfolioOut:
+    """A new, empty portfolio (base currency USD); names are unique per user."""
     return _portfolio_out(await service.create(principal.user_id, body.name))
 
 
 @router.get("", response_model=list[PortfolioOut])
 async def list_portfolios(principal: PrincipalDep, pool: PoolDep) -> list[PortfolioOut]:
+    """Your portfolios, oldest first."""
     return [_portfolio_out(r) for r in await PortfolioRepository(pool).of_user(principal.user_id)]
 
 
 @router.get("/{portfolio_id}", response_model=PortfolioOut)
 async def get_portfolio(portfolio: OwnedPortfolio) -> PortfolioOut:
+    """One of your portfolios."""
     return _portfolio_out(portfolio)
 
 
@@ -154,6 +157,7 @@ async def get_portfolio(portfolio: OwnedPortfolio) -> PortfolioOut:
 async def rename_portfolio(
     body: PortfolioIn, portfolio: OwnedPortfolio, service: ServiceDep
 ) -> PortfolioOut:
+    """Rename a portfolio."""
     return _portfolio_out(await service.rename(portfolio, body.name))
 
 
@@ -413,6 +417,7 @@ async def _known(pool: PoolDep, raw: list[str]) -> list[str]:
 async def create_watchlist(
     body: WatchlistIn, principal: PrincipalDep, pool: PoolDep
 ) -> WatchlistOut:
+    """A named list of known tickers."""
     tickers = await _known(pool, body.tickers)
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
@@ -435,6 +440,7 @@ async def create_watchlist(
 
 @watchlists.get("", response_model=list[WatchlistOut])
 async def list_watchlists(principal: PrincipalDep, pool: PoolDep) -> list[WatchlistOut]:
+    """Your watchlists with their tickers."""
     rows = await pool.fetch(
         "SELECT id, name, created_at FROM watchlists WHERE user_id = $1 ORDER BY created_at",
         principal.user_id,
@@ -486,4 +492,5 @@ async def replace_watchlist(
 
 @watchlists.delete("/{watchlist_id}", status_code=204)
 async def delete_watchlist(watchlist: OwnedWatchlist, pool: PoolDep) -> None:
+    """Delete a watchlist."""
     await pool.execute("DELETE FROM watchlists WHERE id = $1", watchlist["id"])

@@ -133,6 +133,7 @@ async def _me(pool: PoolDep, principal: PrincipalDep) -> UserRow:
 
 @router.get("/me", response_model=UserOut)
 async def get_me(pool: PoolDep, principal: PrincipalDep, auth: AuthDep) -> UserOut:
+    """Your profile."""
     user = await _me(pool, principal)
     return user_out(user, auth.email_of(user))
 
@@ -141,6 +142,7 @@ async def get_me(pool: PoolDep, principal: PrincipalDep, auth: AuthDep) -> UserO
 async def patch_me(
     body: ProfilePatch, pool: PoolDep, principal: PrincipalDep, auth: AuthDep
 ) -> UserOut:
+    """Change display name, time zone (IANA) or currency (ISO 4217)."""
     await _me(pool, principal)
     user = await UserRepository(pool).update_profile(
         principal.user_id, body.model_dump(exclude_none=True)
@@ -150,11 +152,13 @@ async def patch_me(
 
 @router.get("/me/settings", response_model=UserSettings)
 async def get_settings(pool: PoolDep, principal: PrincipalDep) -> UserSettings:
+    """Your preferences (notifications, default model, risk tolerance)."""
     return UserSettings.model_validate((await _me(pool, principal)).settings)
 
 
 @router.put("/me/settings", response_model=UserSettings)
 async def put_settings(body: UserSettings, pool: PoolDep, principal: PrincipalDep) -> UserSettings:
+    """Replace your preferences."""
     await UserRepository(pool).put_settings(principal.user_id, body.model_dump())
     return body
 
@@ -185,6 +189,7 @@ async def end_all_sessions(principal: PrincipalDep, auth: AuthDep, ip: ClientIpD
 async def end_session(
     session_id: uuid.UUID, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
 ) -> None:
+    """Sign out one device (its refresh and access tokens stop working)."""
     await auth.end_session(principal.user_id, session_id, ip, "ended by user")
 
 
@@ -205,6 +210,7 @@ async def create_api_key(
 
 @router.get("/me/api-keys", response_model=list[ApiKeyOut])
 async def list_api_keys(pool: PoolDep, principal: PrincipalDep) -> list[ApiKeyOut]:
+    """Your API keys, newest first (never the secrets)."""
     rows = await ApiKeyRepository(pool).of_user(principal.user_id)
     return [ApiKeyOut.model_validate(r, from_attributes=True) for r in rows]
 
@@ -213,6 +219,7 @@ async def list_api_keys(pool: PoolDep, principal: PrincipalDep) -> list[ApiKeyOu
 async def revoke_api_key(
     key_id: uuid.UUID, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
 ) -> None:
+    """Revoke a key at once."""
     await auth.revoke_api_key(principal.user_id, key_id, ip)
 
 
@@ -277,6 +284,7 @@ async def record_consent(body: ConsentIn, principal: PrincipalDep, pool: PoolDep
 
 @router.get("/me/consents", response_model=list[ConsentOut])
 async def list_consents(principal: PrincipalDep, pool: PoolDep) -> list[ConsentOut]:
+    """Every consent given or withdrawn, oldest first."""
     return [ConsentOut(**dict(r)) for r in await ConsentRepository(pool).of_user(principal.user_id)]
 
 
@@ -297,11 +305,13 @@ async def put_secret(
 
 @router.get("/me/secrets", response_model=list[SecretOut])
 async def list_secrets(principal: PrincipalDep, pool: PoolDep) -> list[SecretOut]:
+    """Which provider keys are stored (never their values)."""
     return [SecretOut(**dict(r)) for r in await UserSecretRepository(pool).names(principal.user_id)]
 
 
 @router.delete("/me/secrets/{name}", status_code=204)
 async def delete_secret(name: SecretName, principal: PrincipalDep, pool: PoolDep) -> None:
+    """Forget a stored provider key."""
     if not await UserSecretRepository(pool).delete(principal.user_id, name):
         raise ProblemError(404, "secret_not_found", f"no {name} stored")
 

@@ -417,3 +417,18 @@ async def test_openapi_offers_the_password_flow_and_api_keys_to_authorize(
     }
     me = schema["paths"]["/api/v1/users/me"]["get"]
     assert {"OAuth2PasswordBearer": []} in me["security"]
+
+
+async def test_every_operation_is_described_and_every_domain_route_is_protected(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    open_routes = {"/healthz", "/readyz"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("description"), f"{method.upper()} {path} has no description"
+            protected = "security" in operation
+            if path.startswith("/api/v1/") and not path.startswith("/api/v1/auth/"):
+                assert protected, f"{method.upper()} {path} is open"
+            elif path in open_routes:
+                assert not protected, path
