@@ -36,14 +36,36 @@ class RegisterIn(BaseModel):
     password: str = Field(max_length=256, description="at least 12 characters")
     display_name: str = Field(min_length=1, max_length=80)
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "email": "jane@example.com",
+                    "password": "correct horse battery staple",
+                    "display_name": "Jane",
+                }
+            ]
+        }
+    }
+
 
 class LoginIn(BaseModel):
     email: str = Field(max_length=254)
     password: str = Field(max_length=256)
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"email": "jane@example.com", "password": "correct horse battery staple"}]
+        }
+    }
+
 
 class RefreshIn(BaseModel):
     refresh_token: str = Field(min_length=16, max_length=200)
+
+    model_config = {
+        "json_schema_extra": {"examples": [{"refresh_token": "q3Jx0q3nA6m2Zk1wYbQeM8vS4tL9pR7u"}]}
+    }
 
 
 class TokenOut(BaseModel):
@@ -99,14 +121,31 @@ async def refresh(body: RefreshIn, auth: AuthDep, ip: ClientIpDep) -> TokenOut:
 class TokenIn(BaseModel):
     token: str = Field(min_length=16, max_length=200)
 
+    model_config = {
+        "json_schema_extra": {"examples": [{"token": "Hn3k9wQpX2m7Vb4tLr8sYc1zJd6fGa0e"}]}
+    }
+
 
 class ResetRequestIn(BaseModel):
     email: str = Field(max_length=254)
+
+    model_config = {"json_schema_extra": {"examples": [{"email": "jane@example.com"}]}}
 
 
 class ResetIn(BaseModel):
     token: str = Field(min_length=16, max_length=200)
     password: str = Field(max_length=256)
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "token": "Hn3k9wQpX2m7Vb4tLr8sYc1zJd6fGa0e",
+                    "password": "a brand new long passphrase",
+                }
+            ]
+        }
+    }
 
 
 @router.post("/verify-email/request", status_code=202)

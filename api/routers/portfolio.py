@@ -41,6 +41,8 @@ router = APIRouter(
 class PortfolioIn(BaseModel):
     name: str = Field(min_length=1, max_length=80, examples=["Retirement"])
 
+    model_config = {"json_schema_extra": {"examples": [{"name": "Retirement"}]}}
+
 
 class PortfolioOut(BaseModel):
     id: uuid.UUID
@@ -375,6 +377,10 @@ watchlists = APIRouter(
 class WatchlistIn(BaseModel):
     name: str = Field(min_length=1, max_length=80, examples=["Tech to watch"])
     tickers: list[str] = Field(default_factory=list, max_length=200)
+
+    model_config = {
+        "json_schema_extra": {"examples": [{"name": "Tech to watch", "tickers": ["AAPL", "MSFT"]}]}
+    }
 
 
 class WatchlistOut(BaseModel):

@@ -64,6 +64,12 @@ class BatchRequest(BaseModel):
     model: Family = "ensemble"
     as_of: date | None = None
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"tickers": ["AAPL", "KO", "XOM"], "horizon": 5, "model": "ensemble"}]
+        }
+    }
+
 
 class BatchResponse(BaseModel):
     predictions: list[Prediction]

@@ -68,6 +68,12 @@ class ProfilePatch(BaseModel):
             raise ValueError(f"unknown time zone {value!r}")
         return value
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{"display_name": "Jane D.", "timezone": "Europe/Paris", "currency": "EUR"}]
+        }
+    }
+
 
 class NotificationPrefs(BaseModel):
     email: bool = True
@@ -84,7 +90,18 @@ class UserSettings(BaseModel):
     )
     risk_tolerance: Literal["low", "medium", "high"] = "medium"
 
-    model_config = {"extra": "forbid"}
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "notifications": {"email": True, "push": False, "model_events": False},
+                    "default_model": "ensemble",
+                    "risk_tolerance": "medium",
+                }
+            ]
+        },
+        "extra": "forbid",
+    }
 
     @field_validator("default_model")
     @classmethod
@@ -107,6 +124,18 @@ class ApiKeyIn(BaseModel):
     name: str = Field(min_length=1, max_length=80)
     scopes: list[str] = Field(min_length=1, max_length=10)
     expires_at: datetime | None = None
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "name": "notebook",
+                    "scopes": ["read:market", "read:predictions"],
+                    "expires_at": "2027-06-30T00:00:00Z",
+                }
+            ]
+        }
+    }
 
 
 class ApiKeyOut(BaseModel):
@@ -227,10 +256,22 @@ class ErasureIn(BaseModel):
     confirm: Literal["DELETE MY ACCOUNT"] = Field(description='type "DELETE MY ACCOUNT"')
     password: str | None = Field(default=None, max_length=256, description="current password")
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"confirm": "DELETE MY ACCOUNT", "password": "correct horse battery staple"}
+            ]
+        }
+    }
+
 
 class ConsentIn(BaseModel):
     kind: Literal["terms", "privacy_policy", "marketing_email", "analytics"]
     granted: bool
+
+    model_config = {
+        "json_schema_extra": {"examples": [{"kind": "marketing_email", "granted": False}]}
+    }
 
 
 class ConsentOut(BaseModel):
@@ -244,6 +285,8 @@ SecretName = Literal["togetherai_api_key", "openai_api_key"]
 
 class SecretIn(BaseModel):
     value: str = Field(min_length=8, max_length=512)
+
+    model_config = {"json_schema_extra": {"examples": [{"value": "tgp_v1_your-own-provider-key"}]}}
 
 
 class SecretOut(BaseModel):

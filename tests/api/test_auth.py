@@ -432,3 +432,29 @@ async def test_every_operation_is_described_and_every_domain_route_is_protected(
                 assert protected, f"{method.upper()} {path} is open"
             elif path in open_routes:
                 assert not protected, path
+
+
+def test_every_request_body_has_an_example_that_its_schema_accepts() -> None:
+    import jsonschema
+
+    from api.app import create_app
+
+    spec = create_app(Settings()).openapi()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is None:
+                continue  # form posts and file uploads document themselves
+            ref = body["schema"]["$ref"]
+            component = spec["components"]["schemas"][ref.split("/")[-1]]
+            examples = component.get("examples")
+            assert examples, f"{method.upper()} {path} has no request example"
+            for example in examples:
+                jsonschema.validate(
+                    example,
+                    {"$ref": ref, "components": spec["components"]},
+                    cls=jsonschema.Draft202012Validator,
+                )
+            checked += 1
+    assert checked >= 15
