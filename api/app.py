@@ -13,6 +13,7 @@ from api.db.pool import create_pool
 from api.deps import rate_limited
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
+from api.openapi_examples import attach as attach_examples
 from api.predictor import Predictor
 from api.routers import (
     admin,
@@ -83,4 +84,5 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         admin.router,
     ):
         app.include_router(router, dependencies=[rate_limited("default")])
+    attach_examples(app)
     return app

@@ -225,7 +225,20 @@ async def import_transactions(
     return ImportOut(imported=len(await service.import_csv(portfolio, content)))
 
 
-@router.get("/{portfolio_id}/transactions/export")
+@router.get(
+    "/{portfolio_id}/transactions/export",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "text/csv": {
+                    "example": "date,type,ticker,quantity,price,"
+                    "amount,fee,note\n2022-01-03,deposit,,,,5000,,\n"
+                }
+            }
+        }
+    },
+)
 async def export_transactions(portfolio: OwnedPortfolio, service: ServiceDep) -> Response:
     """The whole ledger as CSV, in the import format."""
     return Response(
