@@ -61,7 +61,7 @@ def shorten(value: Any) -> Any:
     return value
 
 
-async def _record(client: Any, out: dict[str, Any]) -> None:
+async def _record(client: Any, out: dict[str, Any], pool: Any) -> None:
     async def call(method: str, template: str, path: str | None = None, **kwargs: Any) -> Any:
         response = await client.request(method, path or template, **kwargs)
         assert response.is_success, (template, response.status_code, response.text)
@@ -215,6 +215,21 @@ async def _record(client: Any, out: dict[str, Any]) -> None:
     )
     await call("GET", "/api/v1/users/me/export")
 
+    await pool.execute("UPDATE users SET role = 'admin'")  # the scratch database's only user
+    tokens = await call("POST", "/api/v1/auth/login", json={"email": email, "password": password})
+    client.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+    await call("GET", "/api/v1/users")
+    bars = (
+        "date,open,high,low,close,volume\n"
+        "2024-01-02,10,11,9,10.5,1000\n2024-01-03,10.5,12,10,11,2000\n"
+    )
+    await call(
+        "POST",
+        "/api/v1/admin/bars/import",
+        params={"ticker": "ACME", "name": "Acme Corp"},
+        files={"file": ("acme.csv", bars.encode(), "text/csv")},
+    )
+
 
 def record() -> None:
     from api.app import create_app
@@ -223,6 +238,7 @@ def record() -> None:
     from api.settings import Settings
     from pipelines.embedded import resolved_settings
     from pipelines.ingest import ingest_bundled
+    from pipelines.models import connect
     from serving.local import LocalPredictor
     from training import registry
 
@@ -232,17 +248,20 @@ def record() -> None:
 
             async def run() -> dict[str, Any]:
                 await ingest_bundled(settings.database_url or "", show_progress=False)
-                pool = await create_pool(settings)
-                async with pool.acquire() as conn:
+                conn = await connect(settings.database_url or "")  # no command timeout:
+                try:  # building the index is the one long statement
                     await build(conn, 30)
-                await pool.close()
+                finally:
+                    await conn.close()
+                pool = await create_pool(settings)
                 predictor = LocalPredictor(registry.configure(settings.mlflow_tracking_uri))
                 app = create_app(settings, predictor)
                 out: dict[str, Any] = {}
                 async with app.router.lifespan_context(app):
                     transport = httpx.ASGITransport(app=app)
                     async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
-                        await _record(c, out)
+                        await _record(c, out, pool)
+                await pool.close()
                 return out
 
             examples = asyncio.run(run())
