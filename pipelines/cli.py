@@ -13,6 +13,7 @@ from rich.console import Console
 from api.logging import configure_logging
 from api.settings import Settings
 from pipelines.ab_cli import register_ab_commands
+from pipelines.feed_cli import register_feed_commands
 from pipelines.model_cli import register_commands
 from pipelines.security_cli import register_security_commands, register_similarity_commands
 
@@ -115,6 +116,7 @@ register_commands(app, _settings, console)
 register_ab_commands(app, _settings, console)
 register_security_commands(app, _settings, console)
 register_similarity_commands(app, _settings, console)
+register_feed_commands(app, _settings, console)
 
 
 def main() -> None:

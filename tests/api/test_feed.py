@@ -1,0 +1,115 @@
+"""The market feed: stored bars replayed day by day and live bars from a recorded provider
+answer, each day stored, quoted in Redis, published, and scoring due forecasts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import date
+
+import asyncpg
+import httpx
+import pandas as pd
+import pytest
+from redis.asyncio import Redis
+
+from api.db.ab import LoggedPrediction, PredictionLogRepository
+from api.feed import QUOTES_CHANNEL, BarProcessor, PollingFeed, ReplayFeed, run_feed
+from api.predictor import Forecast
+from api.settings import Settings
+from features.bars import ticker_frame
+from features.live import YFinanceProvider
+from tests.features.test_live import _recorded
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> Redis:
+    client = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def test_replay_plays_stored_days_in_order_and_quotes_them(
+    pool: asyncpg.Pool, redis: Redis, bundled_bars: pd.DataFrame
+) -> None:
+    listener = redis.pubsub()
+    await listener.subscribe(QUOTES_CHANNEL)
+    feed = ReplayFeed(pool, start=date(2022, 12, 20), interval_s=0, end=date(2022, 12, 23))
+    days = []
+    processor = BarProcessor(pool, redis)
+    async for day, bars in feed.days():
+        days.append(day)
+        assert set(bars["date"]) == {day}
+        await processor.process(day, bars)
+    assert days == [date(2022, 12, d) for d in (20, 21, 22, 23)]
+
+    aapl = ticker_frame(bundled_bars, "AAPL")["close"]
+    quote = json.loads(await redis.get("quote:AAPL"))
+    assert quote["date"] == "2022-12-23" and quote["close"] == pytest.approx(aapl["2022-12-23"])
+    assert quote["change"] == pytest.approx(aapl["2022-12-23"] - aapl["2022-12-22"])
+    received, quiet = [], 0
+    while quiet < 10:  # drain until the channel has been quiet for a while
+        message = await listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is None:
+            quiet += 1
+        else:
+            quiet = 0
+            received.append(json.loads(message["data"]))
+    await listener.aclose()
+    aapl_days = [m["date"] for m in received if m["ticker"] == "AAPL"]
+    assert aapl_days == ["2022-12-20", "2022-12-21", "2022-12-22", "2022-12-23"]
+    assert all(m["type"] == "quote" for m in received)
+
+
+async def test_live_polling_appends_new_bars_and_scores_due_forecasts(
+    client: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    admin_headers: dict[str, str],
+    bundled_bars: pd.DataFrame,
+) -> None:
+    goog = ticker_frame(bundled_bars, "GOOG").loc["2012-06-01":"2013-02-19"]
+    csv = "date,open,high,low,close,volume\n" + "".join(
+        f"{d.date()},{r.open},{r.high},{r.low},{r.close},{r.volume}\n" for d, r in goog.iterrows()
+    )
+    response = await client.post(
+        "/api/v1/admin/bars/import",
+        params={"ticker": "FEEDCO"},
+        files={"file": ("feedco.csv", csv.encode(), "text/csv")},
+        headers=admin_headers,
+    )
+    assert response.status_code == 201, response.text
+    forecast = Forecast(
+        ticker="FEEDCO", as_of=date(2013, 2, 19), horizon=1, q10=-0.02, q50=0.0, q90=0.02
+    )
+    await PredictionLogRepository(pool).record(
+        [LoggedPrediction.of(forecast, "lstm", "1", "champion", True)]
+    )
+
+    feed = PollingFeed(pool, YFinanceProvider(_recorded), ["FEEDCO"], interval_s=0, rounds=1)
+    processed = await run_feed(feed, BarProcessor(pool, redis), asyncio.Event())
+    stored = await pool.fetch(
+        "SELECT date, close FROM bars WHERE ticker = 'FEEDCO' AND date > '2013-02-19' ORDER BY date"
+    )
+    assert processed == len(stored) >= 5
+    assert stored[0]["date"] == date(2013, 2, 20)
+    quote = json.loads(await redis.get("quote:FEEDCO"))
+    assert quote["date"] == str(stored[-1]["date"]) and quote["close"] == pytest.approx(
+        stored[-1]["close"]
+    )
+    outcome = await pool.fetchrow(
+        """SELECT o.outcome_date, o.realised_log_return FROM prediction_log p
+           JOIN prediction_outcomes o ON o.prediction_id = p.id WHERE p.ticker = 'FEEDCO'"""
+    )
+    assert outcome is not None and outcome["outcome_date"] == date(2013, 2, 20)  # scored on arrival
+
+
+async def test_cli_replays_a_range_of_days(cli_env: None, redis: Redis) -> None:
+    from tests.utils import invoke
+
+    result = await invoke(
+        "feed", "replay", "--start", "2022-12-27", "--end", "2022-12-28", "--interval", "0"
+    )
+    assert result.exit_code == 0, result.output
+    assert "replayed 2 trading day(s)" in result.output
+    assert json.loads(await redis.get("quote:KO"))["date"] == "2022-12-28"
