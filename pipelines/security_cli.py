@@ -10,7 +10,7 @@ import asyncpg
 import typer
 from rich.console import Console
 
-from api.security.crypto import Keyring
+from api.security.crypto import Keyring, email_context, secret_context
 from api.settings import Settings
 from pipelines.ab_cli import with_conn
 
@@ -86,28 +86,22 @@ async def rotate_fields(conn: asyncpg.Connection, keyring: Keyring) -> tuple[int
     """Re-encrypt users' e-mails and stored secrets under the active key, in one transaction.
 
     Returns (fields changed, fields seen)."""
+    from api.db.users import UserRepository, UserSecretRepository
+
+    users, secrets = UserRepository(conn), UserSecretRepository(conn)
     changed = total = 0
     async with conn.transaction():
-        for row in await conn.fetch("SELECT id, email_ct FROM users FOR UPDATE"):
+        for user_id, email_ct in await users.email_ciphertexts():
             total += 1
-            if keyring.key_id(row["email_ct"]) != keyring.active:
-                context = f"users.email:{row['id']}"
-                fresh = keyring.encrypt(keyring.decrypt(row["email_ct"], context), context)
-                await conn.execute("UPDATE users SET email_ct = $2 WHERE id = $1", row["id"], fresh)
+            fresh = keyring.reencrypt(email_ct, email_context(user_id))
+            if fresh is not None:
+                await users.set_email_ciphertext(user_id, fresh)
                 changed += 1
-        for row in await conn.fetch(
-            "SELECT user_id, name, ciphertext FROM user_secrets FOR UPDATE"
-        ):
+        for user_id, name, ciphertext in await secrets.ciphertexts():
             total += 1
-            if keyring.key_id(row["ciphertext"]) != keyring.active:
-                context = f"user_secrets:{row['user_id']}:{row['name']}"
-                fresh = keyring.encrypt(keyring.decrypt(row["ciphertext"], context), context)
-                await conn.execute(
-                    "UPDATE user_secrets SET ciphertext = $3 WHERE user_id = $1 AND name = $2",
-                    row["user_id"],
-                    row["name"],
-                    fresh,
-                )
+            fresh = keyring.reencrypt(ciphertext, secret_context(user_id, name))
+            if fresh is not None:
+                await secrets.set_ciphertext(user_id, name, fresh)
                 changed += 1
     return changed, total
 

@@ -123,8 +123,9 @@ class UserRepository:
         )
         return [UserRow.of(r) for r in rows]
 
-    async def all_email_ciphertexts(self) -> list[tuple[uuid.UUID, str]]:
-        rows = await self._db.fetch("SELECT id, email_ct FROM users")
+    async def email_ciphertexts(self) -> list[tuple[uuid.UUID, str]]:
+        """Every user's e-mail ciphertext, rows locked (key rotation, inside a transaction)."""
+        rows = await self._db.fetch("SELECT id, email_ct FROM users FOR UPDATE")
         return [(r["id"], r["email_ct"]) for r in rows]
 
     async def set_email_ciphertext(self, user_id: uuid.UUID, email_ct: str) -> None:
@@ -398,9 +399,18 @@ class UserSecretRepository:
             ciphertext,
         )
 
-    async def get(self, user_id: uuid.UUID, name: str) -> str | None:
-        return await self._db.fetchval(
-            "SELECT ciphertext FROM user_secrets WHERE user_id = $1 AND name = $2", user_id, name
+    async def ciphertexts(self) -> list[tuple[uuid.UUID, str, str]]:
+        """Every stored secret's ciphertext, rows locked (key rotation, inside a transaction)."""
+        rows = await self._db.fetch("SELECT user_id, name, ciphertext FROM user_secrets FOR UPDATE")
+        return [(r["user_id"], r["name"], r["ciphertext"]) for r in rows]
+
+    async def set_ciphertext(self, user_id: uuid.UUID, name: str, ciphertext: str) -> None:
+        """Replace the ciphertext only (re-encryption; the secret itself did not change)."""
+        await self._db.execute(
+            "UPDATE user_secrets SET ciphertext = $3 WHERE user_id = $1 AND name = $2",
+            user_id,
+            name,
+            ciphertext,
         )
 
     async def names(self, user_id: uuid.UUID) -> list[asyncpg.Record]:

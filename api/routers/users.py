@@ -26,6 +26,7 @@ from api.db.users import (
 from api.deps import AdminPrincipalDep, AuthDep, ClientIpDep, PoolDep, PrincipalDep
 from api.errors import ProblemError
 from api.predictor import FAMILIES
+from api.security.crypto import secret_context
 from api.security.tokens import verify_password
 from api.services.privacy import erase_user, export_user
 
@@ -339,7 +340,7 @@ async def put_secret(
     if principal.api_key_id is not None:
         raise ProblemError(403, "forbidden", "sign in to store secrets; API keys cannot")
     repo = UserSecretRepository(pool)
-    context = f"user_secrets:{principal.user_id}:{name}"
+    context = secret_context(principal.user_id, name)
     await repo.put(principal.user_id, name, auth.keyring.encrypt(body.value, context))
     await auth.audit("secret_stored", principal.user_id, None, name=name)
     stored = {r["name"]: r["updated_at"] for r in await repo.names(principal.user_id)}

@@ -105,9 +105,25 @@ class Keyring:
     def key_id(self, token: str) -> str:
         return token.partition(":")[0]
 
+    def reencrypt(self, token: str, context: str) -> str | None:
+        """The same plaintext under the active key, or None if it is already under it."""
+        if self.key_id(token) == self.active:
+            return None
+        return self.encrypt(self.decrypt(token, context), context)
+
     def blind_index(self, value: str) -> str:
         """Deterministic HMAC of an already-normalised value (e.g. a lower-cased e-mail)."""
         return hmac.new(self.index_key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def email_context(user_id: object) -> str:
+    """The associated data binding a user's e-mail ciphertext to its row."""
+    return f"users.email:{user_id}"
+
+
+def secret_context(user_id: object, name: str) -> str:
+    """The associated data binding a stored secret's ciphertext to its owner and name."""
+    return f"user_secrets:{user_id}:{name}"
 
 
 def token_hash(secret: str) -> str:

@@ -30,7 +30,7 @@ from api.db.users import (
     UserRow,
 )
 from api.errors import ProblemError, Unprocessable
-from api.security.crypto import Keyring, token_hash
+from api.security.crypto import Keyring, email_context, token_hash
 from api.security.mail import AccountEmail, EmailSender
 from api.security.tokens import (
     API_KEY_PREFIX,
@@ -104,7 +104,7 @@ async def create_account(
     user_id = uuid.uuid4()
     user = await users.create(
         user_id,
-        keyring.encrypt(address, f"users.email:{user_id}"),
+        keyring.encrypt(address, email_context(user_id)),
         keyring.blind_index(address),
         password_hash,
         display_name,
@@ -130,7 +130,7 @@ class AuthService:
     # ------------------------------------------------------------------ helpers
 
     def email_of(self, user: UserRow) -> str:
-        return self._keyring.decrypt(user.email_ct, f"users.email:{user.id}")
+        return self._keyring.decrypt(user.email_ct, email_context(user.id))
 
     def ip_hash(self, ip: str | None) -> str | None:
         return self._keyring.blind_index(f"ip:{ip}")[:32] if ip else None

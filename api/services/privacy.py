@@ -24,7 +24,7 @@ from api.db.users import (
     UserRepository,
     UserSecretRepository,
 )
-from api.security.crypto import Keyring
+from api.security.crypto import Keyring, email_context
 
 Exporter = Callable[[asyncpg.Connection, uuid.UUID, Keyring], Awaitable[Any]]
 
@@ -34,7 +34,7 @@ async def _profile(conn: asyncpg.Connection, user_id: uuid.UUID, keyring: Keyrin
     assert user is not None
     return {
         "id": str(user.id),
-        "email": keyring.decrypt(user.email_ct, f"users.email:{user.id}"),
+        "email": keyring.decrypt(user.email_ct, email_context(user.id)),
         "email_verified_at": user.email_verified_at,
         "display_name": user.display_name,
         "role": user.role,

@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from api.app import create_app
-from api.security.crypto import Keyring
+from api.security.crypto import Keyring, email_context
 from api.security.tokens import AUDIENCE, ISSUER
 from api.settings import Settings
 from tests.conftest import ANONYMOUS, PASSWORD, sign_up
@@ -58,7 +58,7 @@ async def test_register_stores_the_email_encrypted_and_the_password_hashed(
     assert email not in stored and email.split("@")[0] not in stored  # no plaintext anywhere
     assert PASSWORD not in stored and row["password_hash"].startswith("$argon2id$")
     keyring = Keyring.from_settings(settings)
-    assert keyring.decrypt(row["email_ct"], f"users.email:{row['id']}") == email
+    assert keyring.decrypt(row["email_ct"], email_context(row["id"])) == email
 
     again = await _register(client, email)
     assert again.status_code == 409 and again.json()["code"] == "email_taken"

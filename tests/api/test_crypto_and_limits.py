@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from api.logging import mask_text
-from api.security.crypto import DecryptionError, Keyring, generate_key
+from api.security.crypto import DecryptionError, Keyring, email_context, generate_key
 from api.security.ratelimit import Limit, RateLimiter
 from api.settings import Environment, Settings
 
@@ -118,14 +118,14 @@ async def test_key_rotation_re_encrypts_every_email_and_they_stay_readable(
         await outer.start()
         try:
             before = {
-                r["id"]: dev.decrypt(r["email_ct"], f"users.email:{r['id']}")
+                r["id"]: dev.decrypt(r["email_ct"], email_context(r["id"]))
                 for r in await conn.fetch("SELECT id, email_ct FROM users")
             }
             changed, total = await rotate_fields(conn, ring)
             assert changed == total == len(before) >= 1
             rows = await conn.fetch("SELECT id, email_ct FROM users")
             assert all(r["email_ct"].startswith("2026:") for r in rows)
-            after = {r["id"]: ring.decrypt(r["email_ct"], f"users.email:{r['id']}") for r in rows}
+            after = {r["id"]: ring.decrypt(r["email_ct"], email_context(r["id"])) for r in rows}
             assert after == before and "rotation@example.com" in after.values()
             assert await rotate_fields(conn, ring) == (0, total)  # nothing left on old keys
         finally:
