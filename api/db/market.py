@@ -79,6 +79,14 @@ class InstrumentRepository:
             ticker,
         )
 
+    async def unknown(self, tickers: list[str]) -> list[str]:
+        """Which of these tickers have no instrument, in the order given."""
+        rows = await self._db.fetch(
+            "SELECT ticker FROM instruments WHERE ticker = ANY($1::text[])", tickers
+        )
+        known = {r["ticker"] for r in rows}
+        return [t for t in tickers if t not in known]
+
     async def search(self, query: str, limit: int) -> list[asyncpg.Record]:
         """Ticker prefix or name substring; exact ticker first, then prefix, then by name."""
         pattern = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

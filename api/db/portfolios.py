@@ -192,3 +192,30 @@ class TransactionRepository:
             transaction_id,
         )
         return status.endswith(" 1")
+
+
+async def watchlists_of(
+    db: Db, user_id: uuid.UUID, watchlist_id: uuid.UUID | None = None
+) -> list[asyncpg.Record]:
+    """The user's watchlists (or just one of them) with their tickers, in one query."""
+    return await db.fetch(
+        """SELECT w.id, w.name, w.created_at,
+                  coalesce(array_agg(i.ticker ORDER BY i.ticker)
+                           FILTER (WHERE i.ticker IS NOT NULL), '{}') AS tickers
+           FROM watchlists w LEFT JOIN watchlist_items i ON i.watchlist_id = w.id
+           WHERE w.user_id = $1 AND ($2::uuid IS NULL OR w.id = $2)
+           GROUP BY w.id ORDER BY w.created_at""",
+        user_id,
+        watchlist_id,
+    )
+
+
+async def set_watchlist_tickers(
+    conn: asyncpg.Connection, watchlist_id: uuid.UUID, tickers: list[str]
+) -> None:
+    """Replace a watchlist's tickers (call inside a transaction)."""
+    await conn.execute("DELETE FROM watchlist_items WHERE watchlist_id = $1", watchlist_id)
+    await conn.executemany(
+        "INSERT INTO watchlist_items (watchlist_id, ticker) VALUES ($1, $2)",
+        [(watchlist_id, t) for t in tickers],
+    )

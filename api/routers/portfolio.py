@@ -21,9 +21,12 @@ from api.db.portfolios import (
     PortfolioRow,
     TransactionRepository,
     TransactionRow,
+    set_watchlist_tickers,
+    watchlists_of,
 )
 from api.deps import PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError
+from api.services.market_data import require_known
 from api.services.portfolios import (
     MAX_CSV_BYTES,
     PortfolioAnalytics,
@@ -403,16 +406,11 @@ class WatchlistOut(BaseModel):
     created_at: datetime
 
 
-async def _watchlist_out(pool: PoolDep, row: asyncpg.Record) -> WatchlistOut:
-    tickers = await pool.fetch(
-        "SELECT ticker FROM watchlist_items WHERE watchlist_id = $1 ORDER BY ticker", row["id"]
-    )
-    return WatchlistOut(
-        id=row["id"],
-        name=row["name"],
-        tickers=[t["ticker"] for t in tickers],
-        created_at=row["created_at"],
-    )
+async def _watchlist_out(
+    pool: PoolDep, user_id: uuid.UUID, watchlist_id: uuid.UUID
+) -> WatchlistOut:
+    (row,) = await watchlists_of(pool, user_id, watchlist_id)
+    return WatchlistOut(**dict(row))
 
 
 async def _known(pool: PoolDep, raw: list[str]) -> list[str]:
@@ -420,15 +418,7 @@ async def _known(pool: PoolDep, raw: list[str]) -> list[str]:
         tickers = sorted({normalise_ticker(t) for t in raw})
     except ValueError as exc:
         raise ProblemError(422, "invalid_ticker", str(exc)) from exc
-    found = {
-        r["ticker"]
-        for r in await pool.fetch(
-            "SELECT ticker FROM instruments WHERE ticker = ANY($1::text[])", tickers
-        )
-    }
-    unknown = [t for t in tickers if t not in found]
-    if unknown:
-        raise ProblemError(422, "unknown_ticker", f"unknown ticker(s): {', '.join(unknown)}")
+    await require_known(pool, tickers)
     return tickers
 
 
@@ -450,28 +440,21 @@ async def create_watchlist(
             raise ProblemError(
                 409, "name_taken", f"you already have a watchlist named {body.name!r}"
             )
-        await conn.executemany(
-            "INSERT INTO watchlist_items (watchlist_id, ticker) VALUES ($1, $2)",
-            [(row["id"], t) for t in tickers],
-        )
-    return await _watchlist_out(pool, row)
+        await set_watchlist_tickers(conn, row["id"], tickers)
+    return await _watchlist_out(pool, principal.user_id, row["id"])
 
 
 @watchlists.get("", response_model=list[WatchlistOut])
 async def list_watchlists(principal: PrincipalDep, pool: PoolDep) -> list[WatchlistOut]:
     """Your watchlists with their tickers."""
-    rows = await pool.fetch(
-        "SELECT id, name, created_at FROM watchlists WHERE user_id = $1 ORDER BY created_at",
-        principal.user_id,
-    )
-    return [await _watchlist_out(pool, r) for r in rows]
+    return [WatchlistOut(**dict(r)) for r in await watchlists_of(pool, principal.user_id)]
 
 
 async def _owned_watchlist(
     watchlist_id: uuid.UUID, principal: PrincipalDep, pool: PoolDep
 ) -> asyncpg.Record:
     row = await pool.fetchrow(
-        "SELECT id, name, created_at FROM watchlists WHERE id = $1 AND user_id = $2",
+        "SELECT id, user_id FROM watchlists WHERE id = $1 AND user_id = $2",
         watchlist_id,
         principal.user_id,
     )
@@ -498,15 +481,8 @@ async def replace_watchlist(
             raise ProblemError(
                 409, "name_taken", f"you already have a watchlist named {body.name!r}"
             ) from exc
-        await conn.execute("DELETE FROM watchlist_items WHERE watchlist_id = $1", watchlist["id"])
-        await conn.executemany(
-            "INSERT INTO watchlist_items (watchlist_id, ticker) VALUES ($1, $2)",
-            [(watchlist["id"], t) for t in tickers],
-        )
-    row = await pool.fetchrow(
-        "SELECT id, name, created_at FROM watchlists WHERE id = $1", watchlist["id"]
-    )
-    return await _watchlist_out(pool, row)
+        await set_watchlist_tickers(conn, watchlist["id"], tickers)
+    return await _watchlist_out(pool, watchlist["user_id"], watchlist["id"])
 
 
 @watchlists.delete("/{watchlist_id}", status_code=204)

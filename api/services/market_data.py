@@ -40,6 +40,15 @@ class PatternTable:
     reason: str | None
 
 
+async def require_known(db: asyncpg.Connection | asyncpg.Pool, tickers: list[str]) -> None:
+    """422 `unknown_ticker` naming every ticker that has no instrument (and so no bars)."""
+    unknown = await InstrumentRepository(db).unknown(sorted(set(tickers)))
+    if unknown:
+        raise Unprocessable(
+            "unknown_ticker", f"unknown ticker(s): {', '.join(unknown)}; import their bars first"
+        )
+
+
 class MarketDataService:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

@@ -32,6 +32,7 @@ from api.db.portfolios import (
 )
 from api.errors import ProblemError, Unprocessable
 from api.services.ledger import ZERO, Book, Entry, Oversold, replay
+from api.services.market_data import require_known
 from api.services.performance import (
     daily_returns,
     period_return,
@@ -175,7 +176,7 @@ class PortfolioService:
                             "this Idempotency-Key was used for a different transaction",
                         )
                     return row, False
-            await self._check_tickers(conn, [tx])
+            await require_known(conn, [tx.ticker] if tx.ticker else [])
             ledger = await repo.ledger(portfolio.id)
             try:
                 replay([*(t.entry() for t in ledger), _last(tx.entry(), ledger)])
@@ -204,7 +205,7 @@ class PortfolioService:
         parsed = parse_transactions_csv(content)
         async with self._pool.acquire() as conn, conn.transaction():
             await PortfolioRepository(conn).owned(portfolio.id, portfolio.user_id, lock=True)
-            await self._check_tickers(conn, [tx for _, tx in parsed])
+            await require_known(conn, [tx.ticker for _, tx in parsed if tx.ticker])
             repo = TransactionRepository(conn)
             ledger = await repo.ledger(portfolio.id)
             top = max((t.sequence for t in ledger), default=0)
@@ -218,23 +219,6 @@ class PortfolioService:
             except Oversold as exc:
                 raise _oversold(exc, lines.get(exc.entry.sequence)) from exc
             return [await repo.insert(portfolio.id, tx.entry(), tx.note) for _, tx in parsed]
-
-    async def _check_tickers(self, conn: asyncpg.Connection, txs: list[TransactionIn]) -> None:
-        tickers = sorted({t.ticker for t in txs if t.ticker})
-        if not tickers:
-            return
-        known = {
-            r["ticker"]
-            for r in await conn.fetch(
-                "SELECT ticker FROM instruments WHERE ticker = ANY($1::text[])", tickers
-            )
-        }
-        unknown = [t for t in tickers if t not in known]
-        if unknown:
-            raise Unprocessable(
-                "unknown_ticker",
-                f"unknown ticker(s): {', '.join(unknown)}; import their bars first",
-            )
 
     # ------------------------------------------------------------------ reads
 

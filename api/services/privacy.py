@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from api.db.portfolios import watchlists_of
 from api.db.users import (
     ApiKeyRepository,
     ConsentRepository,
@@ -104,14 +105,10 @@ async def _portfolios(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) 
 
 
 async def _watchlists(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
-    rows = await conn.fetch(
-        """SELECT w.name, w.created_at, coalesce(array_agg(i.ticker ORDER BY i.ticker)
-                  FILTER (WHERE i.ticker IS NOT NULL), '{}') AS tickers
-           FROM watchlists w LEFT JOIN watchlist_items i ON i.watchlist_id = w.id
-           WHERE w.user_id = $1 GROUP BY w.id ORDER BY w.created_at""",
-        user_id,
-    )
-    return [dict(r) for r in rows]
+    return [
+        {"name": r["name"], "created_at": r["created_at"], "tickers": r["tickers"]}
+        for r in await watchlists_of(conn, user_id)
+    ]
 
 
 EXPORTERS: dict[str, Exporter] = {
