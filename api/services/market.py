@@ -18,6 +18,7 @@ import pandas as pd
 
 from api.cache import JsonCache
 from api.errors import NotFound, Unprocessable
+from api.services.performance import period_start
 
 BENCHMARK = "SPX"
 PERIODS = ("1d", "1w", "1m", "ytd", "1y")
@@ -25,18 +26,11 @@ CACHE_TTL_S = 7 * 86_400  # keys carry the bar date; the TTL only bounds memory
 
 
 def base_date(period: str, end: date) -> date:
-    """The calendar date a period's return is measured from (its start)."""
-    if period == "1d":
-        return end - timedelta(days=1)
-    if period == "1w":
-        return end - timedelta(days=7)
-    if period == "1m":
-        return (pd.Timestamp(end) - pd.DateOffset(months=1)).date()
-    if period == "ytd":
-        return date(end.year, 1, 1) - timedelta(days=1)
-    if period == "1y":
-        return (pd.Timestamp(end) - pd.DateOffset(years=1)).date()
-    raise Unprocessable("invalid_period", f"period must be one of {', '.join(PERIODS)}")
+    """The calendar date a period's return is measured from (its start); the same periods as
+    portfolio performance, in lower case."""
+    if period not in PERIODS:
+        raise Unprocessable("invalid_period", f"period must be one of {', '.join(PERIODS)}")
+    return period_start(period.upper(), end, end)
 
 
 def period_returns(closes: pd.DataFrame, period: str) -> tuple[pd.Series, date, date]:
