@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
 
+import asyncpg
+import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from redis.asyncio import Redis
 
 from api.db.pool import create_pool
-from api.deps import rate_limited
+from api.deps import predictions_of, rate_limited
 from api.errors import install_error_handlers
+from api.feed import BarProcessor, FeedLeader, MarketFeed, PollingFeed, ReplayFeed
 from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
 from api.openapi_examples import attach as attach_examples
 from api.predictor import Predictor
+from api.realtime import Hub
 from api.routers import (
     admin,
+    alerts,
     analysis,
     auth,
+    chat,
     health,
     market,
     models,
@@ -26,11 +35,59 @@ from api.routers import (
     predictions,
     stocks,
     users,
+    ws,
 )
 from api.security.crypto import Keyring
 from api.security.mail import LogEmailSender
 from api.security.ratelimit import RateLimiter
+from api.services.alerts import AlertEvaluator, Notifier
+from api.services.chat.providers import ProviderChain
+from api.services.chat.service import purge_expired
 from api.settings import Settings
+from features.live import YFinanceProvider
+
+log = structlog.get_logger(__name__)
+
+
+def feed_leader(app: FastAPI) -> FeedLeader:
+    """The market feed this app may run (if it wins the lease): replayed or live bars, each day
+    processed with alerts evaluated against the app's own predictor."""
+    state = app.state
+    settings: Settings = state.settings
+    predictions = predictions_of(state) if state.predictor is not None else None
+    evaluator = AlertEvaluator(state.pool, Notifier(state.pool, state.redis), predictions)
+    processor = BarProcessor(state.pool, state.redis, evaluator)
+
+    def make_feed(after: date | None) -> MarketFeed:
+        if settings.feed_mode == "live":
+            return PollingFeed(state.pool, YFinanceProvider(), None, settings.feed_interval_s)
+        return ReplayFeed(
+            state.pool, settings.feed_replay_start, settings.feed_interval_s, after=after
+        )
+
+    return FeedLeader(
+        state.redis,
+        processor,
+        make_feed,
+        settings.feed_lease_s,
+        loop=settings.feed_loop or settings.feed_mode == "live",
+    )
+
+
+CHAT_PURGE_EVERY_S = 3_600.0
+
+
+async def _purge_chats(app: FastAPI) -> None:
+    """Chat history retention: delete what is older than `chat_retention_days`, hourly (every
+    replica may do it; the delete is idempotent)."""
+    while True:
+        try:
+            deleted = await purge_expired(app.state.pool, app.state.settings.chat_retention_days)
+            if deleted:
+                log.info("chat_retention_purged", messages=deleted)
+        except (asyncpg.PostgresError, OSError) as exc:  # the next round retries
+            log.warning("chat_retention_failed", error=type(exc).__name__)
+        await asyncio.sleep(CHAT_PURGE_EVERY_S)
 
 
 def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
@@ -43,9 +100,20 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         app.state.pool = await create_pool(settings)
         app.state.redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         app.state.rate_limiter = RateLimiter(app.state.redis)
+        app.state.hub = Hub(app.state.redis, predictions_of(app.state))
+        await app.state.hub.start()
+        background = [asyncio.create_task(_purge_chats(app), name="chat-retention")]
+        if settings.feed_mode != "off":
+            background.append(asyncio.create_task(feed_leader(app).run(), name="feed"))
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await app.state.hub.stop()
+            await app.state.chat.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()
 
@@ -58,6 +126,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.keyring = keyring
+    app.state.chat = ProviderChain.from_settings(settings)  # circuit state lives with the app
     app.state.email_sender = LogEmailSender()  # deployments and tests may replace it
     install_error_handlers(app)
     if settings.cors_origins:
@@ -72,13 +141,16 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)  # probes are never rate limited
     app.include_router(auth.router)  # its own, stricter tier
+    app.include_router(ws.router)  # sockets authenticate and throttle per connection
     for router in (
+        alerts.router,
         users.router,
         portfolio.watchlists,
         portfolio.router,
         stocks.router,
         market.router,
         analysis.router,
+        chat.router,
         predictions.router,
         models.router,
         admin.router,

@@ -13,6 +13,7 @@ from api.cache import JsonCache
 from api.errors import ProblemError
 from api.security.mail import EmailSender
 from api.security.ratelimit import Limit
+from api.services.alerts import Notifier
 from api.services.auth import AuthService, Principal, unauthorized
 from api.services.market_data import MarketDataService
 from api.services.oauth import OAuthService
@@ -32,14 +33,14 @@ def get_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-def get_predictions(
-    pool: Annotated[asyncpg.Pool, Depends(get_pool)],
-    redis: Annotated[Redis, Depends(get_redis)],
-    request: Request,
-) -> PredictionService:
-    settings: Settings = request.app.state.settings
-    cache = JsonCache(redis, "pred:v1", settings.prediction_cache_ttl_s)
-    return PredictionService(pool, request.app.state.predictor, cache)
+def predictions_of(state: Any) -> PredictionService:
+    """The prediction service of an app (its `app.state`): routes, sockets and alerts share it."""
+    cache = JsonCache(state.redis, "pred:v1", state.settings.prediction_cache_ttl_s)
+    return PredictionService(state.pool, state.predictor, cache)
+
+
+def get_predictions(request: Request) -> PredictionService:
+    return predictions_of(request.app.state)
 
 
 async def caller_key(principal: Annotated[Principal, Depends(current_principal)]) -> str:
@@ -169,6 +170,13 @@ AuthDep = Annotated[AuthService, Depends(get_auth)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 AdminPrincipalDep = Annotated[Principal, Depends(require_admin)]
 ClientIpDep = Annotated[str | None, Depends(client_ip)]
+
+
+def get_notifier(request: Request) -> Notifier:
+    return Notifier(request.app.state.pool, request.app.state.redis)
+
+
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 
 
 def get_email_sender(request: Request) -> EmailSender:

@@ -61,7 +61,7 @@ def shorten(value: Any) -> Any:
     return value
 
 
-async def _record(client: Any, out: dict[str, Any], pool: Any) -> None:
+async def _record(client: Any, out: dict[str, Any], pool: Any, redis_url: str) -> None:
     async def call(method: str, template: str, path: str | None = None, **kwargs: Any) -> Any:
         response = await client.request(method, path or template, **kwargs)
         assert response.is_success, (template, response.status_code, response.text)
@@ -213,6 +213,8 @@ async def _record(client: Any, out: dict[str, Any], pool: Any) -> None:
         f"{base}/optimize",
         params={"method": "hrp"},
     )
+    await _record_alerts(call, pool, redis_url, portfolio["id"])
+    await _record_chat(call)
     await call("GET", "/api/v1/users/me/export")
 
     await pool.execute("UPDATE users SET role = 'admin'")  # the scratch database's only user
@@ -231,6 +233,76 @@ async def _record(client: Any, out: dict[str, Any], pool: Any) -> None:
     )
 
 
+async def _record_alerts(call: Any, pool: Any, redis_url: str, portfolio_id: str) -> None:
+    """Alerts of each kind, a trading day played through the feed so they fire, and the
+    notifications they leave."""
+    from datetime import date
+
+    import pandas as pd
+    from redis.asyncio import Redis
+
+    from api.feed import BarProcessor
+    from api.services.alerts import AlertEvaluator, Notifier
+
+    base = "/api/v1/users/me/alerts"
+    price = await call(
+        "POST", base, json={"kind": "price", "ticker": "KO", "direction": "above", "level": 60}
+    )
+    path = f"{base}/{price['id']}"
+    await call(
+        "PUT",
+        f"{base}/{{alert_id}}",
+        path,
+        json={"kind": "move", "ticker": "KO", "direction": "either", "percent": 0.5},
+    )
+    await call("PATCH", f"{base}/{{alert_id}}", path, json={"note": "big days in KO"})
+    await call("GET", f"{base}/{{alert_id}}", path)
+    for body in (
+        {
+            "kind": "indicator",
+            "ticker": "AAPL",
+            "indicator": "rsi_14",
+            "direction": "below",
+            "value": 30,
+        },
+        {"kind": "drawdown", "portfolio_id": portfolio_id, "percent": 5},
+    ):
+        await call("POST", base, json=body)
+    await call("GET", base)
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        day = date(2022, 12, 28)
+        rows = await pool.fetch(
+            "SELECT ticker, date, open, high, low, close, volume, source FROM bars WHERE date = $1",
+            day,
+        )
+        processor = BarProcessor(pool, redis, AlertEvaluator(pool, Notifier(pool, redis), None))
+        await processor.process(day, pd.DataFrame([dict(r) for r in rows]))
+    finally:
+        await redis.aclose()
+    page = await call("GET", "/api/v1/users/me/notifications")
+    await call(
+        "POST", "/api/v1/users/me/notifications/read", json={"ids": [page["items"][0]["id"]]}
+    )
+
+
+async def _record_chat(call: Any) -> None:
+    """A conversation answered by whichever provider is configured (the local responder when
+    none is, as on a machine without keys)."""
+    conversation = await call(
+        "POST", "/api/v1/chat/conversations", json={"title": "Apple this quarter"}
+    )
+    path = f"/api/v1/chat/conversations/{conversation['id']}"
+    await call(
+        "POST",
+        "/api/v1/chat/conversations/{conversation_id}/messages",
+        f"{path}/messages",
+        json={"content": "What is the latest quote for AAPL?"},
+    )
+    await call("GET", "/api/v1/chat/conversations")
+    await call("GET", "/api/v1/chat/conversations/{conversation_id}", path)
+
+
 def record() -> None:
     from api.app import create_app
     from api.db.pool import create_pool
@@ -243,7 +315,13 @@ def record() -> None:
     from training import registry
 
     with tempfile.TemporaryDirectory(prefix="examples-") as tmp:
-        base = Settings(data_dir=Path(tmp), database_url=None, redis_url=None, log_level="WARNING")
+        base = Settings(
+            data_dir=Path(tmp),
+            database_url=None,
+            redis_url=None,
+            log_level="WARNING",
+            feed_mode="off",  # the recorder plays the one day it needs itself
+        )
         with resolved_settings(base) as settings:
 
             async def run() -> dict[str, Any]:
@@ -260,7 +338,7 @@ def record() -> None:
                 async with app.router.lifespan_context(app):
                     transport = httpx.ASGITransport(app=app)
                     async with httpx.AsyncClient(transport=transport, base_url="http://x") as c:
-                        await _record(c, out, pool)
+                        await _record(c, out, pool, settings.redis_url or "")
                 await pool.close()
                 return out
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -125,6 +126,70 @@ class Settings(BaseSettings):
     )
     login_lockout_base_s: int = Field(
         default=30, ge=1, description="first lockout; doubles with every further failure"
+    )
+
+    # market feed and live updates
+    feed_mode: Literal["replay", "live", "off"] = Field(
+        default="replay",
+        description="replay: stored bars played as if live; live: poll the live provider; off",
+    )
+    feed_replay_start: date | None = Field(
+        default=None, description="first replayed day (default: a year before the newest bar)"
+    )
+    feed_interval_s: float = Field(
+        default=3.0, gt=0, description="replay: seconds per trading day; live: poll interval"
+    )
+    feed_loop: bool = Field(default=True, description="replay: start over after the newest bar")
+    feed_lease_s: float = Field(
+        default=15.0, gt=1, description="one ingress replica runs the feed, under this lease"
+    )
+    ws_heartbeat_s: float = Field(default=20.0, gt=0, description="WebSocket heartbeat period")
+    ws_auth_timeout_s: float = Field(
+        default=10.0, gt=0, description="time to send credentials after connecting"
+    )
+    ws_queue_limit: int = Field(
+        default=256,
+        ge=8,
+        description="undelivered messages a slow client may owe before it is "
+        "disconnected (quotes and predictions are coalesced per ticker and do not count)",
+    )
+    ws_max_tickers: int = Field(default=100, ge=1, description="subscriptions per connection")
+    alerts_max_per_user: int = Field(default=100, ge=1)
+
+    # chat (api.services.chat): TogetherAI first, OpenAI as backup, a local responder otherwise
+    together_api_key: SecretStr | None = Field(
+        default=None, description="server key; a user's own stored key is preferred"
+    )
+    together_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint (default: TogetherAI's)"
+    )
+    together_model: str = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = Field(default=None, description="default: OpenAI's, with /v1")
+    openai_model: str = "gpt-4o-mini"
+    chat_timeout_s: float = Field(default=20.0, gt=0, description="per provider call")
+    chat_max_retries: int = Field(
+        default=1, ge=0, le=5, description="SDK retries (with backoff) of a failed provider call"
+    )
+    chat_breaker_failures: int = Field(
+        default=3, ge=1, description="consecutive provider failures that open its circuit"
+    )
+    chat_breaker_reset_s: float = Field(
+        default=60.0, gt=0, description="an open circuit lets one trial call through after this"
+    )
+    chat_max_input_chars: int = Field(default=4_000, ge=1, le=100_000)
+    chat_daily_token_quota: int = Field(
+        default=200_000, ge=0, description="provider tokens per user per UTC day"
+    )
+    chat_retention_days: int = Field(
+        default=90, ge=1, description="chat messages older than this are purged"
+    )
+    chat_max_tool_rounds: int = Field(
+        default=4, ge=1, le=10, description="model ↔ tool round trips per answer"
+    )
+    chat_link_hosts: list[str] = Field(
+        default_factory=lambda: ["sec.gov", "investor.gov", "finra.org"],
+        description="hosts (and their subdomains) answers may link to; other links are removed",
     )
 
     @model_validator(mode="after")

@@ -349,6 +349,7 @@ def main() -> None:
             redis_url=None,
             log_json=True,
             log_level="WARNING",
+            feed_mode="off",  # a replay would add load the measurement does not ask for
             # one loopback client measures throughput: per-client limits would cap it
             rate_limit_default_per_min=10**9,
         )

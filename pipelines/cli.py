@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from api.logging import configure_logging
 from api.settings import Settings
 from pipelines.ab_cli import register_ab_commands
+from pipelines.chat_cli import register_chat_commands
 from pipelines.feed_cli import register_feed_commands
 from pipelines.model_cli import register_commands
 from pipelines.security_cli import register_security_commands, register_similarity_commands
@@ -36,12 +38,36 @@ def up(
     port: Annotated[int | None, typer.Option(envvar="PORT", help="HTTP port")] = None,
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     no_ray: Annotated[bool, typer.Option("--no-ray", help="serve in-process, without Ray")] = False,
+    feed: Annotated[
+        str | None,
+        typer.Option(help="market feed: replay (default), live or off; env FEED_MODE"),
+    ] = None,
+    feed_start: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="first replayed day (default: a year back)"),
+    ] = None,
+    feed_interval: Annotated[
+        float | None, typer.Option(min=0.05, help="seconds per replayed trading day")
+    ] = None,
 ) -> None:
-    """Start embedded services (if no URLs are set), migrate, ingest on first run, serve the API."""
+    """Start embedded services (if no URLs are set), migrate, ingest on first run, serve the API
+    and run the market feed (a replay of stored bars by default)."""
     from pipelines.up import run
 
+    if feed not in (None, "replay", "live", "off"):
+        raise typer.BadParameter("choose replay, live or off", param_hint="--feed")
     settings = _settings()
-    updates = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
+    updates = {
+        k: v
+        for k, v in {
+            "port": port,
+            "host": host,
+            "feed_mode": feed,
+            "feed_replay_start": feed_start.date() if feed_start else None,
+            "feed_interval_s": feed_interval,
+        }.items()
+        if v is not None
+    }
     run(settings.model_copy(update=updates), console, use_ray=not no_ray)
 
 
@@ -117,6 +143,7 @@ register_ab_commands(app, _settings, console)
 register_security_commands(app, _settings, console)
 register_similarity_commands(app, _settings, console)
 register_feed_commands(app, _settings, console)
+register_chat_commands(app, _settings, console)
 
 
 def main() -> None:

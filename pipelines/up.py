@@ -133,6 +133,16 @@ def _wait_for_stop_signal() -> None:
 def _announce(ready: Settings, console: Console) -> None:
     base = f"http://{ready.host}:{ready.port}"
     console.print(f"Stock Copilot API listening on {base}  (docs: {base}/docs)")
+    ws = base.replace("http://", "ws://")
+    console.print(f"WebSockets: {ws}/ws/real-time, {ws}/ws/predictions, {ws}/ws/notifications")
+    if ready.feed_mode == "replay":
+        start = ready.feed_replay_start or "a year before the newest bar"
+        console.print(
+            f"market feed: replaying stored bars from {start}, one trading day every "
+            f"{ready.feed_interval_s:g} s (try: uv run python examples/live_client.py)"
+        )
+    else:
+        console.print(f"market feed: {ready.feed_mode}")
     console.print("MLflow UI (promote/roll back models): uv run stockcopilot mlflow-ui")
     console.print(f"data folder: {ready.resolved_data_dir}  — Ctrl-C stops everything")
 

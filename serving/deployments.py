@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from api import channels
 from api.db.ab import PredictionLogRepository
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
@@ -47,7 +48,7 @@ class AliasAudit:
     """Alias switches serving observed (e.g. made in the MLflow UI) and automatic rollbacks, in
     the alias history; rollbacks are also published for the notification stream."""
 
-    CHANNEL = "notifications:models"
+    CHANNEL = channels.MODELS
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -100,11 +101,33 @@ class AliasAudit:
             "to_version": restored,
             "reason": reason,
         }
+        await self._publish(event)
+
+    async def switched(self, family: str, event: AliasEvent) -> None:
+        """Announce that serving now follows an alias move (once, whichever replica is first);
+        rollbacks were announced by `rollback`."""
+        if event.actor == ROLLBACK_ACTOR or event.to_version is None:
+            return
+        message = {
+            "type": "model_promoted",
+            "family": family,
+            "alias": event.alias,
+            "from_version": event.from_version,
+            "to_version": event.to_version,
+            "actor": event.actor,
+            "reason": event.reason,
+        }
+        at = event.at.isoformat() if event.at else ""
+        once = f"announced:{event.model}:{event.alias}:{event.to_version}:{at}"
+        await self._publish(message, once)
+
+    async def _publish(self, event: dict[str, object], once: str | None = None) -> None:
         redis = Redis.from_url(self._settings.redis_url or "")
         try:
-            await redis.publish(self.CHANNEL, json.dumps(event))
+            if once is None or await redis.set(once, "1", nx=True, ex=86_400):
+                await redis.publish(self.CHANNEL, json.dumps(event))
         except (RedisError, OSError) as exc:  # the audit row is written; the push is best effort
-            log.warning("rollback_notification_failed", error=type(exc).__name__)
+            log.warning("model_notification_failed", error=type(exc).__name__)
         finally:
             await redis.aclose()
 
@@ -169,6 +192,7 @@ class FamilyForecaster:
                 continue
             if active is not None:
                 event = await self._audit.observed(self.family, alias, old, new)
+                await self._audit.switched(self.family, event)
             await self._start_probation(alias, new, event)
             vetted = vetted.model_copy(update={alias: new})
         vetted = vetted.model_copy(update={"challenger_weight": wanted.challenger_weight})

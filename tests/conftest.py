@@ -44,6 +44,7 @@ def settings(data_dir: Path) -> Iterator[Settings]:
         rate_limit_auth_per_min=1_000_000,
         access_token_ttl_s=3_600,
         log_json=True,
+        feed_mode="off",  # tests that need the feed run it themselves
     )
     with resolved_settings(base) as ready:
         yield ready

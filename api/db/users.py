@@ -418,6 +418,12 @@ class UserSecretRepository:
             "SELECT name, updated_at FROM user_secrets WHERE user_id = $1 ORDER BY name", user_id
         )
 
+    async def get(self, user_id: uuid.UUID, name: str) -> str | None:
+        """The ciphertext of one of the user's secrets, or None when none is stored."""
+        return await self._db.fetchval(
+            "SELECT ciphertext FROM user_secrets WHERE user_id = $1 AND name = $2", user_id, name
+        )
+
     async def delete(self, user_id: uuid.UUID, name: str) -> bool:
         status = await self._db.execute(
             "DELETE FROM user_secrets WHERE user_id = $1 AND name = $2", user_id, name

@@ -195,12 +195,7 @@ async def ticker_summary(
     market: MarketDataDep, ticker: TickerPath, end: date | None = None
 ) -> SummaryOut:
     """Trend, momentum, volatility and volume verdicts, each with the values behind it."""
-    window = await market.resolve_range(ticker, None, end)
-    bars = await market.history(ticker.upper(), DateRange(date(1900, 1, 1), window.end))
-    try:
-        verdicts = signals.summary(bars)
-    except ValueError as exc:
-        raise Unprocessable("not_enough_history", str(exc)) from exc
+    bars, verdicts = await market.signal_summary(ticker, end)
     return SummaryOut(
         ticker=ticker.upper(),
         as_of=bars.index[-1].date(),

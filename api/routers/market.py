@@ -11,9 +11,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from api.cache import JsonCache
 from api.deps import PoolDep, RedisDep, require_scope
-from api.services.market import CACHE_TTL_S, MarketService
+from api.services.market import MarketService
 
 router = APIRouter(
     prefix="/api/v1/market", tags=["market"], dependencies=[require_scope("read:market")]
@@ -22,7 +21,7 @@ Period = Literal["1d", "1w", "1m", "ytd", "1y"]
 
 
 def get_market(pool: PoolDep, redis: RedisDep) -> MarketService:
-    return MarketService(pool, JsonCache(redis, "market:v1", CACHE_TTL_S))
+    return MarketService.cached_in(pool, redis)
 
 
 MarketDep = Annotated[MarketService, Depends(get_market)]

@@ -8,9 +8,9 @@ Ownership is one dependency (`OwnedPortfolio`): a portfolio that is not the call
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response, UploadFile
@@ -24,8 +24,9 @@ from api.db.portfolios import (
     set_watchlist_tickers,
     watchlists_of,
 )
-from api.deps import PoolDep, PrincipalDep, require_scope
+from api.deps import NotifierDep, PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError
+from api.services.alerts import Notifier
 from api.services.market_data import require_known
 from api.services.portfolios import (
     MAX_CSV_BYTES,
@@ -172,11 +173,26 @@ async def delete_portfolio(portfolio: OwnedPortfolio, pool: PoolDep) -> None:
     await PortfolioRepository(pool).delete(portfolio.id)
 
 
+async def _announce(
+    notifier: Notifier, portfolio: PortfolioRow, event: str, title: str, **data: Any
+) -> None:
+    """A live portfolio event for the owner's other devices (`/ws/notifications`)."""
+    message = {
+        "type": "notification",
+        "kind": "portfolio",
+        "title": f"{portfolio.name}: {title}",
+        "data": {"portfolio_id": str(portfolio.id), "event": event, **data},
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    await notifier.push([(portfolio.user_id, message)])
+
+
 @router.post("/{portfolio_id}/transactions", response_model=TransactionOut, status_code=201)
 async def add_transaction(
     body: TransactionIn,
     portfolio: OwnedPortfolio,
     service: ServiceDep,
+    notifier: NotifierDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -193,6 +209,9 @@ async def add_transaction(
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
+    else:
+        title = f"{row.type} {row.ticker or ''} recorded".replace("  ", " ")
+        await _announce(notifier, portfolio, "transaction_added", title, transaction_id=str(row.id))
     return _tx_out(row)
 
 
@@ -212,20 +231,30 @@ async def list_transactions(
 
 @router.delete("/{portfolio_id}/transactions/{transaction_id}", status_code=204)
 async def delete_transaction(
-    transaction_id: uuid.UUID, portfolio: OwnedPortfolio, service: ServiceDep
+    transaction_id: uuid.UUID, portfolio: OwnedPortfolio, service: ServiceDep, notifier: NotifierDep
 ) -> None:
     """Remove a mistaken entry (refused if a later sell would then exceed the holding)."""
     await service.remove(portfolio, transaction_id)
+    await _announce(
+        notifier,
+        portfolio,
+        "transaction_removed",
+        "transaction removed",
+        transaction_id=str(transaction_id),
+    )
 
 
 @router.post("/{portfolio_id}/transactions/import", response_model=ImportOut, status_code=201)
 async def import_transactions(
-    file: UploadFile, portfolio: OwnedPortfolio, service: ServiceDep
+    file: UploadFile, portfolio: OwnedPortfolio, service: ServiceDep, notifier: NotifierDep
 ) -> ImportOut:
     """CSV with `date,type,ticker,quantity,price,amount,fee,note`; all rows or none, every
     error with its line number."""
     content = await file.read(MAX_CSV_BYTES + 1)
-    return ImportOut(imported=len(await service.import_csv(portfolio, content)))
+    imported = len(await service.import_csv(portfolio, content))
+    title = f"{imported} transactions imported"
+    await _announce(notifier, portfolio, "transactions_imported", title, imported=imported)
+    return ImportOut(imported=imported)
 
 
 @router.get(
@@ -258,25 +287,21 @@ async def positions(
     as_of: Annotated[date | None, Query(description="value the portfolio at this date")] = None,
 ) -> PositionsOut:
     """Holdings from FIFO lots: quantity, cost basis, realised and unrealised P&L, and cash."""
-    book, views = await service.positions(portfolio, as_of)
-    holdings = sum((v.market_value or Decimal(0) for v in views), Decimal(0))
-    total = holdings + book.cash
+    value = await service.valuation(portfolio, as_of)
     return PositionsOut(
         portfolio_id=portfolio.id,
         as_of=as_of,
-        cash=book.cash,
-        invested=book.deposits - book.withdrawals,
-        market_value=total,
-        realised_pnl=sum((v.realised_pnl for v in views), Decimal(0)),
-        unrealised_pnl=sum((v.unrealised_pnl or Decimal(0) for v in views), Decimal(0)),
+        cash=value.cash,
+        invested=value.invested,
+        market_value=value.market_value,
+        realised_pnl=value.realised_pnl,
+        unrealised_pnl=value.unrealised_pnl,
         positions=[
             PositionOut(
                 **{k: getattr(v, k) for k in PositionOut.model_fields if k != "weight"},
-                weight=float(v.market_value / total)
-                if v.market_value is not None and total
-                else None,
+                weight=value.weight(v),
             )
-            for v in views
+            for v in value.positions
         ],
     )
 

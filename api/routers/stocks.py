@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date
 from typing import Annotated, Literal
 
@@ -64,32 +65,7 @@ async def stock(market: MarketDataDep, ticker: TickerPath) -> StockInfo:
 @router.get("/{ticker}/quote", response_model=Quote)
 async def quote(market: MarketDataDep, ticker: TickerPath) -> Quote:
     """The latest bar, its change on the previous close, and the 52-week range."""
-    window = await market.resolve_range(ticker, None, None)
-    bars = await market.history(ticker.upper(), window)
-    last = bars.iloc[-1]
-    previous = float(bars["close"].iloc[-2]) if len(bars) > 1 else None
-    year = bars.loc[bars.index[-1] - pd.Timedelta(weeks=52) :]
-    highs = year["high"].fillna(year["close"])
-    lows = year["low"].fillna(year["close"])
-
-    def value(name: str) -> float | None:
-        return None if pd.isna(last[name]) else float(last[name])
-
-    close = float(last["close"])
-    return Quote(
-        ticker=ticker.upper(),
-        date=bars.index[-1].date(),
-        close=close,
-        previous_close=previous,
-        change=None if previous is None else close - previous,
-        change_pct=None if previous is None else close / previous - 1,
-        open=value("open"),
-        high=value("high"),
-        low=value("low"),
-        volume=value("volume"),
-        week52_high=float(highs.max()),
-        week52_low=float(lows.min()),
-    )
+    return Quote(**asdict(await market.quote(ticker)))
 
 
 _RESAMPLE = {"1wk": "W-FRI", "1mo": "ME"}

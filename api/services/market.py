@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pandas as pd
+from redis.asyncio import Redis
 
 from api.cache import JsonCache
 from api.errors import NotFound, Unprocessable
@@ -23,6 +24,7 @@ from api.services.performance import period_start
 BENCHMARK = "SPX"
 PERIODS = ("1d", "1w", "1m", "ytd", "1y")
 CACHE_TTL_S = 7 * 86_400  # keys carry the bar date; the TTL only bounds memory
+CACHE_PREFIX = "market:v1"
 
 
 def base_date(period: str, end: date) -> date:
@@ -109,6 +111,11 @@ class MarketService:
     def __init__(self, pool: asyncpg.Pool, cache: JsonCache) -> None:
         self._pool = pool
         self._cache = cache
+
+    @classmethod
+    def cached_in(cls, pool: asyncpg.Pool, redis: Redis) -> MarketService:
+        """The service with its answers cached in `redis` (the routes and chat tools share it)."""
+        return cls(pool, JsonCache(redis, CACHE_PREFIX, CACHE_TTL_S))
 
     async def latest_date(self) -> date:
         latest = await self._pool.fetchval(

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.db.market import BarRepository, InstrumentRepository, InstrumentRow, UpsertCounts
 from api.errors import NotFound, Unprocessable
-from features import indicators, patterns
+from features import indicators, patterns, signals
 from features.bars import normalise_ticker
 from features.csv_import import parse_ohlcv_csv
 
@@ -38,6 +38,24 @@ class PatternTable:
     window: DateRange
     hits: list[patterns.PatternHit]
     reason: str | None
+
+
+@dataclass(frozen=True)
+class QuoteView:
+    """The latest bar, its change on the previous close, and the 52-week range."""
+
+    ticker: str
+    date: date
+    close: float
+    previous_close: float | None
+    change: float | None
+    change_pct: float | None
+    open: float | None
+    high: float | None
+    low: float | None
+    volume: float | None
+    week52_high: float  # highest high (close where no high) in 52 weeks
+    week52_low: float
 
 
 async def require_known(db: asyncpg.Connection | asyncpg.Pool, tickers: list[str]) -> None:
@@ -84,6 +102,45 @@ class MarketDataService:
     async def history(self, ticker: str, window: DateRange) -> pd.DataFrame:
         bars = await self._bars_until(ticker, window.end)
         return bars.loc[pd.Timestamp(window.start) :]
+
+    async def quote(self, raw_ticker: str) -> QuoteView:
+        window = await self.resolve_range(raw_ticker, None, None)
+        ticker = raw_ticker.upper()
+        bars = await self.history(ticker, window)
+        last = bars.iloc[-1]
+        previous = float(bars["close"].iloc[-2]) if len(bars) > 1 else None
+        year = bars.loc[bars.index[-1] - pd.Timedelta(weeks=52) :]
+
+        def value(name: str) -> float | None:
+            return None if pd.isna(last[name]) else float(last[name])
+
+        close = float(last["close"])
+        return QuoteView(
+            ticker=ticker,
+            date=bars.index[-1].date(),
+            close=close,
+            previous_close=previous,
+            change=None if previous is None else close - previous,
+            change_pct=None if previous is None else close / previous - 1,
+            open=value("open"),
+            high=value("high"),
+            low=value("low"),
+            volume=value("volume"),
+            week52_high=float(year["high"].fillna(year["close"]).max()),
+            week52_low=float(year["low"].fillna(year["close"]).min()),
+        )
+
+    async def signal_summary(
+        self, raw_ticker: str, end: date | None
+    ) -> tuple[pd.DataFrame, dict[str, signals.Verdict]]:
+        """All bars up to `end` (default: the newest) and the trend, momentum, volatility and
+        volume verdicts read from them; 422 when there is too little history."""
+        window = await self.resolve_range(raw_ticker, None, end)
+        bars = await self.history(raw_ticker.upper(), DateRange(date(1900, 1, 1), window.end))
+        try:
+            return bars, signals.summary(bars)
+        except ValueError as exc:
+            raise Unprocessable("not_enough_history", str(exc)) from exc
 
     async def indicators(self, ticker: str, names: list[str], window: DateRange) -> IndicatorTable:
         try:

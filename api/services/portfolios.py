@@ -131,6 +131,24 @@ class PositionView:
     dividends: Decimal
 
 
+@dataclass(frozen=True)
+class Valuation:
+    """A portfolio's positions at their last close, and the totals over them and cash."""
+
+    cash: Decimal
+    invested: Decimal  # deposits minus withdrawals
+    market_value: Decimal  # holdings at their last close, plus cash
+    realised_pnl: Decimal
+    unrealised_pnl: Decimal
+    positions: list[PositionView]
+
+    def weight(self, view: PositionView) -> float | None:
+        """The position's share of the portfolio's value, cash included."""
+        if view.market_value is None or not self.market_value:
+            return None
+        return float(view.market_value / self.market_value)
+
+
 def _oversold(exc: Oversold, line: int | None = None) -> ProblemError:
     where = f"line {line}: " if line is not None else ""
     return Unprocessable("oversold", f"{where}{exc}", held=str(exc.held))
@@ -251,6 +269,18 @@ class PortfolioService:
                 )
             )
         return book, views
+
+    async def valuation(self, portfolio: PortfolioRow, as_of: date | None = None) -> Valuation:
+        book, views = await self.positions(portfolio, as_of)
+        holdings = sum((v.market_value or ZERO for v in views), ZERO)
+        return Valuation(
+            cash=book.cash,
+            invested=book.deposits - book.withdrawals,
+            market_value=holdings + book.cash,
+            realised_pnl=sum((v.realised_pnl for v in views), ZERO),
+            unrealised_pnl=sum((v.unrealised_pnl or ZERO for v in views), ZERO),
+            positions=views,
+        )
 
     async def _last_prices(
         self, tickers: list[str], as_of: date | None

@@ -167,6 +167,15 @@ class PredictionService:
             ]
         return found
 
+    async def model_card(self, family: str, version: str) -> dict[str, Any] | None:
+        """The walk-forward metrics and aliases of one registered version, or None when no
+        model serving is configured or the version is not in the family's catalogue."""
+        if self._predictor is None:
+            return None
+        catalogue = await self._predictor.catalogue(family)
+        found = next((v for v in catalogue.versions if v.version == version), None)
+        return found.model_dump() if found else None
+
     async def history(
         self, raw_ticker: str, horizon: int | None, family: str | None, limit: int
     ) -> tuple[str, list[dict[str, Any]]]:

@@ -9,6 +9,7 @@ the details are emptied.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from api.db.alerts import AlertRepository
+from api.db.chat import ConversationRepository, MessageRepository, UsageRepository
 from api.db.portfolios import watchlists_of
 from api.db.users import (
     ApiKeyRepository,
@@ -26,6 +29,7 @@ from api.db.users import (
     UserSecretRepository,
 )
 from api.security.crypto import Keyring, email_context
+from api.services.alerts import public
 
 Exporter = Callable[[asyncpg.Connection, uuid.UUID, Keyring], Awaitable[Any]]
 
@@ -111,6 +115,49 @@ async def _watchlists(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) 
     ]
 
 
+async def _alerts(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
+    return [public(a) for a in await AlertRepository(conn).of_user(user_id)]
+
+
+async def _notifications(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
+    rows = await conn.fetch(
+        """SELECT kind, title, data, created_at, read_at FROM notifications
+           WHERE user_id = $1 ORDER BY created_at""",
+        user_id,
+    )
+    return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+
+
+async def _chat(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
+    messages: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for m in await MessageRepository(conn).of_user(user_id):
+        messages.setdefault(m.conversation_id, []).append(
+            {
+                "role": m.role,
+                "content": m.content,
+                "provider": m.provider,
+                "tools_used": m.tools_used,
+                "tokens_in": m.tokens_in,
+                "tokens_out": m.tokens_out,
+                "created_at": m.created_at,
+            }
+        )
+    conversations = await ConversationRepository(conn).of_user(user_id, None, 0)
+    return {
+        "conversations": [
+            {
+                "id": str(c.id),
+                "title": c.title,
+                "created_at": c.created_at,
+                "updated_at": c.updated_at,
+                "messages": messages.get(c.id, []),
+            }
+            for c in conversations
+        ],
+        "usage": [dict(r) for r in await UsageRepository(conn).of_user(user_id)],
+    }
+
+
 EXPORTERS: dict[str, Exporter] = {
     "profile": _profile,
     "settings": _settings,
@@ -121,6 +168,9 @@ EXPORTERS: dict[str, Exporter] = {
     "security_events": _security_events,
     "portfolios": _portfolios,
     "watchlists": _watchlists,
+    "chat": _chat,
+    "alerts": _alerts,
+    "notifications": _notifications,
 }
 
 

@@ -12,9 +12,11 @@ import httpx
 import pandas as pd
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
+from api import channels
 from api.db.ab import LoggedPrediction, PredictionLogRepository
-from api.feed import QUOTES_CHANNEL, BarProcessor, PollingFeed, ReplayFeed, run_feed
+from api.feed import BarProcessor, FeedLeader, PollingFeed, ReplayFeed, run_feed
 from api.predictor import Forecast
 from api.settings import Settings
 from features.bars import ticker_frame
@@ -33,7 +35,7 @@ async def test_replay_plays_stored_days_in_order_and_quotes_them(
     pool: asyncpg.Pool, redis: Redis, bundled_bars: pd.DataFrame
 ) -> None:
     listener = redis.pubsub()
-    await listener.subscribe(QUOTES_CHANNEL)
+    await listener.subscribe(channels.QUOTES)
     feed = ReplayFeed(pool, start=date(2022, 12, 20), interval_s=0, end=date(2022, 12, 23))
     days = []
     processor = BarProcessor(pool, redis)
@@ -113,3 +115,57 @@ async def test_cli_replays_a_range_of_days(cli_env: None, redis: Redis) -> None:
     assert result.exit_code == 0, result.output
     assert "replayed 2 trading day(s)" in result.output
     assert json.loads(await redis.get("quote:KO"))["date"] == "2022-12-28"
+
+
+async def _days_announced(listener: PubSub) -> list[str]:
+    days, quiet = [], 0
+    while quiet < 10:
+        message = await listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is None:
+            quiet += 1
+        else:
+            quiet = 0
+            days.append(json.loads(message["data"])["date"])
+    await listener.aclose()
+    return days
+
+
+def _leader(pool: asyncpg.Pool, redis: Redis, interval_s: float) -> FeedLeader:
+    return FeedLeader(
+        redis,
+        BarProcessor(pool, redis),
+        lambda after: ReplayFeed(
+            pool, date(2022, 12, 21), interval_s, end=date(2022, 12, 28), after=after
+        ),
+        lease_s=2.0,
+        loop=False,
+    )
+
+
+async def test_one_replica_leads_the_feed_and_a_successor_resumes_after_its_cursor(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    await redis.delete(FeedLeader.CURSOR_KEY, FeedLeader.LEASE_KEY)
+    listener = redis.pubsub()
+    await listener.subscribe(channels.DAYS)
+    first, second = _leader(pool, redis, 0.5), _leader(pool, redis, 0.5)
+    running = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.leading.wait(), timeout=10)
+    follower = asyncio.create_task(second.run())
+    await asyncio.sleep(0.8)  # the leader plays a day or two; the other only waits
+    assert not second.leading.is_set()
+    running.cancel()  # the leading replica goes away mid-replay
+    await asyncio.gather(running, return_exceptions=True)
+    await asyncio.wait_for(follower, timeout=30)  # takes over and finishes the replay
+    days = await _days_announced(listener)
+    # every day, in order; only a day in flight at the handover may be played twice
+    assert sorted(set(days)) == [
+        "2022-12-21",
+        "2022-12-22",
+        "2022-12-23",
+        "2022-12-27",
+        "2022-12-28",
+    ]
+    assert days == sorted(days) and len(days) <= 6
+    assert await redis.get(FeedLeader.CURSOR_KEY) == "2022-12-28"
+    assert await redis.get(FeedLeader.LEASE_KEY) is None  # released when done

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import asyncpg
@@ -17,10 +19,13 @@ import ray
 from mlflow import MlflowClient
 from ray import serve
 from redis.asyncio import Redis
+from websockets.asyncio.client import connect
 
+from api.feed import BarProcessor
 from api.settings import Settings
 from serving.app import build_app, start_local_ray
 from serving.config import Scaling, ServeAppConfig
+from tests.api.test_ws import receive
 from tests.serving.conftest import last_rollback, next_notification
 from training import registry
 from training.pyfunc import ForecasterModel
@@ -156,6 +161,59 @@ async def test_observed_switch_is_written_to_the_alias_history(
         await asyncio.sleep(1)
     assert row is not None and row["actor"] == "serving"
     assert (row["from_version"], row["to_version"]) == moved
+
+
+async def test_the_switch_is_announced_once_for_the_notification_stream(
+    serve_url: str, settings: Settings, moved: tuple[str, str]
+) -> None:
+    """Every replica sees the move; one of them announces it (a Redis once-key)."""
+    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    try:
+        deadline, keys = time.monotonic() + 30, []
+        while time.monotonic() < deadline and not keys:
+            keys = await redis.keys(f"announced:stockcopilot-lstm:champion:{moved[1]}:*")
+            await asyncio.sleep(0.5)
+    finally:
+        await redis.aclose()
+    assert len(keys) == 1
+
+
+async def test_sockets_through_the_serve_proxy(
+    serve_url: str, settings: Settings, pool: asyncpg.Pool, user_headers: dict[str, str]
+) -> None:
+    """Quotes and refreshed forecasts reach sockets held by the ingress replica, fed by the
+    market feed through Redis pub/sub."""
+    token = user_headers["Authorization"].removeprefix("Bearer ")
+    base = serve_url.replace("http://", "ws://")
+    day = date(2022, 12, 27)
+    async with (
+        connect(f"{base}/ws/real-time?token={token}") as quotes,
+        connect(f"{base}/ws/predictions?token={token}") as forecasts,
+    ):
+        await quotes.send(json.dumps({"action": "subscribe", "tickers": ["KO"]}))
+        await forecasts.send(
+            json.dumps({"action": "subscribe", "tickers": ["KO"], "horizon": 1, "model": "lstm"})
+        )
+        await receive(quotes, "subscribed", 60)
+        await receive(forecasts, "prediction", 120)  # the current forecast, straight away
+        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+        try:
+            rows = await pool.fetch(
+                """SELECT ticker, date, open, high, low, close, volume, source FROM bars
+                   WHERE date = $1""",
+                day,
+            )
+            await BarProcessor(pool, redis).process(day, pd.DataFrame([dict(r) for r in rows]))
+        finally:
+            await redis.aclose()
+        quote = await receive(quotes, "quote", 60)
+        assert (quote["ticker"], quote["date"]) == ("KO", str(day))
+        for _ in range(5):  # the refresh for `day` (a snapshot may still be in flight)
+            forecast = await receive(forecasts, "prediction", 120)
+            if forecast["as_of"] == str(day):
+                break
+        assert forecast["as_of"] == str(day) and forecast["ticker"] == "KO"
+        assert forecast["model"]["family"] == "lstm" and forecast["horizon"] == 1
 
 
 def _lstm_replicas() -> list[str]:
