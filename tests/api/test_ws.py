@@ -79,6 +79,15 @@ async def receive(ws: ClientConnection, kind: str, seconds: float = 10.0) -> dic
             return message
 
 
+async def quote_of(ws: ClientConnection, day: date) -> dict[str, Any]:
+    """The quote for `day` (a subscription first gets the last stored quote, maybe older)."""
+    for _ in range(10):
+        quote = await receive(ws, "quote")
+        if quote["date"] == str(day):
+            return quote
+    raise AssertionError(f"no quote for {day}")
+
+
 async def close_code(ws: ClientConnection, seconds: float = 10.0) -> int | None:
     try:
         async with asyncio.timeout(seconds):
@@ -132,10 +141,21 @@ async def test_api_keys_need_the_stream_scope(
         assert (await receive(ws, "welcome"))["stream"] == "predictions"
 
 
+async def test_a_socket_closes_when_its_session_ends(
+    server: Any, client: httpx.AsyncClient, me: tuple[str, dict[str, str]]
+) -> None:
+    token, headers = me
+    async with connect(url(server, "/ws/real-time", token)) as ws:
+        await receive(ws, "welcome")
+        assert (await client.post("/api/v1/auth/logout", headers=headers)).status_code == 204
+        assert await close_code(ws) == 4401  # at the next heartbeat (0.5 s here)
+
+
 async def test_subscribe_and_receive_the_quotes_of_a_replayed_day(
     server: Any, me: tuple[str, dict[str, str]], pool: asyncpg.Pool, redis: Redis
 ) -> None:
     token, _ = me
+    await redis.delete("quote:AAPL")  # no stored quote: the one that arrives is the live one
     async with connect(url(server, "/ws/real-time")) as ws:
         await ws.send(json.dumps({"action": "auth", "token": token}))
         welcome = await receive(ws, "welcome")
@@ -156,6 +176,8 @@ async def test_subscribe_and_receive_the_quotes_of_a_replayed_day(
         )
         assert quote["ticker"] == "AAPL" and quote["date"] == str(DAY)
         assert quote["close"] == pytest.approx(close)
+        await ws.send(json.dumps({"action": "subscribe", "tickers": ["AAPL"]}))
+        assert (await receive(ws, "quote"))["date"] == str(DAY)  # a new subscriber's snapshot
         assert (await receive(ws, "heartbeat"))["ts"] > 0
         await ws.send(json.dumps({"action": "ping"}))
         await receive(ws, "pong")
@@ -318,3 +340,27 @@ def test_the_asyncapi_document_matches_the_sockets() -> None:
     )
     code = (root / "api" / "routers" / "ws.py").read_text()
     assert set(re.findall(r'_error\(\s*"([a-z_]+)"', code)) <= documented
+
+
+async def test_sockets_on_two_replicas_both_get_the_feed(
+    server: Any,
+    settings: Settings,
+    me: tuple[str, dict[str, str]],
+    pool: asyncpg.Pool,
+    redis: Redis,
+) -> None:
+    """Each ingress replica's hub listens to Redis: a day processed anywhere reaches all."""
+    token, _ = me
+    other = create_app(settings)
+    async with serving(other) as host:
+        other.state.host = host
+        async with (
+            connect(url(server, "/ws/real-time", token)) as first,
+            connect(url(other, "/ws/real-time", token)) as second,
+        ):
+            for ws in (first, second):
+                await ws.send(json.dumps({"action": "subscribe", "tickers": ["PG"]}))
+                await receive(ws, "subscribed")
+            await play_day(pool, redis, date(2022, 12, 27))
+            quotes = [await quote_of(ws, date(2022, 12, 27)) for ws in (first, second)]
+    assert {(q["ticker"], q["date"]) for q in quotes} == {("PG", "2022-12-27")}
