@@ -88,6 +88,10 @@ class Connection:
     tickers: set[str] = field(default_factory=set)
     horizon: int = 5
     model: str = "ensemble"
+    # forecast refreshes: one in flight per socket, so they arrive in feed order; days coming
+    # in meanwhile collapse into the newest (a slow model skips days instead of piling up work)
+    refreshing: bool = False
+    pending: tuple[list[str], str | None] | None = None
 
     @property
     def user_key(self) -> str:
@@ -188,12 +192,27 @@ class Hub:
         for conn in self._of(Stream.PREDICTIONS):
             wanted = sorted(conn.tickers & traded)
             if wanted:
-                self.spawn(self.send_predictions(conn, wanted, day))
+                self.refresh(conn, wanted, day)
 
-    def spawn(self, work: Any) -> None:
-        task = asyncio.create_task(work)
+    def refresh(self, conn: Connection, tickers: list[str], day: str | None) -> None:
+        """Forecasts for `tickers` as of `day`, now or after the refresh in flight."""
+        if conn.refreshing:
+            conn.pending = (tickers, day)  # replaces an older pending day
+            return
+        conn.refreshing = True
+        task = asyncio.create_task(self._refresh_loop(conn, tickers, day))
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh_loop(self, conn: Connection, tickers: list[str], day: str | None) -> None:
+        try:
+            while True:
+                await self.send_predictions(conn, tickers, day)
+                if conn.pending is None:
+                    return
+                (tickers, day), conn.pending = conn.pending, None
+        finally:
+            conn.refreshing = False
 
     async def send_predictions(self, conn: Connection, tickers: list[str], day: str | None) -> None:
         """Forecasts made from `day`'s bars (the newest when None), in the caller's A/B variant,

@@ -40,6 +40,7 @@ from serving.ttl import TtlCache
 
 ALIASES = (CHAMPION, CHALLENGER)
 ROLLBACK_ACTOR = "auto-rollback"
+ANNOUNCE_ONCE_S = 600  # one announcement per alias move across replicas within this window
 
 log = structlog.get_logger(__name__)
 
@@ -117,14 +118,14 @@ class AliasAudit:
             "actor": event.actor,
             "reason": event.reason,
         }
-        at = event.at.isoformat() if event.at else ""
-        once = f"announced:{event.model}:{event.alias}:{event.to_version}:{at}"
+        # replicas see a move within one alias poll of each other; the first one announces it
+        once = f"announced:{event.model}:{event.alias}:{event.from_version}->{event.to_version}"
         await self._publish(message, once)
 
     async def _publish(self, event: dict[str, object], once: str | None = None) -> None:
         redis = Redis.from_url(self._settings.redis_url or "")
         try:
-            if once is None or await redis.set(once, "1", nx=True, ex=86_400):
+            if once is None or await redis.set(once, "1", nx=True, ex=ANNOUNCE_ONCE_S):
                 await redis.publish(self.CHANNEL, json.dumps(event))
         except (RedisError, OSError) as exc:  # the audit row is written; the push is best effort
             log.warning("model_notification_failed", error=type(exc).__name__)

@@ -243,8 +243,7 @@ class Session:
         if self.stream == Stream.QUOTES:
             await self.hub.snapshot_quotes(conn, tickers)
         else:
-            day = await self.hub.feed_day()
-            self.hub.spawn(self.hub.send_predictions(conn, sorted(conn.tickers), day))
+            self.hub.refresh(conn, sorted(conn.tickers), await self.hub.feed_day())
 
     def _prediction_options(self, message: dict[str, Any]) -> bool:
         assert self.conn is not None

@@ -171,7 +171,7 @@ async def test_the_switch_is_announced_once_for_the_notification_stream(
     try:
         deadline, keys = time.monotonic() + 30, []
         while time.monotonic() < deadline and not keys:
-            keys = await redis.keys(f"announced:stockcopilot-lstm:champion:{moved[1]}:*")
+            keys = await redis.keys(f"announced:stockcopilot-lstm:champion:{moved[0]}->{moved[1]}")
             await asyncio.sleep(0.5)
     finally:
         await redis.aclose()
