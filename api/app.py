@@ -10,15 +10,18 @@ from datetime import date
 
 import asyncpg
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 
 from api.db.pool import create_pool
 from api.deps import predictions_of, rate_limited
 from api.errors import install_error_handlers
 from api.feed import BarProcessor, FeedLeader, MarketFeed, PollingFeed, ReplayFeed
+from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
+from api.observability import init_sentry
 from api.openapi_examples import attach as attach_examples
 from api.predictor import Predictor
 from api.realtime import Hub
@@ -56,7 +59,7 @@ def feed_leader(app: FastAPI) -> FeedLeader:
     settings: Settings = state.settings
     predictions = predictions_of(state) if state.predictor is not None else None
     evaluator = AlertEvaluator(state.pool, Notifier(state.pool, state.redis), predictions)
-    processor = BarProcessor(state.pool, state.redis, evaluator)
+    processor = BarProcessor(state.pool, state.redis, evaluator, state.metrics.feed_days.inc)
 
     def make_feed(after: date | None) -> MarketFeed:
         if settings.feed_mode == "live":
@@ -94,6 +97,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     """Build the API. `settings` must carry concrete database and Redis URLs."""
 
     keyring = Keyring.from_settings(settings)  # refuses development keys in production
+    init_sentry(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,7 +130,9 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.keyring = keyring
+    app.state.metrics = metrics = Metrics()
     app.state.chat = ProviderChain.from_settings(settings)  # circuit state lives with the app
+    app.state.chat.observer = lambda provider, outcome: metrics.chat.labels(provider, outcome).inc()
     app.state.email_sender = LogEmailSender()  # deployments and tests may replace it
     install_error_handlers(app)
     if settings.cors_origins:
@@ -138,7 +144,15 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             allow_headers=["*"],
         )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition of this replica's metrics (see api/metrics.py)."""
+        body = await metrics.render(app.state.pool, app.state.redis)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     app.include_router(health.router)  # probes are never rate limited
     app.include_router(auth.router)  # its own, stricter tier
     app.include_router(ws.router)  # sockets authenticate and throttle per connection

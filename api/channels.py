@@ -10,6 +10,7 @@ DAYS = "feed:days"  # one `day` message after each trading day's bars are proces
 MODELS = "notifications:models"  # model alias moves and automatic rollbacks, for everyone
 USER_PREFIX = "notifications:user:"  # + user id: that user's alerts and portfolio events
 FEED_CLOCK = "feed:clock"  # key: the last day the feed processed
+FEED_PROCESSED_AT = "feed:processed_at"  # key: when it did (Unix seconds), for the lag metric
 
 
 def user_channel(user_id: uuid.UUID) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
+import structlog
 from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from redis.asyncio import Redis
@@ -36,7 +37,7 @@ def get_redis(request: Request) -> Redis:
 def predictions_of(state: Any) -> PredictionService:
     """The prediction service of an app (its `app.state`): routes, sockets and alerts share it."""
     cache = JsonCache(state.redis, "pred:v1", state.settings.prediction_cache_ttl_s)
-    return PredictionService(state.pool, state.predictor, cache)
+    return PredictionService(state.pool, state.predictor, cache, state.metrics.forecasts_served)
 
 
 def get_predictions(request: Request) -> PredictionService:
@@ -76,11 +77,14 @@ async def optional_principal(
 ) -> Principal | None:
     """The caller if credentials came with the request (invalid ones are refused, never
     ignored), else None."""
+    principal = None
     if token:
-        return await auth.principal_from_token(token)
-    if api_key:
-        return await auth.principal_from_api_key(api_key)
-    return None
+        principal = await auth.principal_from_token(token)
+    elif api_key:
+        principal = await auth.principal_from_api_key(api_key)
+    if principal is not None:  # logs name the caller by a keyed pseudonym, never the id
+        structlog.contextvars.bind_contextvars(user=auth.keyring.pseudonym(principal.user_id))
+    return principal
 
 
 async def current_principal(
@@ -147,6 +151,7 @@ def rate_limited(tier: str) -> Any:
         refused = [d for d in decisions if not d.allowed]
         tightest = min(refused or decisions, key=lambda d: (d.remaining, -d.retry_after_s))
         if refused:
+            request.app.state.metrics.rate_limited.labels(tier).inc()
             raise ProblemError(
                 429,
                 "rate_limited",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import sentry_sdk
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -93,4 +94,5 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Log the cause server-side; never leak internals to the client.
         log.exception("unhandled_error", path=request.url.path)
+        sentry_sdk.capture_exception(exc)  # a no-op unless SENTRY_DSN is set
         return problem(500, "internal_error", "unexpected server error", request.url.path)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -173,11 +174,16 @@ class BarProcessor:
     """What every new day of bars sets in motion (see the module docstring)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, redis: Redis, alerts: AlertEvaluator | None = None
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        alerts: AlertEvaluator | None = None,
+        on_day: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._alerts = alerts
+        self._on_day = on_day  # e.g. a metrics counter
 
     async def process(self, day: date, bars: pd.DataFrame) -> list[Quote]:
         if bars.empty:
@@ -211,6 +217,8 @@ class BarProcessor:
                 )
             )
         await self._announce_day(day, [q.ticker for q in quotes])
+        if self._on_day is not None:
+            self._on_day()
         log.info(
             "feed_day", day=str(day), bars=len(quotes), outcomes_resolved=resolved, alerts=fired
         )
@@ -232,6 +240,7 @@ class BarProcessor:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(channels.FEED_CLOCK, day.isoformat())
+                pipe.set(channels.FEED_PROCESSED_AT, str(time.time()))
                 pipe.publish(channels.DAYS, json.dumps(message))
                 await pipe.execute()
         except (RedisError, OSError) as exc:

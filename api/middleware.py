@@ -52,7 +52,7 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "user")
 
 
 # Conservative defaults for a JSON API; the docs page (/docs) needs its CDN assets and inline

@@ -192,6 +192,14 @@ class Settings(BaseSettings):
         description="hosts (and their subdomains) answers may link to; other links are removed",
     )
 
+    # operations
+    sentry_dsn: SecretStr | None = Field(
+        default=None, description="report errors to Sentry (personal data scrubbed) when set"
+    )
+    sentry_traces_sample_rate: float = Field(
+        default=0.0, ge=0, le=1, description="share of requests traced to Sentry"
+    )
+
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> Self:
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
@@ -206,6 +214,15 @@ class Settings(BaseSettings):
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value()
         return "stock-copilot-development-signing-key-not-secret"
+
+    @property
+    def app_version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("stock-copilot")
+        except PackageNotFoundError:
+            return "0.0.0"
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -77,6 +77,7 @@ class Session:
         self.stream = stream
         self.settings: Settings = state.settings
         self.hub: Hub = state.hub
+        self.sockets = state.metrics.sockets.labels(stream.value)
         self.pool = state.pool
         self.auth = AuthService(state.pool, state.redis, state.settings, state.keyring)
         self.credential: str | None = None
@@ -93,6 +94,7 @@ class Session:
                 raise Closed(4403, f"this API key lacks the {scope!r} scope")
             self.conn = Connection(self.stream, principal, Outbox(self.settings.ws_queue_limit))
             self.hub.add(self.conn)
+            self.sockets.inc()
             await self._welcome()
             tasks = [
                 asyncio.create_task(self._read()),
@@ -116,6 +118,7 @@ class Session:
         finally:
             if self.conn is not None:
                 self.hub.discard(self.conn)
+                self.sockets.dec()
 
     async def _close(self, code: int, reason: str) -> None:
         if self.ws.application_state == WebSocketState.DISCONNECTED:

@@ -115,6 +115,11 @@ class Keyring:
         """Deterministic HMAC of an already-normalised value (e.g. a lower-cased e-mail)."""
         return hmac.new(self.index_key, value.encode(), hashlib.sha256).hexdigest()
 
+    def pseudonym(self, user_id: object) -> str:
+        """A user's name in logs and error reports: stable, so one user's lines correlate,
+        but without the key it leads back to no account."""
+        return "u_" + self.blind_index(f"log:{user_id}")[:16]
+
 
 def email_context(user_id: object) -> str:
     """The associated data binding a user's e-mail ciphertext to its row."""

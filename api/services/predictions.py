@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from statistics import NormalDist
@@ -93,10 +94,17 @@ def _past(r: dict[str, Any]) -> dict[str, Any]:
 
 
 class PredictionService:
-    def __init__(self, pool: asyncpg.Pool, predictor: Predictor | None, cache: JsonCache) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        predictor: Predictor | None,
+        cache: JsonCache,
+        on_served: Callable[[list[dict[str, Any]], int], None] | None = None,
+    ) -> None:
         self._pool = pool
         self._predictor = predictor
         self._cache = cache
+        self._on_served = on_served  # (forecasts, cache hits): for metrics
         self._market = MarketDataService(pool)
 
     async def _targets(self, raw_tickers: list[str], as_of: date | None) -> list[Target]:
@@ -165,6 +173,8 @@ class PredictionService:
             found = [
                 hit or fresh[(t.ticker, horizon)] for t, hit in zip(targets, found, strict=True)
             ]
+        if self._on_served is not None:
+            self._on_served(found, len(targets) - len(missing))
         return found
 
     async def model_card(self, family: str, version: str) -> dict[str, Any] | None:

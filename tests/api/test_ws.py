@@ -27,6 +27,7 @@ from api.app import create_app
 from api.feed import BarProcessor
 from api.services.alerts import AlertEvaluator, Notifier
 from api.settings import Settings
+from tests.api.test_observability import sample
 from tests.conftest import sign_up
 from tests.live_server import serving
 
@@ -181,6 +182,10 @@ async def test_subscribe_and_receive_the_quotes_of_a_replayed_day(
         assert (await receive(ws, "heartbeat"))["ts"] > 0
         await ws.send(json.dumps({"action": "ping"}))
         await receive(ws, "pong")
+        async with httpx.AsyncClient(base_url=f"http://{server.state.host}") as http:
+            metrics = (await http.get("/metrics")).text
+        open_sockets = sample(metrics, "stockcopilot_websocket_connections", stream="real-time")
+        assert open_sockets is not None and open_sockets >= 1
 
 
 async def test_alerts_portfolio_and_model_events_are_pushed(

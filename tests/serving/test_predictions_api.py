@@ -213,3 +213,22 @@ async def test_models_lists_versions_aliases_weights_and_history(
     assert {v["version"] for v in hybrid["versions"]} >= {"1", "2"}
     assert any(m["actor"] == "tester" and m["to_version"] == "2" for m in hybrid["alias_history"])
     assert families["lstm"]["challenger"] is None
+
+
+async def test_served_forecasts_and_cache_hits_are_counted(api: httpx.AsyncClient) -> None:
+    from tests.api.test_observability import sample
+
+    def counts(text: str) -> tuple[float, float]:
+        served = sample(
+            text, "stockcopilot_predictions_total", family="lstm", version="1", variant="champion"
+        )
+        return served or 0.0, sample(text, "stockcopilot_prediction_cache_total", result="hit") or 0
+
+    before = counts((await api.get("/metrics")).text)
+    for _ in range(2):  # the second answer comes from the cache
+        response = await api.get(
+            "/api/v1/predictions/PG", params={"model": "lstm", "as_of": "2021-07-01"}
+        )
+        assert response.status_code == 200, response.text
+    after = counts((await api.get("/metrics")).text)
+    assert after[0] - before[0] == 2 and after[1] - before[1] == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -252,6 +252,13 @@ class ProviderChain:
 
     providers: list[ChatProvider]
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    # (provider, outcome) -> None: how each call went, for metrics; outcomes are `answered`,
+    # `failed` and `circuit_open`
+    observer: Callable[[str, str], None] | None = None
+
+    def observe(self, provider: str, outcome: str) -> None:
+        if self.observer is not None:
+            self.observer(provider, outcome)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderChain:
@@ -287,14 +294,17 @@ class ProviderChain:
                 continue
             if not self.breakers[provider.name].allow():
                 log.info("chat_provider_skipped", provider=provider.name, circuit="open")
+                self.observe(provider.name, "circuit_open")
                 continue
             yield Attempt(provider, own_key)
 
     def succeeded(self, attempt: Attempt) -> None:
         self.breakers[attempt.provider.name].succeeded()
+        self.observe(attempt.provider.name, "answered")
 
     def failed(self, attempt: Attempt, error: ProviderError) -> None:
         log.warning("chat_provider_failed", provider=error.provider, reason=error.reason)
+        self.observe(attempt.provider.name, "failed")
         breaker = self.breakers[attempt.provider.name]
         if error.trips:
             breaker.failed()

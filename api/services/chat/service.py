@@ -201,6 +201,7 @@ class ChatService:
         for word in re.findall(r"\S+\s*|\s+", text):
             if cleaned := draft.emit(word):
                 yield Chunk(cleaned)
+        self._chain.observe(LOCAL, "answered")
         async for event in self._finish(turn, LOCAL, draft):
             yield event
 
