@@ -90,7 +90,7 @@ class Metrics:
         )
         self.live_loss = Gauge(
             "stockcopilot_live_pinball_loss",
-            "Mean pinball loss of scored live forecasts over the last 7 days",
+            "Mean pinball loss of live forecasts scored in the last 7 days",
             ["family", "variant"],
             registry=r,
         )
@@ -135,7 +135,7 @@ class Metrics:
         losses = await pool.fetch(
             """SELECT p.family, p.variant, avg(o.pinball_loss) AS loss
                FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.live AND o.outcome_date >= current_date - 7
+               WHERE p.live AND o.resolved_at >= now() - interval '7 days'
                GROUP BY p.family, p.variant"""
         )
         for r in losses:
