@@ -100,7 +100,7 @@ def _serve_with_ray(ready: Settings, console: Console) -> None:
 
     context = start_local_ray(
         include_dashboard=True,
-        dashboard_host="127.0.0.1",
+        dashboard_host=ready.host,  # 0.0.0.0 in containers, so the published port works
         log_to_driver=False,
         configure_logging=False,
     )
