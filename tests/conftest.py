@@ -20,6 +20,9 @@ from features.bars import ticker_frame
 from features.datasets import load_bundled_bars
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import IngestReport, ingest_bundled
+from tests.model_registry import registry_root, registry_uri, serving_registry
+
+__all__ = ["registry_root", "registry_uri", "serving_registry"]  # session fixtures, shared
 
 PASSWORD = "correct horse battery staple"
 DEFAULT_USER = "default-user@example.com"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from typer.testing import CliRunner, Result
 
@@ -29,7 +30,17 @@ _runner = CliRunner()
 
 
 async def invoke(*args: str) -> Result:
-    """Run the CLI in a worker thread: its own asyncio.run() cannot nest in the test's loop."""
+    """Run the CLI in a worker thread: its own asyncio.run() cannot nest in the test's loop.
+
+    The CLI points the root logger at the runner's stderr, which is closed afterwards; the
+    handlers are put back so later log lines (servers in other threads too) have somewhere to go.
+    """
     from pipelines.cli import app
 
-    return await asyncio.to_thread(_runner.invoke, app, list(args))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return await asyncio.to_thread(_runner.invoke, app, list(args))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

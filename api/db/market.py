@@ -183,19 +183,25 @@ class BarRepository:
         return int(await self._conn.fetchval("SELECT count(*) FROM bars"))
 
     async def history(
-        self, ticker: str, end: date | None = None, last: int | None = None
+        self,
+        ticker: str,
+        end: date | None = None,
+        last: int | None = None,
+        start: date | None = None,
     ) -> pd.DataFrame:
-        """Date-indexed OHLCV for one ticker up to `end` (inclusive); only the `last` bars
-        when given."""
+        """Date-indexed OHLCV for one ticker up to `end` (inclusive); only the `last` bars, or
+        those from `start` on, when given."""
         rows = await self._conn.fetch(
             """SELECT * FROM (
                    SELECT date, open, high, low, close, volume FROM bars
                    WHERE ticker = $1 AND ($2::date IS NULL OR date <= $2)
+                     AND ($4::date IS NULL OR date >= $4)
                    ORDER BY date DESC LIMIT $3
                ) recent ORDER BY date""",
             ticker,
             end,
             last,
+            start,
         )
         frame = pd.DataFrame([tuple(r) for r in rows], columns=["date", *OHLCV_COLUMNS])
         frame["date"] = pd.to_datetime(frame["date"])

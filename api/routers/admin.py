@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, UploadFile
 
 from api.deps import AdminDep, MarketDataDep
-from api.errors import ProblemError
+from api.errors import ProblemError, problems
 from api.schemas import ImportResult
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDep])
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 
-@router.post("/bars/import", response_model=ImportResult, status_code=201)
+@router.post("/bars/import", response_model=ImportResult, status_code=201, responses=problems(413))
 async def import_bars(
     market: MarketDataDep,
     file: UploadFile,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from api.db.alerts import NotificationRepository
 from api.deps import PoolDep, PrincipalDep
-from api.errors import ProblemError
+from api.errors import ProblemError, problems
 from api.services.alerts import (
     AlertBody,
     AlertService,
@@ -111,7 +111,7 @@ def _out(row: Any) -> Any:
     return _ALERT_OUT.validate_python(public(row))
 
 
-@router.post("/alerts", response_model=AlertOut, status_code=201)
+@router.post("/alerts", response_model=AlertOut, status_code=201, responses=problems(404, 409))
 async def create_alert(body: AlertBody, principal: PrincipalDep, alerts: AlertsDep) -> Any:
     """A price cross, a daily move, an indicator or forecast condition on a ticker, or a
     drawdown of one of your portfolios; evaluated on every new trading day."""

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import MarketDataDep, PoolDep, require_scope
-from api.errors import Unprocessable
+from api.errors import Unprocessable, problems
 from api.routers.stocks import TickerPath
 from api.schemas import (
+    Day,
     IndicatorInfo,
     IndicatorResponse,
     IndicatorSeries,
@@ -67,8 +68,8 @@ async def ticker_indicators(
     market: MarketDataDep,
     ticker: TickerPath,
     names: Annotated[str, Query(min_length=1, max_length=500, examples=["rsi_14,macd_12_26_9"])],
-    start: date | None = None,
-    end: date | None = None,
+    start: Day | None = None,
+    end: Day | None = None,
 ) -> IndicatorResponse:
     """Indicator values per bar, warmed up on earlier history (values at t use bars ≤ t)."""
     wanted = _split_names(names, "indicators")
@@ -97,8 +98,8 @@ async def ticker_indicators(
 async def ticker_patterns(
     market: MarketDataDep,
     ticker: TickerPath,
-    start: date | None = None,
-    end: date | None = None,
+    start: Day | None = None,
+    end: Day | None = None,
     names: Annotated[str | None, Query(max_length=2000, description="comma-separated")] = None,
 ) -> PatternResponse:
     """Candlestick patterns detected per bar, bullish or bearish. Needs OHLC data."""
@@ -170,11 +171,11 @@ def _verdict(v: signals.Verdict) -> VerdictOut:
     return VerdictOut(signal=v.signal, reason=v.reason, values=v.values)
 
 
-@router.get("/patterns/scan", response_model=ScanOut)
+@router.get("/patterns/scan", response_model=ScanOut, responses=problems(404))
 async def scan_patterns(
     market: MarketDataDep,
     pattern: Annotated[str, Query(min_length=2, max_length=40, examples=["engulfing"])],
-    on: Annotated[date | None, Query(alias="date", description="default: the latest bar")] = None,
+    on: Annotated[Day | None, Query(alias="date", description="default: the latest bar")] = None,
 ) -> ScanOut:
     """Every instrument showing `pattern` on one date."""
     try:
@@ -192,7 +193,7 @@ async def scan_patterns(
 
 @router.get("/{ticker}/summary", response_model=SummaryOut)
 async def ticker_summary(
-    market: MarketDataDep, ticker: TickerPath, end: date | None = None
+    market: MarketDataDep, ticker: TickerPath, end: Day | None = None
 ) -> SummaryOut:
     """Trend, momentum, volatility and volume verdicts, each with the values behind it."""
     bars, verdicts = await market.signal_summary(ticker, end)
@@ -207,7 +208,7 @@ async def ticker_summary(
 async def ticker_levels(
     market: MarketDataDep,
     ticker: TickerPath,
-    end: date | None = None,
+    end: Day | None = None,
     lookback_days: Annotated[int, Query(ge=30, le=2520)] = 250,
 ) -> LevelsOut:
     """Support and resistance where swing highs and lows cluster (pivots, 1.5% tolerance)."""
@@ -252,14 +253,14 @@ class SimilarOut(BaseModel):
     )
 
 
-@router.get("/{ticker}/similar", response_model=SimilarOut)
+@router.get("/{ticker}/similar", response_model=SimilarOut, responses=problems(503))
 async def similar(
     market: MarketDataDep,
     pool: PoolDep,
     ticker: TickerPath,
     window: Annotated[int, Query(description="bars in the return path: 20, 30 or 60")] = 30,
     k: Annotated[int, Query(ge=1, le=100)] = 20,
-    end: date | None = None,
+    end: Day | None = None,
 ) -> SimilarOut:
     """The nearest historical analogues of the ticker's recent return path (pgvector HNSW),
     and the distribution of what followed them."""

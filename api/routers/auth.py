@@ -24,7 +24,7 @@ from api.deps import (
     SettingsDep,
     rate_limited,
 )
-from api.errors import ProblemError
+from api.errors import ProblemError, problems
 from api.routers.users import UserOut, user_out
 from api.services.auth import TokenPair
 
@@ -87,7 +87,7 @@ def _agent(request: Request) -> str:
     return request.headers.get("user-agent", "")[:200]
 
 
-@router.post("/register", response_model=UserOut, status_code=201)
+@router.post("/register", response_model=UserOut, status_code=201, responses=problems(409))
 async def register(body: RegisterIn, auth: AuthDep, ip: ClientIpDep) -> UserOut:
     """Create an account (e-mail stored encrypted, password hashed with argon2id)."""
     user = await auth.register(body.email, body.password, body.display_name, ip)
@@ -148,7 +148,7 @@ class ResetIn(BaseModel):
     }
 
 
-@router.post("/verify-email/request", status_code=202)
+@router.post("/verify-email/request", status_code=202, responses=problems(409))
 async def request_verification(
     principal: PrincipalDep, auth: AuthDep, pool: PoolDep, sender: EmailSenderDep
 ) -> None:
@@ -159,7 +159,7 @@ async def request_verification(
     await auth.request_verification(user, sender)
 
 
-@router.post("/verify-email", status_code=204)
+@router.post("/verify-email", status_code=204, responses=problems(400))
 async def verify_email(body: TokenIn, auth: AuthDep, ip: ClientIpDep) -> None:
     """Mark the address verified with the token from the link (single use)."""
     await auth.verify_email(body.token, ip)
@@ -174,13 +174,13 @@ async def request_password_reset(
     await auth.request_password_reset(body.email, sender, ip)
 
 
-@router.post("/password-reset", status_code=204)
+@router.post("/password-reset", status_code=204, responses=problems(400))
 async def reset_password(body: ResetIn, auth: AuthDep, ip: ClientIpDep) -> None:
     """Set a new password; every session of the account ends."""
     await auth.reset_password(body.token, body.password, ip)
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, responses=problems(400))
 async def logout(principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep) -> None:
     """End this session: its refresh token and its access tokens stop working at once."""
     await auth.logout(principal, ip)
@@ -196,13 +196,20 @@ async def oauth_providers(settings: SettingsDep) -> ProvidersOut:
     return ProvidersOut(providers=sorted(settings.oauth_providers))
 
 
-@router.get("/oauth/{provider}/authorize", status_code=307, response_class=RedirectResponse)
+@router.get(
+    "/oauth/{provider}/authorize",
+    status_code=307,
+    response_class=RedirectResponse,
+    responses=problems(502, 503),
+)
 async def oauth_authorize(provider: str, oauth: OAuthDep) -> RedirectResponse:
     """Start social sign-in: redirects to the provider (authorization code with PKCE)."""
     return RedirectResponse(await oauth.authorize_url(provider), status_code=307)
 
 
-@router.get("/oauth/{provider}/callback", response_model=TokenOut)
+@router.get(
+    "/oauth/{provider}/callback", response_model=TokenOut, responses=problems(400, 502, 503)
+)
 async def oauth_callback(
     provider: str,
     oauth: OAuthDep,

@@ -22,7 +22,9 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(pool: PoolDep, redis: RedisDep) -> JSONResponse:
-    """Postgres and Redis answer; 503 names the one that does not."""
+    """Ready when Postgres answers (503 otherwise). Without Redis the API still serves, with
+    caching and rate limits per replica: `degraded`, still 200, so a Redis outage never takes
+    every replica out of a load balancer at once."""
     checks: dict[str, str] = {}
     try:
         await asyncio.wait_for(pool.fetchval("SELECT 1"), CHECK_TIMEOUT_S)
@@ -34,6 +36,9 @@ async def readyz(pool: PoolDep, redis: RedisDep) -> JSONResponse:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
-    ready = all(v == "ok" for v in checks.values())
-    body = Readiness(status="ready" if ready else "unavailable", checks=checks)
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    if checks["postgres"] != "ok":
+        status = "unavailable"
+    else:
+        status = "ready" if checks["redis"] == "ok" else "degraded"
+    body = Readiness(status=status, checks=checks)
+    return JSONResponse(body.model_dump(), status_code=503 if status == "unavailable" else 200)

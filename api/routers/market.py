@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from api.deps import PoolDep, RedisDep, require_scope
+from api.errors import problems
 from api.services.market import MarketService
 
 router = APIRouter(
@@ -79,13 +80,13 @@ class Correlation(BaseModel):
     matrix: list[list[float | None]]
 
 
-@router.get("/overview", response_model=Overview)
+@router.get("/overview", response_model=Overview, responses=problems(404))
 async def overview(market: MarketDep) -> Overview:
     """S&P 500 level and change, advancers and decliners on the latest day."""
     return Overview(**await market.overview())
 
 
-@router.get("/movers", response_model=Movers, response_model_by_alias=True)
+@router.get("/movers", response_model=Movers, response_model_by_alias=True, responses=problems(404))
 async def movers(
     market: MarketDep,
     period: Period = "1d",
@@ -95,13 +96,15 @@ async def movers(
     return Movers(**await market.movers(period, limit))
 
 
-@router.get("/sectors", response_model=Sectors, response_model_by_alias=True)
+@router.get(
+    "/sectors", response_model=Sectors, response_model_by_alias=True, responses=problems(404)
+)
 async def sectors(market: MarketDep, period: Period = "1m") -> Sectors:
     """Sector returns, relative strength against the S&P 500, and breadth."""
     return Sectors(**await market.sectors(period))
 
 
-@router.get("/sectors/correlation", response_model=Correlation)
+@router.get("/sectors/correlation", response_model=Correlation, responses=problems(404))
 async def sector_correlation(
     market: MarketDep, lookback_days: Annotated[int, Query(ge=20, le=2520)] = 252
 ) -> Correlation:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.db.models import AliasEventRepository
 from api.deps import PoolDep, require_scope
-from api.errors import ProblemError
+from api.errors import ProblemError, problems
 from api.predictor import FAMILIES, ModelVersion, Predictor, model_name
 
 router = APIRouter(
@@ -44,7 +44,7 @@ def _predictor(request: Request) -> Predictor:
     return predictor
 
 
-@router.get("", response_model=list[FamilyOut])
+@router.get("", response_model=list[FamilyOut], responses=problems(503))
 async def list_models(
     pool: PoolDep, predictor: Annotated[Predictor, Depends(_predictor)]
 ) -> list[FamilyOut]:

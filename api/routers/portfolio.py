@@ -25,7 +25,8 @@ from api.db.portfolios import (
     watchlists_of,
 )
 from api.deps import NotifierDep, PoolDep, PrincipalDep, require_scope
-from api.errors import ProblemError
+from api.errors import ProblemError, problems
+from api.schemas import Day
 from api.services.alerts import Notifier
 from api.services.market_data import require_known
 from api.services.portfolios import (
@@ -139,7 +140,7 @@ def get_service(pool: PoolDep) -> PortfolioService:
 ServiceDep = Annotated[PortfolioService, Depends(get_service)]
 
 
-@router.post("", response_model=PortfolioOut, status_code=201)
+@router.post("", response_model=PortfolioOut, status_code=201, responses=problems(409))
 async def create_portfolio(
     body: PortfolioIn, principal: PrincipalDep, service: ServiceDep
 ) -> PortfolioOut:
@@ -159,7 +160,7 @@ async def get_portfolio(portfolio: OwnedPortfolio) -> PortfolioOut:
     return _portfolio_out(portfolio)
 
 
-@router.patch("/{portfolio_id}", response_model=PortfolioOut)
+@router.patch("/{portfolio_id}", response_model=PortfolioOut, responses=problems(409))
 async def rename_portfolio(
     body: PortfolioIn, portfolio: OwnedPortfolio, service: ServiceDep
 ) -> PortfolioOut:
@@ -187,7 +188,19 @@ async def _announce(
     await notifier.push([(portfolio.user_id, message)])
 
 
-@router.post("/{portfolio_id}/transactions", response_model=TransactionOut, status_code=201)
+@router.post(
+    "/{portfolio_id}/transactions",
+    response_model=TransactionOut,
+    status_code=201,
+    responses={
+        200: {
+            "model": TransactionOut,
+            "description": "A retry with the same Idempotency-Key: the first result, with "
+            "`Idempotent-Replayed: true`",
+        },
+        **problems(409),
+    },
+)
 async def add_transaction(
     body: TransactionIn,
     portfolio: OwnedPortfolio,
@@ -244,7 +257,12 @@ async def delete_transaction(
     )
 
 
-@router.post("/{portfolio_id}/transactions/import", response_model=ImportOut, status_code=201)
+@router.post(
+    "/{portfolio_id}/transactions/import",
+    response_model=ImportOut,
+    status_code=201,
+    responses=problems(413),
+)
 async def import_transactions(
     file: UploadFile, portfolio: OwnedPortfolio, service: ServiceDep, notifier: NotifierDep
 ) -> ImportOut:
@@ -284,7 +302,7 @@ async def export_transactions(portfolio: OwnedPortfolio, service: ServiceDep) ->
 async def positions(
     portfolio: OwnedPortfolio,
     service: ServiceDep,
-    as_of: Annotated[date | None, Query(description="value the portfolio at this date")] = None,
+    as_of: Annotated[Day | None, Query(description="value the portfolio at this date")] = None,
 ) -> PositionsOut:
     """Holdings from FIFO lots: quantity, cost basis, realised and unrealised P&L, and cash."""
     value = await service.valuation(portfolio, as_of)
@@ -447,7 +465,7 @@ async def _known(pool: PoolDep, raw: list[str]) -> list[str]:
     return tickers
 
 
-@watchlists.post("", response_model=WatchlistOut, status_code=201)
+@watchlists.post("", response_model=WatchlistOut, status_code=201, responses=problems(409))
 async def create_watchlist(
     body: WatchlistIn, principal: PrincipalDep, pool: PoolDep
 ) -> WatchlistOut:
@@ -491,7 +509,7 @@ async def _owned_watchlist(
 OwnedWatchlist = Annotated[asyncpg.Record, Depends(_owned_watchlist)]
 
 
-@watchlists.put("/{watchlist_id}", response_model=WatchlistOut)
+@watchlists.put("/{watchlist_id}", response_model=WatchlistOut, responses=problems(409))
 async def replace_watchlist(
     body: WatchlistIn, watchlist: OwnedWatchlist, pool: PoolDep
 ) -> WatchlistOut:

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import CallerKeyDep, PredictionsDep, require_scope
+from api.errors import problems
 from api.routers.stocks import TickerPath
+from api.schemas import Day
 
 router = APIRouter(
     prefix="/api/v1/predictions",
@@ -62,7 +64,7 @@ class BatchRequest(BaseModel):
     )
     horizon: Literal[1, 5, 20] = 5
     model: Family = "ensemble"
-    as_of: date | None = None
+    as_of: Day | None = None
 
     model_config = {
         "json_schema_extra": {
@@ -75,14 +77,14 @@ class BatchResponse(BaseModel):
     predictions: list[Prediction]
 
 
-@router.get("/{ticker}", response_model=Prediction)
+@router.get("/{ticker}", response_model=Prediction, responses=problems(503))
 async def predict(
     service: PredictionsDep,
     caller: CallerKeyDep,
     ticker: TickerPath,
     horizon: Annotated[int, Query(description="trading days: 1, 5 or 20")] = 5,
     model: Annotated[str, Query(description="lstm, transformer, hybrid or ensemble")] = "ensemble",
-    as_of: Annotated[date | None, Query(description="predict from bars up to this date")] = None,
+    as_of: Annotated[Day | None, Query(description="predict from bars up to this date")] = None,
 ) -> Prediction:
     """Forecast one ticker: 10/50/90 % price quantiles and P(up), naming the model version."""
     (result,) = await service.predict_many([ticker], horizon, model, caller, as_of)
@@ -127,7 +129,7 @@ async def prediction_history(
     return PredictionHistory(ticker=name, predictions=[PastPrediction(**r) for r in rows])
 
 
-@router.post("/batch", response_model=BatchResponse)
+@router.post("/batch", response_model=BatchResponse, responses=problems(404, 503))
 async def predict_batch(
     service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest
 ) -> BatchResponse:

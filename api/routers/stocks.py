@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from api.deps import MarketDataDep, require_scope
-from api.schemas import Bar, History, StockHit, StockSearch
+from api.schemas import Bar, Day, History, StockHit, StockSearch
 
 router = APIRouter(
     prefix="/api/v1/stocks", tags=["stocks"], dependencies=[require_scope("read:market")]
@@ -94,8 +94,8 @@ def resample(bars: pd.DataFrame, interval: str) -> pd.DataFrame:
 async def stock_history(
     market: MarketDataDep,
     ticker: TickerPath,
-    start: date | None = None,
-    end: date | None = None,
+    start: Day | None = None,
+    end: Day | None = None,
     interval: Literal["1d", "1wk", "1mo"] = "1d",
 ) -> History:
     """OHLCV bars, daily or resampled to weeks or months (default: the last year of data).

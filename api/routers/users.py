@@ -6,6 +6,7 @@ session or key id that is not the caller's answers 404, exactly like one that do
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import zoneinfo
 from datetime import datetime
@@ -24,7 +25,7 @@ from api.db.users import (
     UserSecretRepository,
 )
 from api.deps import AdminPrincipalDep, AuthDep, ClientIpDep, PoolDep, PrincipalDep
-from api.errors import ProblemError
+from api.errors import ProblemError, problems
 from api.predictor import FAMILIES
 from api.security.crypto import secret_context
 from api.security.tokens import verify_password
@@ -223,7 +224,7 @@ async def end_session(
     await auth.end_session(principal.user_id, session_id, ip, "ended by user")
 
 
-@router.post("/me/api-keys", response_model=ApiKeyCreated, status_code=201)
+@router.post("/me/api-keys", response_model=ApiKeyCreated, status_code=201, responses=problems(403))
 async def create_api_key(
     body: ApiKeyIn, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
 ) -> ApiKeyCreated:
@@ -303,18 +304,17 @@ async def export_me(principal: PrincipalDep, pool: PoolDep, auth: AuthDep, ip: C
     return jsonable_encoder(document, custom_encoder={Decimal: str})  # exact amounts
 
 
-@router.delete("/me", status_code=204)
+@router.delete("/me", status_code=204, responses=problems(403))
 async def erase_me(body: ErasureIn, principal: PrincipalDep, pool: PoolDep, auth: AuthDep) -> None:
     """Erase the account and all its data (GDPR art. 17); every token and key stops working.
     The security audit trail keeps its entries, anonymised."""
     user = await _me(pool, principal)
     if principal.api_key_id is not None:
         raise ProblemError(403, "forbidden", "sign in to erase the account; API keys cannot")
-    if (
-        user.password_hash is not None
-        and not verify_password(body.password or "", user.password_hash)[0]
-    ):
-        raise ProblemError(403, "wrong_password", "the current password is required to erase")
+    if user.password_hash is not None:  # argon2 off the event loop
+        ok, _ = await asyncio.to_thread(verify_password, body.password or "", user.password_hash)
+        if not ok:
+            raise ProblemError(403, "wrong_password", "the current password is required to erase")
     for session_id in await erase_user(pool, principal.user_id):
         await auth.forget_session(session_id)
 
@@ -332,7 +332,7 @@ async def list_consents(principal: PrincipalDep, pool: PoolDep) -> list[ConsentO
     return [ConsentOut(**dict(r)) for r in await ConsentRepository(pool).of_user(principal.user_id)]
 
 
-@router.put("/me/secrets/{name}", response_model=SecretOut)
+@router.put("/me/secrets/{name}", response_model=SecretOut, responses=problems(403))
 async def put_secret(
     name: SecretName, body: SecretIn, principal: PrincipalDep, pool: PoolDep, auth: AuthDep
 ) -> SecretOut:

@@ -1,13 +1,18 @@
 """Accounts and credentials: registration, login with lockout, refresh-token rotation with reuse
 detection, sessions, API keys, and who is calling (`Principal`).
 
-Sessions live in Postgres (the record) and in Redis (`session:<id>`, the live state every request
-checks, so logging out ends access tokens at once). If Redis is unreachable the Postgres record
-decides instead; nothing fails because the cache is down.
+Sessions live in Postgres (the record); Redis (`session:<id>`) caches each live one for
+`SESSION_CACHE_S`, so most requests check a session without touching Postgres. Logging out
+revokes the record and drops the cached entry: access tokens end at once. A session Redis does not
+hold is looked up in the record (and cached again), and an unreachable Redis leaves every check to
+the record, so sign-in, sign-out and token checks keep working through a Redis outage and after
+one. The one gap: a session ended while Redis was unreachable stays cached until its entry
+expires, at most `SESSION_CACHE_S` after it was last cached, should Redis return before then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,6 +55,7 @@ log = structlog.get_logger(__name__)
 SCOPES = ("read:market", "read:predictions", "write:portfolio", "chat")
 ROLES = ("user", "admin")
 MAX_LOCKOUT_S = 3600
+SESSION_CACHE_S = 60  # a live session's Redis entry; bounds the gap described above
 VERIFY_TTL = timedelta(days=2)
 RESET_TTL = timedelta(hours=1)
 
@@ -163,7 +169,7 @@ class AuthService:
             self._keyring,
             address,
             display_name,
-            hash_password(password),
+            await asyncio.to_thread(hash_password, password),  # argon2: off the event loop
         )
         await self.audit("register", user.id, ip)
         return user
@@ -184,7 +190,8 @@ class AuthService:
                 headers={"Retry-After": str(locked_for)},
             )
         user = await self._users.by_email_index(index)
-        ok, rehash = verify_password(password, user.password_hash if user else None)
+        stored = user.password_hash if user else None
+        ok, rehash = await asyncio.to_thread(verify_password, password, stored)  # argon2: ~0.1 s
         if user is None or not ok:
             await self._failed_login(index)
             await self.audit("login_failed", user.id if user else None, ip)
@@ -232,10 +239,14 @@ class AuthService:
         ttl = self._settings.refresh_token_ttl_s
         expires = datetime.now(UTC) + timedelta(seconds=ttl)
         await self._sessions.create(session_id, user.id, token_hash(refresh), expires, user_agent)
-        await self._redis_call(
-            "session_live", self._redis.set(f"session:{session_id}", str(user.id), ex=ttl)
-        )
+        await self._cache_session(session_id, user.id)
         return self._pair(user, session_id, refresh)
+
+    async def _cache_session(self, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        key = f"session:{session_id}"
+        await self._redis_call(
+            "session_live", self._redis.set(key, str(user_id), ex=SESSION_CACHE_S)
+        )
 
     def _pair(self, user: UserRow, session_id: uuid.UUID, refresh: str) -> TokenPair:
         ttl = self._settings.access_token_ttl_s
@@ -301,15 +312,22 @@ class AuthService:
         return await self._sessions.active(user_id)
 
     async def _session_live(self, session_id: uuid.UUID) -> bool:
-        live = await self._redis_call("session_check", self._redis.exists(f"session:{session_id}"))
-        if live is not None:
-            return bool(live)
-        session = await self._sessions.get(session_id)  # Redis down: the record decides
-        return (
+        """Cached as live in Redis, or else live in the record (and then cached again)."""
+        cached = await self._redis_call(
+            "session_check", self._redis.exists(f"session:{session_id}")
+        )
+        if cached:
+            return True
+        session = await self._sessions.get(session_id)
+        live = (
             session is not None
             and session.revoked_at is None
             and session.expires_at > datetime.now(UTC)
         )
+        if live and cached is not None:  # Redis answered without it: expired, or never cached
+            assert session is not None
+            await self._cache_session(session_id, session.user_id)
+        return live
 
     # ------------------------------------------------------------------ who is calling
 
@@ -376,7 +394,8 @@ class AuthService:
             problem = password_problem(password, self.email_of(user))
             if problem:
                 raise Unprocessable("weak_password", problem)  # rolls back: the token stays
-            await UserRepository(conn).set_password(user_id, hash_password(password))
+            new_hash = await asyncio.to_thread(hash_password, password)
+            await UserRepository(conn).set_password(user_id, new_hash)
         await self.end_all_sessions(user_id, ip, "password reset")
         await self.audit("password_reset", user_id, ip)
 

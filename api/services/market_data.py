@@ -100,8 +100,9 @@ class MarketDataService:
         return DateRange(start, end)
 
     async def history(self, ticker: str, window: DateRange) -> pd.DataFrame:
-        bars = await self._bars_until(ticker, window.end)
-        return bars.loc[pd.Timestamp(window.start) :]
+        """The bars inside `window` (only those are read: a quote needs a year, not decades)."""
+        async with self._pool.acquire() as conn:
+            return await BarRepository(conn).history(ticker, window.end, start=window.start)
 
     async def quote(self, raw_ticker: str) -> QuoteView:
         window = await self.resolve_range(raw_ticker, None, None)

@@ -101,8 +101,9 @@ def xirr(flows: list[tuple[date, float]]) -> float | None:
     def npv(rate: float) -> float:
         return float(np.sum(amounts / (1.0 + rate) ** years))
 
-    try:
-        return float(brentq(npv, -0.9999, 1e4, maxiter=500))
+    try:  # over decades the bracket's ends overflow to ±inf, which brentq handles
+        with np.errstate(over="ignore", divide="ignore"):
+            return float(brentq(npv, -0.9999, 1e4, maxiter=500))
     except ValueError:
         return None
 

@@ -31,6 +31,7 @@ from api.db.portfolios import (
     TransactionRow,
 )
 from api.errors import ProblemError, Unprocessable
+from api.schemas import EARLIEST_DAY, Day
 from api.services.ledger import ZERO, Book, Entry, Oversold, replay
 from api.services.market_data import require_known
 from api.services.performance import (
@@ -56,7 +57,7 @@ class TransactionIn(BaseModel):
     in for a missing amount."""
 
     type: TransactionType
-    date: date
+    date: Day
     ticker: str | None = Field(default=None, max_length=15)
     quantity: Decimal | None = Field(default=None, gt=0, le=MAX_AMOUNT)
     price: Decimal | None = Field(default=None, ge=0, le=MAX_AMOUNT)
@@ -394,7 +395,8 @@ NOT_ADVICE = (
 def _calendar() -> Any:
     import exchange_calendars
 
-    return exchange_calendars.get_calendar("XNYS", start="1990-01-01")
+    # from the earliest day a transaction may carry, so any ledger can be valued
+    return exchange_calendars.get_calendar("XNYS", start=EARLIEST_DAY.isoformat())
 
 
 def trading_days(start: date, end: date) -> pd.DatetimeIndex:

@@ -26,7 +26,8 @@ from api.predictor import Forecast, ForecastRequest, SeriesInput
 from api.settings import Settings
 from serving.deployments import FamilyForecaster
 from serving.guard import Probation, RollbackPolicy, live_verdict
-from tests.serving.conftest import last_rollback, log_and_register, next_notification
+from tests.model_registry import log_and_register
+from tests.serving.conftest import last_rollback, next_notification
 from training import registry
 
 POLICY = RollbackPolicy(max_error_rate=0.2, latency_slo_ms=100, min_requests=10)
