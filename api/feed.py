@@ -74,6 +74,16 @@ class MarketFeed(Protocol):
     def days(self) -> AsyncIterator[tuple[date, pd.DataFrame]]: ...
 
 
+async def stored_day(pool: asyncpg.Pool, day: date) -> pd.DataFrame:
+    """Every stored bar of one trading day, as a feed yields it."""
+    rows = await pool.fetch(
+        """SELECT ticker, date, open, high, low, close, volume, source FROM bars
+           WHERE date = $1 ORDER BY ticker""",
+        day,
+    )
+    return pd.DataFrame([dict(r) for r in rows])
+
+
 class ReplayFeed:
     """Stored bars replayed from `start`, one trading day every `interval_s` seconds, stopping
     after `end` (default: the last stored day)."""
@@ -108,13 +118,7 @@ class ReplayFeed:
         for i, row in enumerate(sessions):
             if i:
                 await asyncio.sleep(self._interval)
-            day = row["date"]
-            rows = await self._pool.fetch(
-                """SELECT ticker, date, open, high, low, close, volume, source FROM bars
-                   WHERE date = $1 ORDER BY ticker""",
-                day,
-            )
-            yield day, pd.DataFrame([dict(r) for r in rows])
+            yield row["date"], await stored_day(self._pool, row["date"])
 
 
 class PollingFeed:

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pandas as pd
 import pytest
+from redis.asyncio import Redis
 
 from api.app import create_app
 from api.security.mail import OutboxEmailSender
@@ -74,6 +75,14 @@ async def pool(settings: Settings, first_ingest: IngestReport) -> AsyncIterator[
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    """A client of the session's Redis, on the test's event loop."""
+    client = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

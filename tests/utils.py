@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import date
 
+import asyncpg
+from redis.asyncio import Redis
 from typer.testing import CliRunner, Result
 
+from api.feed import BarProcessor, stored_day
+from api.services.alerts import AlertEvaluator, Notifier
+from api.services.predictions import PredictionService
 from training.config import TrainConfig
 
 # A network small enough to fit in a second or two on real data, for tests that need one.
@@ -44,3 +50,18 @@ async def invoke(*args: str) -> Result:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+async def play(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    *days: date,
+    alerts: bool = True,
+    predictions: PredictionService | None = None,
+) -> None:
+    """Process stored days as the market feed does: bars, quotes, scoring, announcements and,
+    with `alerts`, alert evaluation (forecast alerts only when `predictions` is given)."""
+    evaluator = AlertEvaluator(pool, Notifier(pool, redis), predictions) if alerts else None
+    processor = BarProcessor(pool, redis, evaluator)
+    for day in days:
+        await processor.process(day, await stored_day(pool, day))

@@ -4,29 +4,19 @@ no double firing), and the stored notifications they leave."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date
 
 import asyncpg
 import httpx
-import pandas as pd
 import pytest
 from redis.asyncio import Redis
 
 from api.app import create_app
-from api.feed import BarProcessor
-from api.services.alerts import AlertEvaluator, Notifier
 from api.settings import Settings
 from tests.conftest import sign_up
+from tests.utils import play
 
 DAYS = [date(2022, 12, d) for d in (22, 23, 27, 28)]
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url or "", decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -40,18 +30,6 @@ async def closes(pool: asyncpg.Pool, ticker: str) -> dict[date, float]:
         "SELECT date, close FROM bars WHERE ticker = $1 AND date = ANY($2::date[])", ticker, DAYS
     )
     return {r["date"]: r["close"] for r in rows}
-
-
-async def play(pool: asyncpg.Pool, redis: Redis, *days: date) -> None:
-    """Process stored days through the feed's processor, alerts included (no predictor)."""
-    processor = BarProcessor(pool, redis, AlertEvaluator(pool, Notifier(pool, redis), None))
-    for day in days:
-        rows = await pool.fetch(
-            """SELECT ticker, date, open, high, low, close, volume, source FROM bars
-               WHERE date = $1""",
-            day,
-        )
-        await processor.process(day, pd.DataFrame([dict(r) for r in rows]))
 
 
 async def notes(client: httpx.AsyncClient, headers: dict[str, str], **params: object) -> dict:

@@ -18,17 +18,9 @@ from api import channels
 from api.db.ab import LoggedPrediction, PredictionLogRepository
 from api.feed import BarProcessor, FeedLeader, PollingFeed, ReplayFeed, run_feed
 from api.predictor import Forecast
-from api.settings import Settings
 from features.bars import ticker_frame
 from features.live import YFinanceProvider
 from tests.features.test_live import _recorded
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> Redis:
-    client = Redis.from_url(settings.redis_url or "", decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def test_replay_plays_stored_days_in_order_and_quotes_them(

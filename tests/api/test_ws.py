@@ -17,19 +17,17 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pandas as pd
 import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from api.app import create_app
-from api.feed import BarProcessor
-from api.services.alerts import AlertEvaluator, Notifier
 from api.settings import Settings
 from tests.api.test_observability import sample
 from tests.conftest import sign_up
 from tests.live_server import serving
+from tests.utils import play
 
 DAY = date(2022, 12, 28)
 
@@ -45,13 +43,6 @@ async def server(settings: Settings, first_ingest: object) -> AsyncIterator[Any]
     async with serving(app) as host:
         app.state.host = host
         yield app
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url or "", decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -105,15 +96,6 @@ async def eventually(check: Callable[[], bool], seconds: float) -> bool:
             return True
         await asyncio.sleep(0.05)
     return check()
-
-
-async def play_day(pool: asyncpg.Pool, redis: Redis, day: date = DAY) -> None:
-    rows = await pool.fetch(
-        "SELECT ticker, date, open, high, low, close, volume, source FROM bars WHERE date = $1",
-        day,
-    )
-    processor = BarProcessor(pool, redis, AlertEvaluator(pool, Notifier(pool, redis), None))
-    await processor.process(day, pd.DataFrame([dict(r) for r in rows]))
 
 
 async def test_unauthenticated_connections_are_refused(server: Any) -> None:
@@ -170,7 +152,7 @@ async def test_subscribe_and_receive_the_quotes_of_a_replayed_day(
         await ws.send(json.dumps({"action": "unsubscribe", "tickers": ["KO"]}))
         assert (await receive(ws, "unsubscribed"))["tickers"] == ["AAPL"]
 
-        await play_day(pool, redis)
+        await play(pool, redis, DAY)
         quote = await receive(ws, "quote")
         close = await pool.fetchval(
             "SELECT close FROM bars WHERE ticker = 'AAPL' AND date = $1", DAY
@@ -204,7 +186,7 @@ async def test_alerts_portfolio_and_model_events_are_pushed(
     assert alert.status_code == 201
     async with connect(url(server, "/ws/notifications", token)) as ws:
         assert (await receive(ws, "welcome"))["unread"] == 0
-        await play_day(pool, redis)
+        await play(pool, redis, DAY)
         note = await receive(ws, "notification")
         assert note["kind"] == "alert" and note["data"]["alert_id"] == alert.json()["id"]
         stored = await client.get("/api/v1/users/me/notifications", headers=headers)
@@ -320,7 +302,7 @@ async def test_the_example_client_follows_all_three_sockets(
     hub = server.state.hub
     assert await eventually(lambda: hub.connections >= 3, 30)  # all three sockets are up
     await asyncio.sleep(0.5)  # their subscriptions are in
-    await play_day(pool, redis)
+    await play(pool, redis, DAY)
     output = (await asyncio.wait_for(process.communicate(), timeout=60))[0].decode()
     assert process.returncode == 0, output
     assert "alert set:" in output
@@ -366,6 +348,6 @@ async def test_sockets_on_two_replicas_both_get_the_feed(
             for ws in (first, second):
                 await ws.send(json.dumps({"action": "subscribe", "tickers": ["PG"]}))
                 await receive(ws, "subscribed")
-            await play_day(pool, redis, date(2022, 12, 27))
+            await play(pool, redis, date(2022, 12, 27))
             quotes = [await quote_of(ws, date(2022, 12, 27)) for ws in (first, second)]
     assert {(q["ticker"], q["date"]) for q in quotes} == {("PG", "2022-12-27")}

@@ -7,24 +7,21 @@ from datetime import date
 
 import asyncpg
 import httpx
-import pandas as pd
 from mlflow import MlflowClient
 from redis.asyncio import Redis
 
 from api.cache import JsonCache
-from api.feed import BarProcessor
-from api.services.alerts import AlertEvaluator, Notifier
 from api.services.predictions import PredictionService
-from api.settings import Settings
 from serving.local import LocalPredictor
 from tests.serving.conftest import Caller
+from tests.utils import play
 
 DAY = date(2022, 12, 28)
 
 
 async def test_prediction_alerts_fire_on_the_forecast_the_owner_is_served(
     api: httpx.AsyncClient,
-    settings: Settings,
+    redis: Redis,
     pool: asyncpg.Pool,
     serving_registry: MlflowClient,
     mint_user: Callable[[], Awaitable[Caller]],
@@ -43,22 +40,10 @@ async def test_prediction_alerts_fire_on_the_forecast_the_owner_is_served(
     )
     assert fires.status_code == never.status_code == 201, fires.text
 
-    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-    try:
-        predictions = PredictionService(
-            pool, LocalPredictor(serving_registry), JsonCache(redis, "pred:v1", 60)
-        )
-        processor = BarProcessor(
-            pool, redis, AlertEvaluator(pool, Notifier(pool, redis), predictions)
-        )
-        rows = await pool.fetch(
-            """SELECT ticker, date, open, high, low, close, volume, source FROM bars
-               WHERE date = $1""",
-            DAY,
-        )
-        await processor.process(DAY, pd.DataFrame([dict(r) for r in rows]))
-    finally:
-        await redis.aclose()
+    predictions = PredictionService(
+        pool, LocalPredictor(serving_registry), JsonCache(redis, "pred:v1", 60)
+    )
+    await play(pool, redis, DAY, predictions=predictions)
 
     (note,) = (await api.get("/api/v1/users/me/notifications", headers=headers)).json()["items"]
     assert note["data"]["alert_id"] == fires.json()["id"]

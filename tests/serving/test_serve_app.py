@@ -21,12 +21,12 @@ from ray import serve
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from api.feed import BarProcessor
 from api.settings import Settings
 from serving.app import build_app, start_local_ray
 from serving.config import Scaling, ServeAppConfig
 from tests.api.test_ws import receive
 from tests.serving.conftest import last_rollback, next_notification
+from tests.utils import play
 from training import registry
 from training.pyfunc import ForecasterModel
 
@@ -179,7 +179,7 @@ async def test_the_switch_is_announced_once_for_the_notification_stream(
 
 
 async def test_sockets_through_the_serve_proxy(
-    serve_url: str, settings: Settings, pool: asyncpg.Pool, user_headers: dict[str, str]
+    serve_url: str, redis: Redis, pool: asyncpg.Pool, user_headers: dict[str, str]
 ) -> None:
     """Quotes and refreshed forecasts reach sockets held by the ingress replica, fed by the
     market feed through Redis pub/sub."""
@@ -196,16 +196,7 @@ async def test_sockets_through_the_serve_proxy(
         )
         await receive(quotes, "subscribed", 60)
         await receive(forecasts, "prediction", 120)  # the current forecast, straight away
-        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-        try:
-            rows = await pool.fetch(
-                """SELECT ticker, date, open, high, low, close, volume, source FROM bars
-                   WHERE date = $1""",
-                day,
-            )
-            await BarProcessor(pool, redis).process(day, pd.DataFrame([dict(r) for r in rows]))
-        finally:
-            await redis.aclose()
+        await play(pool, redis, day, alerts=False)
         for _ in range(5):  # the live quote (the subscription's snapshot may come first)
             quote = await receive(quotes, "quote", 60)
             if quote["date"] == str(day):
