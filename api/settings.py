@@ -7,8 +7,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A sqlite URI with an absolute path, resolved against this process's working directory:
+    Ray workers and trials run in other directories, where a relative path names another file."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri.removeprefix("sqlite:///"))
+    return uri if path.is_absolute() else f"sqlite:///{path.resolve()}"
 
 
 class Environment(StrEnum):
@@ -199,6 +208,8 @@ class Settings(BaseSettings):
     sentry_traces_sample_rate: float = Field(
         default=0.0, ge=0, le=1, description="share of requests traced to Sentry"
     )
+
+    _absolute_registry = field_validator("mlflow_tracking_uri")(absolute_tracking_uri)
 
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> Self:

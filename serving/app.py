@@ -26,6 +26,7 @@ from serving.deployments import (
     StockCopilotIngress,
     TransformerForecaster,
 )
+from training.local_ray import init_local_ray
 
 # Request-path settings for a small single-node cluster: replica user code and the handle
 # router run on the replica's own event loop instead of a thread hop each (two of the settings
@@ -38,13 +39,10 @@ SERVE_ENV = {
 
 
 def start_local_ray(**options: Any) -> Any:
-    """A Ray cluster of our own on this machine (never one that happens to be running), with
-    SERVE_ENV in every worker; returns `ray.init`'s context."""
-    import ray
-
+    """`init_local_ray` with SERVE_ENV in every worker."""
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)  # workers inherit the driver's environment
-    return ray.init(address="local", **options)
+    return init_local_ray(**options)
 
 
 def build_app(config: ServeAppConfig) -> Application:

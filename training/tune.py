@@ -34,6 +34,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
+from api.settings import absolute_tracking_uri
 from training import registry
 from training.config import PARAMS_FILE, TrainConfig, load_config
 from training.data import (
@@ -48,6 +49,7 @@ from training.data import (
     window_set,
 )
 from training.fit import fit
+from training.local_ray import init_local_ray
 from training.walkforward import folds_for
 
 Report = Callable[[str], None]
@@ -93,14 +95,6 @@ def search_space(profile: str, cfg: TrainConfig) -> dict[str, Any]:
         "lr": tune.loguniform(3e-4, 3e-3),
         "window": tune.choice(list(WINDOW[sizes])),
     }
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """A sqlite URI with an absolute path: Ray trials run in other working directories."""
-    if not uri.startswith("sqlite:///"):
-        return uri
-    path = Path(uri.removeprefix("sqlite:///"))
-    return uri if path.is_absolute() else f"sqlite:///{path.resolve()}"
 
 
 def tuning_fold(panel: Panel, cfg: TrainConfig) -> Fold:
@@ -215,9 +209,7 @@ def _start_ray(cpus: int) -> bool:
     """Start a small local Ray unless one is running; True when this call started it."""
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",  # our own cluster, never one that happens to run on the machine
+    init_local_ray(
         num_cpus=cpus,
         include_dashboard=False,
         log_to_driver=False,

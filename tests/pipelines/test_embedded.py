@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+import pytest
 import redis
 
 from api.settings import Settings
@@ -49,3 +50,14 @@ def test_a_crashed_process_does_not_keep_postgres_running(tmp_path: Path) -> Non
     with resolved_settings(settings, need_redis=False) as ready:
         assert ready.database_url
     assert not (tmp_path / "pgdata" / "postmaster.pid").exists()  # stopped on exit
+
+
+def test_a_relative_registry_path_is_fixed_where_settings_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray workers and trials run in other directories: the registry they open must be this one."""
+    monkeypatch.chdir(tmp_path)
+    relative = Settings(mlflow_tracking_uri="sqlite:///mlruns/mlflow.db")
+    assert relative.mlflow_tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    for kept in ("sqlite:////srv/mlflow.db", "http://mlflow:5000"):
+        assert Settings(mlflow_tracking_uri=kept).mlflow_tracking_uri == kept

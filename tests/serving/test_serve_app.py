@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -70,6 +72,18 @@ def serve_url(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_replicas_run_in_the_installed_environment(serve_url: str) -> None:
+    """Under `uv run` (as `make test` and `make up` start us), Ray would by default run each
+    worker in a packaged copy of the working directory with a virtual environment of its own,
+    where git-ignored files such as the registry under mlruns/ do not exist."""
+
+    @ray.remote(num_cpus=0)
+    def where() -> tuple[str, str]:
+        return os.getcwd(), sys.executable
+
+    assert ray.get(where.remote(), timeout=60) == (os.getcwd(), sys.executable)
 
 
 def test_predictions_through_the_serve_proxy(serve_url: str, user_headers: dict[str, str]) -> None:
