@@ -43,7 +43,7 @@ class Curated:
 
 
 _STD = {"std": ("lower_std", "upper_std")}
-# 51 curated indicators across the five families the product documents.
+# Curated indicators (58) across the five families the product documents.
 CATALOGUE: dict[str, Curated] = {
     # overlap (moving averages and price channels)
     "sma": Curated("overlap", ("length",), (20,), about="simple moving average"),
