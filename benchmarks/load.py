@@ -21,11 +21,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,7 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from benchmarks.common import free_port, percentile
 from features.datasets import load_universe
 
 PASSWORD = "correct horse battery staple"
@@ -84,16 +83,6 @@ class Stats:
             self.server_errors[kind] += 1
         if not (isinstance(outcome, int) and outcome < 400):
             self.errors[(kind, str(outcome))] += 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 # ------------------------------------------------------------------------------ the server

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import math
-import socket
 import statistics
 import tempfile
 import threading
@@ -34,6 +32,7 @@ import psutil
 from api.app import create_app
 from api.predictor import ForecastRequest, SeriesInput
 from api.settings import Settings
+from benchmarks.common import free_port, percentile
 from features.datasets import load_universe
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import bars_stored, ingest_bundled
@@ -84,14 +83,8 @@ async def measure(
         len(ordered),
         len(ordered) / elapsed,
         1000 * statistics.median(ordered),
-        1000 * ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)],
+        1000 * percentile(ordered, 0.99),
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _uncached(ticker_base: int) -> Callable[[int], tuple[str, str]]:
@@ -128,7 +121,7 @@ async def run(args: argparse.Namespace, settings: Settings, prepared: tuple) -> 
     rows.append(await measure("raw model forward", raw, 1, seconds))
 
     # 2. plain FastAPI in-process (the --no-ray path) on loopback
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, predictor),
@@ -146,7 +139,7 @@ async def run(args: argparse.Namespace, settings: Settings, prepared: tuple) -> 
 
     # 3-5. Ray Serve
     start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve_port = _free_port()
+    serve_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     serve.run(build_app(ServeAppConfig(settings=settings)), name="stockcopilot", route_prefix="/")
     full = f"http://127.0.0.1:{serve_port}"
