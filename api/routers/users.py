@@ -6,7 +6,6 @@ session or key id that is not the caller's answers 404, exactly like one that do
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 import zoneinfo
 from datetime import datetime
@@ -311,10 +310,11 @@ async def erase_me(body: ErasureIn, principal: PrincipalDep, pool: PoolDep, auth
     user = await _me(pool, principal)
     if principal.api_key_id is not None:
         raise ProblemError(403, "forbidden", "sign in to erase the account; API keys cannot")
-    if user.password_hash is not None:  # argon2 off the event loop
-        ok, _ = await asyncio.to_thread(verify_password, body.password or "", user.password_hash)
-        if not ok:
-            raise ProblemError(403, "wrong_password", "the current password is required to erase")
+    if (
+        user.password_hash is not None
+        and not (await verify_password(body.password or "", user.password_hash))[0]
+    ):
+        raise ProblemError(403, "wrong_password", "the current password is required to erase")
     for session_id in await erase_user(pool, principal.user_id):
         await auth.forget_session(session_id)
 

@@ -12,7 +12,6 @@ expires, at most `SESSION_CACHE_S` after it was last cached, should Redis return
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -169,7 +168,7 @@ class AuthService:
             self._keyring,
             address,
             display_name,
-            await asyncio.to_thread(hash_password, password),  # argon2: off the event loop
+            await hash_password(password),
         )
         await self.audit("register", user.id, ip)
         return user
@@ -191,7 +190,7 @@ class AuthService:
             )
         user = await self._users.by_email_index(index)
         stored = user.password_hash if user else None
-        ok, rehash = await asyncio.to_thread(verify_password, password, stored)  # argon2: ~0.1 s
+        ok, rehash = await verify_password(password, stored)
         if user is None or not ok:
             await self._failed_login(index)
             await self.audit("login_failed", user.id if user else None, ip)
@@ -394,7 +393,7 @@ class AuthService:
             problem = password_problem(password, self.email_of(user))
             if problem:
                 raise Unprocessable("weak_password", problem)  # rolls back: the token stays
-            new_hash = await asyncio.to_thread(hash_password, password)
+            new_hash = await hash_password(password)
             await UserRepository(conn).set_password(user_id, new_hash)
         await self.end_all_sessions(user_id, ip, "password reset")
         await self.audit("password_reset", user_id, ip)
