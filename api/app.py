@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date
+from typing import Annotated
 
 import asyncpg
 import structlog
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Header, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.db.pool import create_pool
-from api.deps import predictions_of, rate_limited
-from api.errors import install_error_handlers
+from api.deps import predictions_of, rate_limited, require
+from api.errors import ProblemError, install_error_handlers
 from api.feed import BarProcessor, FeedLeader, MarketFeed, PollingFeed, ReplayFeed
 from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
@@ -40,10 +43,14 @@ from api.routers import (
     users,
     ws,
 )
+from api.security.access import PUBLIC
 from api.security.crypto import Keyring
-from api.security.mail import LogEmailSender
+from api.security.declarations import check_routes, document_access
+from api.security.input_guard import InputGuardMiddleware
+from api.security.keyfile import with_secrets
+from api.security.mail import email_sender
 from api.security.ratelimit import RateLimiter
-from api.services.alerts import AlertEvaluator, Notifier
+from api.services.alerts import AlertEvaluator, AlertMailer, Notifier
 from api.services.chat.providers import ProviderChain
 from api.services.chat.service import purge_expired
 from api.settings import Settings
@@ -58,7 +65,8 @@ def feed_leader(app: FastAPI) -> FeedLeader:
     state = app.state
     settings: Settings = state.settings
     predictions = predictions_of(state) if state.predictor is not None else None
-    evaluator = AlertEvaluator(state.pool, Notifier(state.pool, state.redis), predictions)
+    notifier = Notifier(state.pool, state.redis, AlertMailer(state.email_sender, state.keyring))
+    evaluator = AlertEvaluator(state.pool, notifier, predictions)
     processor = BarProcessor(state.pool, state.redis, evaluator, state.metrics.feed_days.inc)
 
     def make_feed(after: date | None) -> MarketFeed:
@@ -94,9 +102,11 @@ async def _purge_chats(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
-    """Build the API. `settings` must carry concrete database and Redis URLs."""
+    """Build the API. `settings` must carry concrete database and Redis URLs; unset keys are
+    taken from (or generated into) the data folder's key file, outside production."""
 
-    keyring = Keyring.from_settings(settings)  # refuses development keys in production
+    settings = with_secrets(settings)
+    keyring = Keyring.from_settings(settings)  # refuses missing keys
     init_sentry(settings)
 
     @asynccontextmanager
@@ -117,15 +127,20 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await app.state.hub.stop()
+            await app.state.email_sender.aclose()
             await app.state.chat.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="Stock Copilot API",
         version="0.1.0",
         description="Forecasts with honest uncertainty, technical analysis and portfolios.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.predictor = predictor
@@ -133,7 +148,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.state.metrics = metrics = Metrics()
     app.state.chat = ProviderChain.from_settings(settings)  # circuit state lives with the app
     app.state.chat.observer = lambda provider, outcome: metrics.chat.labels(provider, outcome).inc()
-    app.state.email_sender = LogEmailSender()  # deployments and tests may replace it
+    app.state.email_sender = email_sender(settings)  # tests may replace it
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -143,13 +158,28 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    app.add_middleware(
+        InputGuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        upload=lambda path: path.endswith("/import"),  # the CSV imports
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, echo=settings.echo_request_id)
+    if settings.trusted_proxies:  # outermost: everything inside sees the real client address
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        """Prometheus exposition of this replica's metrics (see api/metrics.py)."""
+    @app.get("/metrics", include_in_schema=False, dependencies=[require(PUBLIC)])
+    async def prometheus_metrics(authorization: Annotated[str, Header()] = "") -> Response:
+        """Prometheus exposition of this replica's metrics (see api/metrics.py), for the
+        holder of `METRICS_TOKEN` only: the counts tell an outsider too much."""
+        expected = settings.metrics_token
+        offered = authorization.removeprefix("Bearer ").strip()
+        if expected is None or not hmac.compare_digest(
+            offered.encode(), expected.get_secret_value().encode()
+        ):
+            raise ProblemError(404, "not_found", "Not Found")
         body = await metrics.render(app.state.pool, app.state.redis)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
@@ -171,4 +201,6 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     ):
         app.include_router(router, dependencies=[rate_limited("default")])
     attach_examples(app)
+    check_routes(app)
+    document_access(app)
     return app

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 import asyncpg
 import structlog
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from redis.asyncio import Redis
 
 from api.cache import JsonCache
 from api.errors import ProblemError, answers
+from api.security.access import ADMIN, SESSION, Access, scoped
 from api.security.mail import EmailSender
 from api.security.ratelimit import Limit
 from api.services.alerts import Notifier
@@ -70,7 +72,7 @@ def client_ip(request: Request) -> str | None:
 @answers(503)
 def get_auth(request: Request) -> AuthService:
     state = request.app.state
-    return AuthService(state.pool, state.redis, state.settings, state.keyring)
+    return AuthService(state.pool, state.redis, state.settings, state.keyring, state.rate_limiter)
 
 
 @answers(401)
@@ -100,77 +102,130 @@ async def current_principal(
     return principal
 
 
-def require_scope(scope: str) -> Any:
-    """A dependency admitting access tokens and API keys that carry `scope`."""
+def insufficient_scope(scope: str) -> ProblemError:
+    return ProblemError(403, "insufficient_scope", f"this API key lacks the {scope!r} scope")
 
-    @answers(403)
-    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        if not principal.allows(scope):
-            raise ProblemError(403, "insufficient_scope", f"this API key lacks the {scope!r} scope")
+
+def session_required() -> ProblemError:
+    return ProblemError(
+        401,
+        "session_required",
+        "this operation needs a signed-in session (an access token); API keys cannot do it",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _marked(access: Access, dependency: Any) -> Any:
+    dependency.access = access  # read by api.security.declared and the OpenAPI document
+    return Depends(dependency)
+
+
+@functools.cache
+def require(access: Access) -> Any:
+    """The dependency enforcing `access` (api.security.access); one per requirement, so FastAPI
+    runs it once per request however many places name it. It gives the caller (None when
+    public)."""
+    if access.level == "public":
+
+        async def public() -> None:
+            return None
+
+        return _marked(access, public)
+    if access.level == "scope":
+
+        @answers(403)
+        async def with_scope(request: Request, principal: PrincipalDep) -> Principal:
+            scope = access.scope_for(request.method)
+            assert scope is not None
+            if not principal.allows(scope):
+                raise insufficient_scope(scope)
+            return principal
+
+        return _marked(access, with_scope)
+
+    @answers(403) if access.level == "admin" else answers()
+    async def signed_in(principal: PrincipalDep) -> Principal:
+        if not principal.has_session:
+            raise session_required()
+        if access.level == "admin" and not principal.is_admin:
+            raise ProblemError(403, "forbidden", "administrator role required")
         return principal
 
-    return Depends(check)
+    return _marked(access, signed_in)
 
 
-@answers(403)
-async def require_admin(
-    principal: Annotated[Principal, Depends(current_principal)],
-) -> Principal:
-    if not principal.is_admin:
-        raise ProblemError(403, "forbidden", "administrator role required")
-    return principal
+def require_scope(scope: str, write: str | None = None) -> Any:
+    """Access tokens, and API keys holding `scope` (or `write` for unsafe methods)."""
+    return require(scoped(scope, write))
 
 
 IP_BUDGET_FACTOR = 5  # an address may carry several users (an office NAT), so it gets more
 
 
+def _rate_subjects(
+    request: Request, tier: str, principal: Principal | None, per_min: int
+) -> list[tuple[Limit, str]]:
+    address = f"ip:{client_ip(request)}"
+    if principal is None:
+        return [(Limit(tier, per_min, 60.0), address)]
+    subject = (
+        f"key:{principal.api_key_id}"
+        if principal.api_key_id is not None
+        else f"user:{principal.user_id}"
+    )
+    return [
+        (Limit(tier, per_min, 60.0), subject),
+        (Limit(f"{tier}-ip", per_min * IP_BUDGET_FACTOR, 60.0), address),
+    ]
+
+
+async def spend_rate(
+    request: Request, response: Response | None, tier: str, checks: list[tuple[Limit, str]]
+) -> None:
+    """Spend one request of each (limit, subject); RateLimit-* headers for the tightest, 429
+    when any is spent."""
+    limiter = request.app.state.rate_limiter
+    decisions = [await limiter.hit(limit, key) for limit, key in checks]
+    refused = [d for d in decisions if not d.allowed]
+    tightest = min(refused or decisions, key=lambda d: (d.remaining, -d.retry_after_s))
+    if refused:
+        request.app.state.metrics.rate_limited.labels(tier).inc()
+        raise ProblemError(
+            429,
+            "rate_limited",
+            f"rate limit of {tightest.limit.limit} requests per minute reached; retry later",
+            headers=tightest.headers(),
+        )
+    request.state.rate_limit_headers = tightest.headers()  # for error responses too
+    if response is not None:
+        response.headers.update(tightest.headers())
+
+
 def rate_limited(tier: str) -> Any:
     """A dependency spending one request of `tier`'s budget per client address and, when the
-    caller is known, per user (or API key) as well. Sets RateLimit-* headers for the tighter
-    of the two; 429 when either is spent."""
+    caller is known, per user (or API key) as well. The `auth` tier counts per address only,
+    whatever credentials come with the request: a token must not buy a looser budget for
+    guessing passwords."""
 
-    @answers(429)
+    async def spend_auth(request: Request, response: Response) -> None:
+        per_min = request.app.state.settings.rate_limit_auth_per_min
+        await spend_rate(request, response, tier, _rate_subjects(request, tier, None, per_min))
+
     async def spend(
         request: Request,
         response: Response,
         principal: Annotated[Principal | None, Depends(optional_principal)],
     ) -> None:
-        settings: Settings = request.app.state.settings
-        limiter = request.app.state.rate_limiter
-        per_min = (
-            settings.rate_limit_auth_per_min
-            if tier == "auth"
-            else settings.rate_limit_default_per_min
-        )
-        address = f"ip:{client_ip(request)}"
-        if principal is None:
-            checks = [(Limit(tier, per_min, 60.0), address)]
-        else:
-            subject = (
-                f"key:{principal.api_key_id}"
-                if principal.api_key_id is not None
-                else f"user:{principal.user_id}"
-            )
-            checks = [
-                (Limit(tier, per_min, 60.0), subject),
-                (Limit(f"{tier}-ip", per_min * IP_BUDGET_FACTOR, 60.0), address),
-            ]
-        decisions = [await limiter.hit(limit, key) for limit, key in checks]
-        refused = [d for d in decisions if not d.allowed]
-        tightest = min(refused or decisions, key=lambda d: (d.remaining, -d.retry_after_s))
-        if refused:
-            request.app.state.metrics.rate_limited.labels(tier).inc()
-            raise ProblemError(
-                429,
-                "rate_limited",
-                f"rate limit of {tightest.limit.limit} requests per minute reached; retry later",
-                headers=tightest.headers(),
-            )
-        request.state.rate_limit_headers = tightest.headers()  # for error responses too
-        response.headers.update(tightest.headers())
+        per_min = request.app.state.settings.rate_limit_default_per_min
+        checks = _rate_subjects(request, tier, principal, per_min)
+        await spend_rate(request, response, tier, checks)
 
-    return Depends(spend)
+    return Depends(answers(429)(spend_auth if tier == "auth" else spend))
 
+
+MAX_OFFSET = 1_000_000
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip (paging)")]
+"""A paging offset; bounded, so no number reaches the database it cannot hold."""
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
@@ -178,10 +233,10 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 MarketDataDep = Annotated[MarketDataService, Depends(get_market_data)]
 PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]
 CallerKeyDep = Annotated[str, Depends(caller_key)]
-AdminDep = Depends(require_admin)
 AuthDep = Annotated[AuthService, Depends(get_auth)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
-AdminPrincipalDep = Annotated[Principal, Depends(require_admin)]
+SessionPrincipalDep = Annotated[Principal, require(SESSION)]
+AdminPrincipalDep = Annotated[Principal, require(ADMIN)]
 ClientIpDep = Annotated[str | None, Depends(client_ip)]
 
 

@@ -192,14 +192,12 @@ def _allowed_methods(request: Request) -> str:
     PATCH apart). As in OpenAPI, the most concrete template wins: `/predictions/batch` is a
     resource of its own, not an instance of `/predictions/{ticker}`."""
     path = request.url.path
-    matching = [r for r in _api_routes(request.app) if compile_path(r.path)[0].match(path)]
+    matching = [r for r in api_routes(request.app) if compile_path(r.path)[0].match(path)]
     if not matching:
         return ""
     best = max(_concreteness(r.path) for r in matching)
     methods = {m for r in matching if _concreteness(r.path) == best for m in r.methods or ()}
-    if "GET" in methods:
-        methods.add("HEAD")
-    return ", ".join(sorted(methods))
+    return ", ".join(sorted(methods))  # HEAD is not served, so it is not offered
 
 
 def _concreteness(template: str) -> tuple[bool, ...]:
@@ -207,7 +205,7 @@ def _concreteness(template: str) -> tuple[bool, ...]:
     return tuple(not part.startswith("{") for part in template.split("/"))
 
 
-def _api_routes(app: FastAPI) -> Iterator[RouteContext]:
+def api_routes(app: FastAPI) -> Iterator[RouteContext]:
     """The app's HTTP operations, with the prefixes and dependencies of the routers they are
     included through."""
     for route in iter_route_contexts(app.routes):
@@ -246,7 +244,7 @@ def _document_problems(app: FastAPI) -> None:
         components["Problem"] = Problem.model_json_schema(
             ref_template="#/components/schemas/{model}"
         )
-        for route in _api_routes(app):
+        for route in api_routes(app):
             if not route.include_in_schema:
                 continue
             statuses = set(_dependency_statuses(route.dependant))
@@ -255,7 +253,8 @@ def _document_problems(app: FastAPI) -> None:
             for method in route.methods or ():
                 operation = schema["paths"][route.path_format][method.lower()]
                 responses = operation["responses"]
-                body = {400} if "requestBody" in operation else set()  # unparseable: 400
+                # unparseable: 400; larger than the configured limit: 413 (api.security.input_guard)
+                body = {400, 413} if "requestBody" in operation else set()
                 for status in statuses | body:
                     responses.setdefault(str(status), _problem_response(status))
                 for code, response in responses.items():

@@ -22,6 +22,8 @@ _SECRET_KEYS = frozenset(
         "jwt_secret",
         "encryption_keys",
         "blind_index_key",
+        "metrics_token",
+        "smtp_url",
         "x-api-key",
         "email",
     }

@@ -15,10 +15,12 @@ log = structlog.get_logger("api.access")
 
 
 class RequestContextMiddleware:
-    """Give every request an id (the caller's, if sane), bind it to logs, echo it back."""
+    """Give every request an id (the caller's, or the proxy's, if sane), bind it to logs and
+    echo it back once (`echo=False` where a proxy in front echoes it already)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, echo: bool = True) -> None:
         self.app = app
+        self.echo = echo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -37,9 +39,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", []).append(
-                    (REQUEST_ID_HEADER.encode(), request_id.encode())
-                )
+                if self.echo:
+                    name = REQUEST_ID_HEADER.encode()
+                    headers = [h for h in message.get("headers", []) if h[0].lower() != name]
+                    message["headers"] = [*headers, (name, request_id.encode())]
             await send(message)
 
         try:

@@ -216,6 +216,15 @@ async def _record(client: Any, out: dict[str, Any], pool: Any, redis_url: str) -
     await _record_alerts(call, pool, redis_url, portfolio["id"])
     await _record_chat(call)
     await call("GET", "/api/v1/users/me/export")
+    await call("POST", "/api/v1/auth/verify-email/request")
+    await call("POST", "/api/v1/auth/password-reset/request", json={"email": email})
+    new_password = "a brand new long passphrase"  # noqa: S105 - the example account's
+    await call(
+        "POST",
+        "/api/v1/users/me/password",
+        json={"current_password": password, "new_password": new_password},
+    )
+    password = new_password
 
     await pool.execute("UPDATE users SET role = 'admin'")  # the scratch database's only user
     tokens = await call("POST", "/api/v1/auth/login", json={"email": email, "password": password})

@@ -47,8 +47,10 @@ class Stream(StrEnum):
 SCOPE = {
     Stream.QUOTES: "read:market",
     Stream.PREDICTIONS: "read:predictions",
-    Stream.NOTIFICATIONS: None,  # a user's own notifications need no extra scope
+    Stream.NOTIFICATIONS: "notifications",
 }
+# what a model move tells users: who moved it (an operator's login) stays in the audit trail
+MODEL_EVENT_FIELDS = ("type", "family", "alias", "from_version", "to_version", "reason")
 
 
 class Outbox:
@@ -92,6 +94,7 @@ class Connection:
     # in meanwhile collapse into the newest (a slow model skips days instead of piling up work)
     refreshing: bool = False
     pending: tuple[list[str], str | None] | None = None
+    model_events: bool = False  # the user's `notifications.model_events` setting
 
     @property
     def user_key(self) -> str:
@@ -174,9 +177,11 @@ class Hub:
         elif channel == channels.DAYS:
             self._refresh_predictions(message)
         elif channel == channels.MODELS:
+            data = {k: message[k] for k in MODEL_EVENT_FIELDS if k in message}
             note = {"type": "notification", "kind": "model", "title": _model_title(message)}
             for conn in self._of(Stream.NOTIFICATIONS):
-                conn.send({**note, "data": message})
+                if conn.model_events:
+                    conn.send({**note, "data": data})
         elif channel.startswith(channels.USER_PREFIX):
             user = channel.removeprefix(channels.USER_PREFIX)
             for conn in self._of(Stream.NOTIFICATIONS):

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+)
 
 # Calendar days the API accepts: pandas' nanosecond timestamps end in 1677 and 2262, and no
 # market data, transaction or forecast lies outside these bounds.
@@ -28,8 +36,44 @@ def _supported_day(value: date) -> date:
     return value
 
 
+class RequestModel(BaseModel):
+    """A request body: fields it does not define are refused (422), never silently dropped, so
+    a misspelt field is an error the client sees. Every body model derives from this (checked
+    when the app is built, api.security.declarations)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 Day = Annotated[date, BeforeValidator(_iso_day), AfterValidator(_supported_day)]
 """A calendar day in a request (query or body), validated at the edge."""
+
+
+# Money and quantities: exact decimals, bounded so every value fits Postgres `numeric` and the
+# ledger's arithmetic stays exact: 0 ≤ x ≤ 10^12, at most 10 decimal places.
+MAX_DECIMAL = Decimal("1e12")
+DECIMAL_PLACES = 10
+
+
+def plain_decimal(value: Decimal) -> str:
+    """Positional notation, never scientific: `"100000"`, not `"1E+5"`; `"0.0000001"`, not
+    `"1E-7"` (a spreadsheet or a JavaScript client reads either the same way)."""
+    text = format(value, "f")
+    return "0" if text in ("-0", "") else text
+
+
+def _positional(value: Decimal) -> Decimal:
+    return Decimal(plain_decimal(value))
+
+
+Amount = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_DECIMAL, decimal_places=DECIMAL_PLACES),
+    AfterValidator(_positional),
+]
+"""A quantity, price or amount in a request (validated at the edge, stored exactly)."""
+
+PlainDecimal = Annotated[Decimal, PlainSerializer(plain_decimal, return_type=str, when_used="json")]
+"""A decimal in a response: a JSON string in positional notation."""
 
 
 class StockHit(BaseModel):

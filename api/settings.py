@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -18,6 +19,14 @@ def absolute_tracking_uri(uri: str) -> str:
         return uri
     path = Path(uri.removeprefix("sqlite:///"))
     return uri if path.is_absolute() else f"sqlite:///{path.resolve()}"
+
+
+MIN_SECRET_CHARS = 32
+
+
+def weak_secret(value: str) -> bool:
+    """Too short, or too repetitive to be random (`"x" * 40`, a word repeated)."""
+    return len(value) < MIN_SECRET_CHARS or len(set(value)) < 12
 
 
 class Environment(StrEnum):
@@ -104,12 +113,20 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     cors_origins: list[str] = Field(default_factory=list)
-    # --- accounts and security (api.security); development defaults are refused in production
+    # --- accounts and security (api.security). Unset keys come from the data folder's key file,
+    # generated on first start (api.security.keyfile); production requires them all.
     jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 signing key for access tokens (≥ 32 characters)"
     )
     access_token_ttl_s: int = Field(default=900, ge=60, le=86_400)
     refresh_token_ttl_s: int = Field(default=30 * 86_400, ge=3_600)
+    session_cache_s: int = Field(
+        default=60,
+        ge=1,
+        le=3_600,
+        description="how long Redis caches a live session and its role: a demoted "
+        "administrator or a session ended during a Redis outage lasts at most this long",
+    )
     encryption_keys: SecretStr | None = Field(
         default=None,
         description='JSON {"key id": "base64url 32-byte key", ...}: AES-256-GCM keyring',
@@ -126,16 +143,60 @@ class Settings(BaseSettings):
     )
     public_url: str = Field(
         default="http://127.0.0.1:8000",
-        description="where browsers reach the API; OAuth callbacks are built from it",
+        description="where browsers reach the API; OAuth callbacks and e-mailed links use it",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or CIDR networks of the reverse proxies in front of the API: "
+        "only their X-Forwarded-For is believed (default: none, the peer is the client)",
     )
     rate_limit_default_per_min: int = Field(default=120, ge=1)
     rate_limit_auth_per_min: int = Field(default=10, ge=1)
     login_lockout_after: int = Field(
-        default=5, ge=1, description="failed logins before the account is locked for a while"
+        default=5,
+        ge=1,
+        description="failed logins to one account from one address before that address is "
+        "locked out of that account for a while",
     )
     login_lockout_base_s: int = Field(
-        default=30, ge=1, description="first lockout; doubles with every further failure"
+        default=30, ge=1, description="first lockout; doubles with every further failure, ≤ 1 h"
     )
+    login_account_ceiling: int = Field(
+        default=100,
+        ge=1,
+        description="failed logins to one account from all addresses within an hour before "
+        "the account refuses passwords for the rest of that hour (a distributed guess)",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="larger request bodies get 413 unread"
+    )
+    max_upload_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="the limit for CSV imports (bars and transactions) instead",
+    )
+    echo_request_id: bool = Field(
+        default=True,
+        description="answer with the request id; off behind Ray Serve's proxy, which echoes "
+        "the same id itself",
+    )
+    docs_enabled: bool = Field(
+        default=True, description="serve /docs, /redoc and /openapi.json (turn off in production)"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token Prometheus sends to /metrics (≥ 32 characters); unset in "
+        "production: /metrics is off",
+    )
+    smtp_url: SecretStr | None = Field(
+        default=None,
+        description="smtps://user:pass@host:465 (TLS) or smtp://user:pass@host:587 (STARTTLS); "
+        "unset: account e-mails are only logged, links masked",
+    )
+    mail_from: str = Field(
+        default="Stock Copilot <no-reply@localhost>", description="sender of every e-mail"
+    )
+    smtp_timeout_s: float = Field(default=15.0, gt=0)
 
     # market feed and live updates
     feed_mode: Literal["replay", "live", "off"] = Field(
@@ -211,20 +272,37 @@ class Settings(BaseSettings):
 
     _absolute_registry = field_validator("mlflow_tracking_uri")(absolute_tracking_uri)
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):  # TRUSTED_PROXIES=10.0.0.0/8,192.168.1.7
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value if isinstance(value, list) else ():
+            ipaddress.ip_network(entry, strict=False)  # ValueError names a malformed entry
+        return value
+
     @model_validator(mode="after")
     def _refuse_weak_secrets(self) -> Self:
-        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
-            raise ValueError("JWT_SECRET must be at least 32 characters")
+        for name in ("jwt_secret", "metrics_token"):
+            value: SecretStr | None = getattr(self, name)
+            if value is not None and weak_secret(value.get_secret_value()):
+                raise ValueError(
+                    f"{name.upper()} must be at least {MIN_SECRET_CHARS} characters of random "
+                    "text (e.g. `openssl rand -base64 48`)"
+                )
         if self.environment == Environment.PRODUCTION and self.jwt_secret is None:
             raise ValueError("JWT_SECRET must be set in production")
         return self
 
     @property
     def signing_key(self) -> str:
-        """The access-token key; a public development key outside production."""
-        if self.jwt_secret is not None:
-            return self.jwt_secret.get_secret_value()
-        return "stock-copilot-development-signing-key-not-secret"
+        """The access-token key (see api.security.keyfile for where it comes from)."""
+        if self.jwt_secret is None:
+            raise ValueError(
+                "no JWT signing key: set JWT_SECRET, or start through `stockcopilot`, which "
+                "keeps generated keys in the data folder"
+            )
+        return self.jwt_secret.get_secret_value()
 
     @property
     def app_version(self) -> str:

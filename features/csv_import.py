@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -116,19 +117,57 @@ def _parse_row(line: int, row: list[str], index: dict[str, int]) -> tuple[dict, 
     return bar, errors
 
 
+def csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line, cells) of each record, the line being where the record starts. A malformed file
+    (a bare carriage return in an unquoted field, an unterminated quote, a giant field) raises
+    CsvSyntaxError naming the line, instead of the csv module's own error."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CsvSyntaxError(start, str(exc)) from exc
+        yield start, row
+
+
+class CsvSyntaxError(ValueError):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+        self.message = message
+
+
+def decode_csv(content: str | bytes) -> str:
+    """The file as text; ValueError when it is not UTF-8 or holds NUL bytes."""
+    try:
+        text = content.decode("utf-8-sig") if isinstance(content, bytes) else content
+    except UnicodeDecodeError as exc:
+        raise ValueError("the file is not UTF-8 text") from exc
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise CsvSyntaxError(line, "the file holds a NUL character")
+    return text
+
+
 def parse_ohlcv_csv(content: str | bytes, ticker: str, source: str) -> ParsedBars:
     """Parse and validate every row; `bars` is empty whenever `errors` is not."""
-    text = content.decode("utf-8-sig") if isinstance(content, bytes) else content
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
+    try:
+        records = list(csv_rows(decode_csv(content)))
+    except CsvSyntaxError as exc:
+        return ParsedBars(pd.DataFrame(), [RowError(exc.line, None, exc.message)])
+    except ValueError as exc:
+        return ParsedBars(pd.DataFrame(), [RowError(1, None, str(exc))])
+    if not records:
         return ParsedBars(pd.DataFrame(), [RowError(1, None, "file is empty")])
-    index, errors = _header(header)
+    index, errors = _header(records[0][1])
     if errors:  # rows cannot be read against a broken header
         return ParsedBars(pd.DataFrame(), errors)
     rows: list[dict] = []
     seen: dict[date, int] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in records[1:]:
         if len(errors) >= MAX_ERRORS:
             break
         if not any(cell.strip() for cell in row):

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from api.logging import configure_logging
+from api.security.keyfile import with_secrets
 from api.settings import Settings
 from pipelines.ab_cli import register_ab_commands
 from pipelines.chat_cli import register_chat_commands
@@ -30,7 +31,7 @@ def _settings() -> Settings:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    return settings
+    return with_secrets(settings)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from api.security.keyfile import with_secrets
 from api.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -154,8 +155,9 @@ def service_urls(settings: Settings, need_redis: bool = True) -> Iterator[Servic
 
 @contextlib.contextmanager
 def resolved_settings(settings: Settings, need_redis: bool = True) -> Iterator[Settings]:
-    """`settings` with concrete service URLs, embedded servers running for the context."""
+    """`settings` with concrete service URLs, embedded servers running for the context, and the
+    data folder's generated keys where none are configured."""
     with service_urls(settings, need_redis) as urls:
-        yield settings.model_copy(
+        yield with_secrets(settings).model_copy(
             update={"database_url": urls.database_url, "redis_url": urls.redis_url}
         )

@@ -81,6 +81,21 @@ def register_security_commands(
             f"0 left on older keys"
         )
 
+    @keys_app.command("retire-dev-key")
+    def retire_dev_key() -> None:
+        """Re-seal accounts and secrets an older release stored under its public development key
+        with this data folder's keys (`stockcopilot up` does it on start, too)."""
+        from pipelines.dev_key import reseal
+
+        settings = settings_factory()
+        keyring = Keyring.from_settings(settings)
+
+        async def run(conn: asyncpg.Connection) -> object:
+            return await reseal(conn, keyring)
+
+        done = with_conn(settings, run)
+        console.print(f"re-sealed {done.accounts} account(s) and {done.secrets} secret(s)")
+
 
 async def rotate_fields(conn: asyncpg.Connection, keyring: Keyring) -> tuple[int, int]:
     """Re-encrypt users' e-mails and stored secrets under the active key, in one transaction.

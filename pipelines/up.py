@@ -46,6 +46,28 @@ def ensure_champions(settings: Settings, console: Console) -> None:
     console.print(f"registered {asyncio.run(register())}")
 
 
+def reseal_retired_key(settings: Settings, console: Console) -> None:
+    """Data an older release sealed with its public development key: sealed again with this
+    folder's keys, once, so its accounts can still sign in (pipelines/dev_key.py)."""
+    from api.security.crypto import Keyring
+    from pipelines.dev_key import reseal, sealed_with_retired_key
+    from pipelines.models import connect
+
+    async def run() -> None:
+        conn = await connect(settings.database_url or "")
+        try:
+            if await sealed_with_retired_key(conn):
+                done = await reseal(conn, Keyring.from_settings(settings))
+                console.print(
+                    f"re-sealed {done.accounts} account(s) and {done.secrets} secret(s) from the "
+                    "retired development key with this data folder's keys"
+                )
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def ensure_similarity_index(settings: Settings, console: Console, window: int = 30) -> None:
     """Embed every ticker's return windows once, so similarity search works on first start."""
     from api.services.similarity import build
@@ -99,6 +121,7 @@ def _serve_with_ray(ready: Settings, console: Console) -> None:
     from serving.config import ServeAppConfig
 
     context = start_local_ray(
+        ready.trusted_proxies,
         include_dashboard=True,
         dashboard_host=ready.host,  # 0.0.0.0 in containers, so the published port works
         log_to_driver=False,
@@ -155,6 +178,7 @@ def run(settings: Settings, console: Console, use_ray: bool = True) -> None:
             console.print("first run: ingesting the bundled market data ...")
             report = asyncio.run(ingest_bundled(database_url))
             console.print(f"ingested {report.rows_added} bars in {report.seconds:.1f} s")
+        reseal_retired_key(ready, console)
         ensure_champions(ready, console)
         ensure_similarity_index(ready, console)
         if use_ray:

@@ -13,6 +13,7 @@ StockCopilotIngress (FastAPI from api.create_app)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from ray.serve import Application
@@ -38,10 +39,13 @@ SERVE_ENV = {
 }
 
 
-def start_local_ray(**options: Any) -> Any:
-    """`init_local_ray` with SERVE_ENV in every worker."""
+def start_local_ray(trusted_proxies: Sequence[str] = (), **options: Any) -> Any:
+    """`init_local_ray` with SERVE_ENV in every worker, and Serve's HTTP proxy believing
+    X-Forwarded-For only from `trusted_proxies` (uvicorn's FORWARDED_ALLOW_IPS, which otherwise
+    trusts loopback: any local client could pick its own rate-limit address)."""
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)  # workers inherit the driver's environment
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(trusted_proxies)  # empty: trust no one
     return init_local_ray(**options)
 
 

@@ -429,4 +429,6 @@ class StockCopilotIngress:
         from api.logging import configure_logging
 
         configure_logging(self._settings.log_level, self._settings.log_json)
-        return create_app(self._settings, RayPredictor(self._router))
+        # Serve's proxy echoes the request id (the one our app adopts) on every response
+        settings = self._settings.model_copy(update={"echo_request_id": False})
+        return create_app(settings, RayPredictor(self._router))

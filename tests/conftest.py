@@ -55,6 +55,13 @@ def settings(data_dir: Path) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
+def metrics_auth(settings: Settings) -> dict[str, str]:
+    """What Prometheus sends to /metrics: the data folder's generated METRICS_TOKEN."""
+    assert settings.metrics_token is not None
+    return {"Authorization": f"Bearer {settings.metrics_token.get_secret_value()}"}
+
+
+@pytest.fixture(scope="session")
 def bundled_bars() -> pd.DataFrame:
     return load_bundled_bars()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,11 +13,25 @@ import uvicorn
 from fastapi import FastAPI
 
 
+def free_port() -> int:
+    """A loopback port no one listens on right now (for servers that need a fixed port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[str]:
     """Run `app` (with its lifespan) on 127.0.0.1 and a free port; yields `host:port`."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,  # as `stockcopilot up`: the app decides whom to believe
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -36,7 +51,14 @@ def serving_in_thread(app: FastAPI) -> Iterator[str]:
     """`serving` for synchronous callers (schemathesis, blocking clients): uvicorn runs in a
     thread with its own event loop, so a test that blocks cannot stall the server."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,  # as `stockcopilot up`: the app decides whom to believe
+        )
     )
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

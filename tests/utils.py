@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner, Result
 
 from api.feed import BarProcessor, stored_day
-from api.services.alerts import AlertEvaluator, Notifier
+from api.services.alerts import AlertEvaluator, AlertMailer, Notifier
 from api.services.predictions import PredictionService
 from training.config import TrainConfig
 
@@ -58,10 +58,13 @@ async def play(
     *days: date,
     alerts: bool = True,
     predictions: PredictionService | None = None,
+    mailer: AlertMailer | None = None,
 ) -> None:
     """Process stored days as the market feed does: bars, quotes, scoring, announcements and,
-    with `alerts`, alert evaluation (forecast alerts only when `predictions` is given)."""
-    evaluator = AlertEvaluator(pool, Notifier(pool, redis), predictions) if alerts else None
+    with `alerts`, alert evaluation (forecast alerts only when `predictions` is given; alert
+    e-mails only with a `mailer`)."""
+    notifier = Notifier(pool, redis, mailer)
+    evaluator = AlertEvaluator(pool, notifier, predictions) if alerts else None
     processor = BarProcessor(pool, redis, evaluator)
     for day in days:
         await processor.process(day, await stored_day(pool, day))

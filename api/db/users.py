@@ -207,18 +207,32 @@ class SessionRepository:
         )
         return status.endswith(" 1")
 
-    async def revoke_all(self, user_id: uuid.UUID, reason: str) -> list[uuid.UUID]:
+    async def revoke_all(
+        self, user_id: uuid.UUID, reason: str, keep: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Revoke every live session of the user (but `keep`); the ids revoked."""
         rows = await self._db.fetch(
             """UPDATE sessions SET revoked_at = now(), revoked_reason = $2
-               WHERE user_id = $1 AND revoked_at IS NULL RETURNING id""",
+               WHERE user_id = $1 AND revoked_at IS NULL
+                 AND ($3::uuid IS NULL OR id <> $3) RETURNING id""",
             user_id,
             reason,
+            keep,
         )
         return [r["id"] for r in rows]
 
     async def get(self, session_id: uuid.UUID) -> SessionRow | None:
         row = await self._db.fetchrow(f"SELECT {_SESSION} FROM sessions WHERE id = $1", session_id)
         return SessionRow(**dict(row)) if row else None
+
+    async def live_holder(self, session_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        """(user id, role) of a live session (not revoked, not expired), or None."""
+        row = await self._db.fetchrow(
+            """SELECT s.user_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+               WHERE s.id = $1 AND s.revoked_at IS NULL AND s.expires_at > now()""",
+            session_id,
+        )
+        return (row["user_id"], row["role"]) if row else None
 
     async def active(self, user_id: uuid.UUID) -> list[SessionRow]:
         rows = await self._db.fetch(

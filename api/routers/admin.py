@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, UploadFile
 
-from api.deps import AdminDep, MarketDataDep
+from api.deps import MarketDataDep, require
 from api.errors import ProblemError, problems
 from api.schemas import ImportResult
+from api.security.access import ADMIN
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[AdminDep])
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[require(ADMIN)])
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 
 

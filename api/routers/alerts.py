@@ -1,4 +1,7 @@
-"""`/api/v1/users/me/alerts` and `/api/v1/users/me/notifications`: the caller's own only."""
+"""`/api/v1/users/me/alerts` and `/api/v1/users/me/notifications`: the caller's own only.
+
+Alerts need the `alerts` scope, and a forecast alert `read:predictions` as well (its
+notifications quote the forecast); notifications need the `notifications` scope."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from api.db.alerts import NotificationRepository
-from api.deps import PoolDep, PrincipalDep
+from api.deps import PoolDep, PrincipalDep, insufficient_scope, require_scope
 from api.errors import ProblemError, problems
+from api.schemas import RequestModel
 from api.services.alerts import (
     AlertBody,
     AlertService,
@@ -23,8 +27,11 @@ from api.services.alerts import (
     notification_payload,
     public,
 )
+from api.services.auth import Principal
 
 router = APIRouter(prefix="/api/v1/users/me", tags=["alerts"])
+ALERTS = [require_scope("alerts")]
+NOTIFICATIONS = [require_scope("notifications")]
 
 
 def get_alerts(request: Request, pool: PoolDep) -> AlertService:
@@ -32,6 +39,9 @@ def get_alerts(request: Request, pool: PoolDep) -> AlertService:
 
 
 AlertsDep = Annotated[AlertService, Depends(get_alerts)]
+
+
+_OUT = ConfigDict(extra="ignore")  # a response: the request model's strictness is not its
 
 
 class AlertState(BaseModel):
@@ -45,23 +55,23 @@ class AlertState(BaseModel):
 
 
 class PriceAlertOut(AlertState, PriceAlert):
-    pass
+    model_config = _OUT
 
 
 class MoveAlertOut(AlertState, MoveAlert):
-    pass
+    model_config = _OUT
 
 
 class IndicatorAlertOut(AlertState, IndicatorAlert):
-    pass
+    model_config = _OUT
 
 
 class PredictionAlertOut(AlertState, PredictionAlert):
-    pass
+    model_config = _OUT
 
 
 class DrawdownAlertOut(AlertState, DrawdownAlert):
-    pass
+    model_config = _OUT
 
 
 AlertOut = Annotated[
@@ -71,11 +81,11 @@ AlertOut = Annotated[
 _ALERT_OUT: TypeAdapter[Any] = TypeAdapter(AlertOut)
 
 
-class AlertPatch(BaseModel):
+class AlertPatch(RequestModel):
     note: str | None = Field(default=None, max_length=200)
     active: bool | None = None
 
-    model_config = {"json_schema_extra": {"examples": [{"active": False}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"active": False}]})
 
 
 class NotificationOut(BaseModel):
@@ -93,52 +103,66 @@ class NotificationPage(BaseModel):
     unread: int = Field(description="unread notifications in all")
 
 
-class MarkRead(BaseModel):
+class MarkRead(RequestModel):
     ids: list[uuid.UUID] | None = Field(
         default=None, max_length=500, description="these notifications; all when omitted"
     )
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"ids": ["0b7a3c1e-6f0d-4d5e-9d2a-1c2b3a4d5e6f"]}, {}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ids": ["0b7a3c1e-6f0d-4d5e-9d2a-1c2b3a4d5e6f"]}, {}]}
+    )
 
 
 class Marked(BaseModel):
     marked: int
 
 
+def _forecasts_allowed(principal: Principal, alert: Any) -> None:
+    """A forecast alert reads forecasts on the caller's behalf, so it needs their scope too."""
+    if isinstance(alert, PredictionAlert) and not principal.allows("read:predictions"):
+        raise insufficient_scope("read:predictions")
+
+
 def _out(row: Any) -> Any:
     return _ALERT_OUT.validate_python(public(row))
 
 
-@router.post("/alerts", response_model=AlertOut, status_code=201, responses=problems(404, 409))
+@router.post(
+    "/alerts",
+    dependencies=ALERTS,
+    response_model=AlertOut,
+    status_code=201,
+    responses=problems(404, 409),
+)
 async def create_alert(body: AlertBody, principal: PrincipalDep, alerts: AlertsDep) -> Any:
     """A price cross, a daily move, an indicator or forecast condition on a ticker, or a
     drawdown of one of your portfolios; evaluated on every new trading day."""
+    _forecasts_allowed(principal, body.root)
     return _out(await alerts.create(principal.user_id, body.root))
 
 
-@router.get("/alerts", response_model=list[AlertOut])
+@router.get("/alerts", dependencies=ALERTS, response_model=list[AlertOut])
 async def list_alerts(principal: PrincipalDep, alerts: AlertsDep) -> list[Any]:
     """Your alerts, oldest first, with what they saw on the last bar."""
     return [_out(r) for r in await alerts.list(principal.user_id)]
 
 
-@router.get("/alerts/{alert_id}", response_model=AlertOut)
+@router.get("/alerts/{alert_id}", dependencies=ALERTS, response_model=AlertOut)
 async def get_alert(alert_id: uuid.UUID, principal: PrincipalDep, alerts: AlertsDep) -> Any:
     """One of your alerts, with what it saw on the last bar."""
     return _out(await alerts.get(principal.user_id, alert_id))
 
 
-@router.put("/alerts/{alert_id}", response_model=AlertOut)
+@router.put("/alerts/{alert_id}", dependencies=ALERTS, response_model=AlertOut)
 async def replace_alert(
     alert_id: uuid.UUID, body: AlertBody, principal: PrincipalDep, alerts: AlertsDep
 ) -> Any:
     """Replace the condition; the alert starts afresh (no remembered state)."""
+    _forecasts_allowed(principal, body.root)
     return _out(await alerts.replace(principal.user_id, alert_id, body.root))
 
 
-@router.patch("/alerts/{alert_id}", response_model=AlertOut)
+@router.patch("/alerts/{alert_id}", dependencies=ALERTS, response_model=AlertOut)
 async def update_alert(
     alert_id: uuid.UUID, body: AlertPatch, principal: PrincipalDep, alerts: AlertsDep
 ) -> Any:
@@ -146,13 +170,13 @@ async def update_alert(
     return _out(await alerts.update(principal.user_id, alert_id, body.note, body.active))
 
 
-@router.delete("/alerts/{alert_id}", status_code=204)
+@router.delete("/alerts/{alert_id}", dependencies=ALERTS, status_code=204)
 async def delete_alert(alert_id: uuid.UUID, principal: PrincipalDep, alerts: AlertsDep) -> None:
     """Delete an alert (its past notifications stay)."""
     await alerts.delete(principal.user_id, alert_id)
 
 
-@router.get("/notifications", response_model=NotificationPage)
+@router.get("/notifications", dependencies=NOTIFICATIONS, response_model=NotificationPage)
 async def list_notifications(
     principal: PrincipalDep,
     pool: PoolDep,
@@ -169,13 +193,13 @@ async def list_notifications(
     )
 
 
-@router.post("/notifications/read", response_model=Marked)
+@router.post("/notifications/read", dependencies=NOTIFICATIONS, response_model=Marked)
 async def mark_read(body: MarkRead, principal: PrincipalDep, pool: PoolDep) -> Marked:
     """Mark notifications read (all of them when `ids` is omitted)."""
     return Marked(marked=await NotificationRepository(pool).mark_read(principal.user_id, body.ids))
 
 
-@router.delete("/notifications/{notification_id}", status_code=204)
+@router.delete("/notifications/{notification_id}", dependencies=NOTIFICATIONS, status_code=204)
 async def delete_notification(
     notification_id: uuid.UUID, principal: PrincipalDep, pool: PoolDep
 ) -> None:

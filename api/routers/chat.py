@@ -14,12 +14,13 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from api.db.chat import ConversationRow, MessageRow
-from api.deps import MarketDataDep, PoolDep, PredictionsDep, PrincipalDep, require_scope
+from api.deps import MarketDataDep, Offset, PoolDep, PredictionsDep, PrincipalDep, require_scope
 from api.routers.market import MarketDep
+from api.schemas import RequestModel
 from api.services.chat.service import ChatService, Chunk, Done, Reset
 from api.services.chat.tools import ChatTools
 
@@ -28,10 +29,10 @@ router = APIRouter(prefix="/api/v1/chat", tags=["chat"], dependencies=[require_s
 MAX_BODY_CHARS = 100_000  # the configured limit (chat_max_input_chars) is checked below it
 
 
-class ConversationIn(BaseModel):
+class ConversationIn(RequestModel):
     title: str | None = Field(default=None, max_length=120)
 
-    model_config = {"json_schema_extra": {"examples": [{"title": "Apple this quarter"}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"title": "Apple this quarter"}]})
 
 
 EMPTY_CONVERSATION = ConversationIn()  # the body is optional
@@ -63,12 +64,12 @@ class ConversationDetail(ConversationOut):
     messages: list[MessageOut]
 
 
-class MessageIn(BaseModel):
+class MessageIn(RequestModel):
     content: str = Field(min_length=1, max_length=MAX_BODY_CHARS)
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"content": "How did AAPL close, and what is RSI?"}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"content": "How did AAPL close, and what is RSI?"}]}
+    )
 
 
 class ReplyOut(BaseModel):
@@ -127,7 +128,7 @@ async def create_conversation(
 async def list_conversations(
     chat: ChatDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[ConversationOut]:
     """Your conversations, most recently active first."""
     return [_conversation_out(r) for r in await chat.list(limit, offset)]

@@ -7,10 +7,11 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from api.deps import PoolDep, RedisDep
+from api.deps import PoolDep, RedisDep, require
 from api.schemas import Health, Readiness
+from api.security.access import PUBLIC
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[require(PUBLIC)])
 CHECK_TIMEOUT_S = 2.0
 
 

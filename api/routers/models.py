@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.db.models import AliasEventRepository
-from api.deps import PoolDep, require_scope
+from api.deps import PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError, problems
 from api.predictor import FAMILIES, ModelVersion, Predictor, model_name
 
@@ -23,7 +23,7 @@ class AliasMoveOut(BaseModel):
     alias: str
     from_version: str | None
     to_version: str | None
-    actor: str
+    actor: str | None = Field(description="who moved it (an operator's login): administrators only")
     reason: str
     at: datetime | None
 
@@ -46,7 +46,7 @@ def _predictor(request: Request) -> Predictor:
 
 @router.get("", response_model=list[FamilyOut], responses=problems(503))
 async def list_models(
-    pool: PoolDep, predictor: Annotated[Predictor, Depends(_predictor)]
+    pool: PoolDep, principal: PrincipalDep, predictor: Annotated[Predictor, Depends(_predictor)]
 ) -> list[FamilyOut]:
     """Families with their versions, aliases, A/B weights, key metrics and alias history."""
     history = AliasEventRepository(pool)
@@ -67,7 +67,7 @@ async def list_models(
                         alias=m.alias,
                         from_version=m.from_version,
                         to_version=m.to_version,
-                        actor=m.actor,
+                        actor=m.actor if principal.is_admin else None,
                         reason=m.reason,
                         at=m.at,
                     )

@@ -2,19 +2,19 @@
 and export, and watchlists.
 
 Ownership is one dependency (`OwnedPortfolio`): a portfolio that is not the caller's answers
-404, exactly like one that does not exist. API keys need the `write:portfolio` scope here.
+404, exactly like one that does not exist. API keys need `read:portfolio` to read here and
+`write:portfolio` to change anything.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.db.portfolios import (
     PortfolioRepository,
@@ -24,9 +24,9 @@ from api.db.portfolios import (
     set_watchlist_tickers,
     watchlists_of,
 )
-from api.deps import NotifierDep, PoolDep, PrincipalDep, require_scope
+from api.deps import NotifierDep, Offset, PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError, problems
-from api.schemas import Day
+from api.schemas import Day, PlainDecimal, RequestModel
 from api.services.alerts import Notifier
 from api.services.market_data import require_known
 from api.services.portfolios import (
@@ -37,16 +37,14 @@ from api.services.portfolios import (
 )
 from features.bars import normalise_ticker
 
-SCOPE = "write:portfolio"
-router = APIRouter(
-    prefix="/api/v1/portfolio", tags=["portfolio"], dependencies=[require_scope(SCOPE)]
-)
+ACCESS = require_scope("read:portfolio", write="write:portfolio")
+router = APIRouter(prefix="/api/v1/portfolio", tags=["portfolio"], dependencies=[ACCESS])
 
 
-class PortfolioIn(BaseModel):
+class PortfolioIn(RequestModel):
     name: str = Field(min_length=1, max_length=80, examples=["Retirement"])
 
-    model_config = {"json_schema_extra": {"examples": [{"name": "Retirement"}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Retirement"}]})
 
 
 class PortfolioOut(BaseModel):
@@ -62,10 +60,10 @@ class TransactionOut(BaseModel):
     type: str
     date: date
     ticker: str | None
-    quantity: Decimal
-    price: Decimal
-    amount: Decimal
-    fee: Decimal
+    quantity: PlainDecimal
+    price: PlainDecimal
+    amount: PlainDecimal
+    fee: PlainDecimal
     note: str
     created_at: datetime
 
@@ -79,26 +77,26 @@ class TransactionPage(BaseModel):
 
 class PositionOut(BaseModel):
     ticker: str
-    quantity: Decimal
-    cost_basis: Decimal
-    average_cost: Decimal | None
+    quantity: PlainDecimal
+    cost_basis: PlainDecimal
+    average_cost: PlainDecimal | None
     last_price: float | None
     price_date: date | None
-    market_value: Decimal | None
-    unrealised_pnl: Decimal | None
-    realised_pnl: Decimal
-    dividends: Decimal
+    market_value: PlainDecimal | None
+    unrealised_pnl: PlainDecimal | None
+    realised_pnl: PlainDecimal
+    dividends: PlainDecimal
     weight: float | None = Field(description="share of the portfolio's value, cash included")
 
 
 class PositionsOut(BaseModel):
     portfolio_id: uuid.UUID
     as_of: date | None
-    cash: Decimal
-    invested: Decimal = Field(description="deposits minus withdrawals")
-    market_value: Decimal = Field(description="holdings at their last close, plus cash")
-    realised_pnl: Decimal
-    unrealised_pnl: Decimal
+    cash: PlainDecimal
+    invested: PlainDecimal = Field(description="deposits minus withdrawals")
+    market_value: PlainDecimal = Field(description="holdings at their last close, plus cash")
+    realised_pnl: PlainDecimal
+    unrealised_pnl: PlainDecimal
     positions: list[PositionOut]
 
 
@@ -217,7 +215,9 @@ async def add_transaction(
     ] = None,
 ) -> TransactionOut:
     """Record a buy, sell, dividend, deposit, withdrawal or fee. A sell larger than the holding
-    at its date is refused (422 `oversold`), also when requests race."""
+    at its date is refused (422 `oversold`), and so is a withdrawal larger than the cash at its
+    date (422 `insufficient_cash`), also when requests race. Quantities, prices and amounts are
+    decimals from 0 to 10^12 with at most 10 decimal places, answered in positional notation."""
     row, created = await service.add(portfolio, body, idempotency_key)
     if not created:
         response.status_code = 200
@@ -233,7 +233,7 @@ async def list_transactions(
     portfolio: OwnedPortfolio,
     pool: PoolDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TransactionPage:
     """Newest first."""
     rows, total = await TransactionRepository(pool).page(portfolio.id, limit, offset)
@@ -429,17 +429,17 @@ async def optimize(
 # Declared on its own router and included before `router`, so `/watchlists` is never taken for
 # a portfolio id.
 watchlists = APIRouter(
-    prefix="/api/v1/portfolio/watchlists", tags=["portfolio"], dependencies=[require_scope(SCOPE)]
+    prefix="/api/v1/portfolio/watchlists", tags=["portfolio"], dependencies=[ACCESS]
 )
 
 
-class WatchlistIn(BaseModel):
+class WatchlistIn(RequestModel):
     name: str = Field(min_length=1, max_length=80, examples=["Tech to watch"])
     tickers: list[str] = Field(default_factory=list, max_length=200)
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"name": "Tech to watch", "tickers": ["AAPL", "MSFT"]}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Tech to watch", "tickers": ["AAPL", "MSFT"]}]}
+    )
 
 
 class WatchlistOut(BaseModel):

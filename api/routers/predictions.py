@@ -6,12 +6,12 @@ from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CallerKeyDep, PredictionsDep, require_scope
 from api.errors import problems
 from api.routers.stocks import TickerPath
-from api.schemas import Day
+from api.schemas import Day, RequestModel
 
 router = APIRouter(
     prefix="/api/v1/predictions",
@@ -58,7 +58,7 @@ class Prediction(BaseModel):
     skill: Skill | None
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(RequestModel):
     tickers: list[Annotated[str, Field(min_length=1, max_length=15)]] = Field(
         min_length=1, max_length=100
     )
@@ -66,11 +66,11 @@ class BatchRequest(BaseModel):
     model: Family = "ensemble"
     as_of: Day | None = None
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"tickers": ["AAPL", "KO", "XOM"], "horizon": 5, "model": "ensemble"}]
         }
-    }
+    )
 
 
 class BatchResponse(BaseModel):

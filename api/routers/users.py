@@ -2,6 +2,9 @@
 
 Everything under `/me` acts on the caller only, so one user can never reach another's data; a
 session or key id that is not the caller's answers 404, exactly like one that does not exist.
+API keys reach the profile, settings and consents with `read:account` / `write:account`; what
+changes who can get in (keys, sessions, secrets, the password, erasure) and the full data export
+need a signed-in session.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.db.users import (
     ApiKeyRepository,
@@ -23,14 +26,26 @@ from api.db.users import (
     UserRow,
     UserSecretRepository,
 )
-from api.deps import AdminPrincipalDep, AuthDep, ClientIpDep, PoolDep, PrincipalDep
+from api.deps import (
+    AdminPrincipalDep,
+    AuthDep,
+    ClientIpDep,
+    Offset,
+    PoolDep,
+    PrincipalDep,
+    SessionPrincipalDep,
+    require_scope,
+)
 from api.errors import ProblemError, problems
-from api.predictor import FAMILIES
+from api.schemas import RequestModel, plain_decimal
 from api.security.crypto import secret_context
 from api.security.tokens import verify_password
+from api.services.preferences import UserSettings, preferences
 from api.services.privacy import erase_user, export_user
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
+READ = [require_scope("read:account")]
+WRITE = [require_scope("write:account")]
 
 
 class UserOut(BaseModel):
@@ -57,7 +72,7 @@ def user_out(user: UserRow, email: str) -> UserOut:
     )
 
 
-class ProfilePatch(BaseModel):
+class ProfilePatch(RequestModel):
     display_name: str | None = Field(default=None, min_length=1, max_length=80)
     timezone: str | None = Field(default=None, max_length=64, description="IANA, e.g. Europe/Paris")
     currency: str | None = Field(default=None, pattern="^[A-Z]{3}$", description="ISO 4217")
@@ -69,47 +84,11 @@ class ProfilePatch(BaseModel):
             raise ValueError(f"unknown time zone {value!r}")
         return value
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"display_name": "Jane D.", "timezone": "Europe/Paris", "currency": "EUR"}]
         }
-    }
-
-
-class NotificationPrefs(BaseModel):
-    email: bool = True
-    push: bool = True
-    model_events: bool = Field(default=False, description="promotions and rollbacks")
-
-
-class UserSettings(BaseModel):
-    """Preferences the frontend keeps for the user (stored as one JSON document)."""
-
-    notifications: NotificationPrefs = Field(default_factory=NotificationPrefs)
-    default_model: str = Field(
-        default="ensemble", description="lstm, transformer, hybrid, ensemble"
     )
-    risk_tolerance: Literal["low", "medium", "high"] = "medium"
-
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "notifications": {"email": True, "push": False, "model_events": False},
-                    "default_model": "ensemble",
-                    "risk_tolerance": "medium",
-                }
-            ]
-        },
-        "extra": "forbid",
-    }
-
-    @field_validator("default_model")
-    @classmethod
-    def _served_family(cls, value: str) -> str:
-        if value not in FAMILIES:
-            raise ValueError(f"default_model must be one of {', '.join(FAMILIES)}")
-        return value
 
 
 class SessionOut(BaseModel):
@@ -121,13 +100,13 @@ class SessionOut(BaseModel):
     current: bool
 
 
-class ApiKeyIn(BaseModel):
+class ApiKeyIn(RequestModel):
     name: str = Field(min_length=1, max_length=80)
     scopes: list[str] = Field(min_length=1, max_length=10)
     expires_at: datetime | None = None
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "name": "notebook",
@@ -136,7 +115,7 @@ class ApiKeyIn(BaseModel):
                 }
             ]
         }
-    }
+    )
 
 
 class ApiKeyOut(BaseModel):
@@ -161,14 +140,14 @@ async def _me(pool: PoolDep, principal: PrincipalDep) -> UserRow:
     return user
 
 
-@router.get("/me", response_model=UserOut)
+@router.get("/me", dependencies=READ, response_model=UserOut)
 async def get_me(pool: PoolDep, principal: PrincipalDep, auth: AuthDep) -> UserOut:
     """Your profile."""
     user = await _me(pool, principal)
     return user_out(user, auth.email_of(user))
 
 
-@router.patch("/me", response_model=UserOut)
+@router.patch("/me", dependencies=WRITE, response_model=UserOut)
 async def patch_me(
     body: ProfilePatch, pool: PoolDep, principal: PrincipalDep, auth: AuthDep
 ) -> UserOut:
@@ -180,13 +159,13 @@ async def patch_me(
     return user_out(user, auth.email_of(user))
 
 
-@router.get("/me/settings", response_model=UserSettings)
+@router.get("/me/settings", dependencies=READ, response_model=UserSettings)
 async def get_settings(pool: PoolDep, principal: PrincipalDep) -> UserSettings:
     """Your preferences (notifications, default model, risk tolerance)."""
-    return UserSettings.model_validate((await _me(pool, principal)).settings)
+    return preferences((await _me(pool, principal)).settings)
 
 
-@router.put("/me/settings", response_model=UserSettings)
+@router.put("/me/settings", dependencies=WRITE, response_model=UserSettings)
 async def put_settings(body: UserSettings, pool: PoolDep, principal: PrincipalDep) -> UserSettings:
     """Replace your preferences."""
     await UserRepository(pool).put_settings(principal.user_id, body.model_dump())
@@ -194,7 +173,7 @@ async def put_settings(body: UserSettings, pool: PoolDep, principal: PrincipalDe
 
 
 @router.get("/me/sessions", response_model=list[SessionOut])
-async def list_sessions(principal: PrincipalDep, auth: AuthDep) -> list[SessionOut]:
+async def list_sessions(principal: SessionPrincipalDep, auth: AuthDep) -> list[SessionOut]:
     """Signed-in devices (live sessions), newest first."""
     return [
         SessionOut(
@@ -210,26 +189,24 @@ async def list_sessions(principal: PrincipalDep, auth: AuthDep) -> list[SessionO
 
 
 @router.delete("/me/sessions", status_code=204)
-async def end_all_sessions(principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep) -> None:
+async def end_all_sessions(principal: SessionPrincipalDep, auth: AuthDep, ip: ClientIpDep) -> None:
     """Sign out everywhere, this session included."""
     await auth.end_all_sessions(principal.user_id, ip, "signed out everywhere")
 
 
 @router.delete("/me/sessions/{session_id}", status_code=204)
 async def end_session(
-    session_id: uuid.UUID, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
+    session_id: uuid.UUID, principal: SessionPrincipalDep, auth: AuthDep, ip: ClientIpDep
 ) -> None:
     """Sign out one device (its refresh and access tokens stop working)."""
     await auth.end_session(principal.user_id, session_id, ip, "ended by user")
 
 
-@router.post("/me/api-keys", response_model=ApiKeyCreated, status_code=201, responses=problems(403))
+@router.post("/me/api-keys", response_model=ApiKeyCreated, status_code=201)
 async def create_api_key(
-    body: ApiKeyIn, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
+    body: ApiKeyIn, principal: SessionPrincipalDep, auth: AuthDep, ip: ClientIpDep
 ) -> ApiKeyCreated:
     """A scoped key for scripts; the secret is in this response only (we keep a hash)."""
-    if principal.api_key_id is not None:
-        raise ProblemError(403, "forbidden", "API keys cannot create API keys; sign in")
     row, key = await auth.create_api_key(
         principal.user_id, body.name, body.scopes, body.expires_at, ip
     )
@@ -239,7 +216,7 @@ async def create_api_key(
 
 
 @router.get("/me/api-keys", response_model=list[ApiKeyOut])
-async def list_api_keys(pool: PoolDep, principal: PrincipalDep) -> list[ApiKeyOut]:
+async def list_api_keys(pool: PoolDep, principal: SessionPrincipalDep) -> list[ApiKeyOut]:
     """Your API keys, newest first (never the secrets)."""
     rows = await ApiKeyRepository(pool).of_user(principal.user_id)
     return [ApiKeyOut.model_validate(r, from_attributes=True) for r in rows]
@@ -247,32 +224,61 @@ async def list_api_keys(pool: PoolDep, principal: PrincipalDep) -> list[ApiKeyOu
 
 @router.delete("/me/api-keys/{key_id}", status_code=204)
 async def revoke_api_key(
-    key_id: uuid.UUID, principal: PrincipalDep, auth: AuthDep, ip: ClientIpDep
+    key_id: uuid.UUID, principal: SessionPrincipalDep, auth: AuthDep, ip: ClientIpDep
 ) -> None:
     """Revoke a key at once."""
     await auth.revoke_api_key(principal.user_id, key_id, ip)
 
 
-class ErasureIn(BaseModel):
+class PasswordChange(RequestModel):
+    current_password: str = Field(max_length=256)
+    new_password: str = Field(max_length=256, description="at least 12 characters")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "current_password": "correct horse battery staple",
+                    "new_password": "a brand new long passphrase",
+                }
+            ]
+        }
+    )
+
+
+class PasswordChanged(BaseModel):
+    sessions_ended: int = Field(description="your other sessions, now signed out")
+
+
+@router.post("/me/password", response_model=PasswordChanged, responses=problems(403, 409, 429))
+async def change_password(
+    body: PasswordChange, principal: SessionPrincipalDep, auth: AuthDep, ip: ClientIpDep
+) -> PasswordChanged:
+    """Change your password (the current one is required); your other sessions end."""
+    ended = await auth.change_password(principal, body.current_password, body.new_password, ip)
+    return PasswordChanged(sessions_ended=ended)
+
+
+class ErasureIn(RequestModel):
     confirm: Literal["DELETE MY ACCOUNT"] = Field(description='type "DELETE MY ACCOUNT"')
     password: str | None = Field(default=None, max_length=256, description="current password")
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {"confirm": "DELETE MY ACCOUNT", "password": "correct horse battery staple"}
             ]
         }
-    }
+    )
 
 
-class ConsentIn(BaseModel):
+class ConsentIn(RequestModel):
     kind: Literal["terms", "privacy_policy", "marketing_email", "analytics"]
     granted: bool
 
-    model_config = {
-        "json_schema_extra": {"examples": [{"kind": "marketing_email", "granted": False}]}
-    }
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"kind": "marketing_email", "granted": False}]}
+    )
 
 
 class ConsentOut(BaseModel):
@@ -284,10 +290,12 @@ class ConsentOut(BaseModel):
 SecretName = Literal["togetherai_api_key", "openai_api_key"]
 
 
-class SecretIn(BaseModel):
+class SecretIn(RequestModel):
     value: str = Field(min_length=8, max_length=512)
 
-    model_config = {"json_schema_extra": {"examples": [{"value": "tgp_v1_your-own-provider-key"}]}}
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"value": "tgp_v1_your-own-provider-key"}]}
+    )
 
 
 class SecretOut(BaseModel):
@@ -296,20 +304,22 @@ class SecretOut(BaseModel):
 
 
 @router.get("/me/export")
-async def export_me(principal: PrincipalDep, pool: PoolDep, auth: AuthDep, ip: ClientIpDep) -> dict:
+async def export_me(
+    principal: SessionPrincipalDep, pool: PoolDep, auth: AuthDep, ip: ClientIpDep
+) -> dict:
     """Everything we hold about you, as one JSON document (GDPR art. 15 and 20)."""
     document = await export_user(pool, principal.user_id, auth.keyring)
     await auth.audit("data_exported", principal.user_id, ip)
-    return jsonable_encoder(document, custom_encoder={Decimal: str})  # exact amounts
+    return jsonable_encoder(document, custom_encoder={Decimal: plain_decimal})  # exact amounts
 
 
 @router.delete("/me", status_code=204, responses=problems(403))
-async def erase_me(body: ErasureIn, principal: PrincipalDep, pool: PoolDep, auth: AuthDep) -> None:
+async def erase_me(
+    body: ErasureIn, principal: SessionPrincipalDep, pool: PoolDep, auth: AuthDep
+) -> None:
     """Erase the account and all its data (GDPR art. 17); every token and key stops working.
     The security audit trail keeps its entries, anonymised."""
     user = await _me(pool, principal)
-    if principal.api_key_id is not None:
-        raise ProblemError(403, "forbidden", "sign in to erase the account; API keys cannot")
     if (
         user.password_hash is not None
         and not (await verify_password(body.password or "", user.password_hash))[0]
@@ -319,26 +329,24 @@ async def erase_me(body: ErasureIn, principal: PrincipalDep, pool: PoolDep, auth
         await auth.forget_session(session_id)
 
 
-@router.post("/me/consents", response_model=ConsentOut, status_code=201)
+@router.post("/me/consents", dependencies=WRITE, response_model=ConsentOut, status_code=201)
 async def record_consent(body: ConsentIn, principal: PrincipalDep, pool: PoolDep) -> ConsentOut:
     """Record a consent given or withdrawn; the history is kept with timestamps."""
     row = await ConsentRepository(pool).record(principal.user_id, body.kind, body.granted)
     return ConsentOut(**dict(row))
 
 
-@router.get("/me/consents", response_model=list[ConsentOut])
+@router.get("/me/consents", dependencies=READ, response_model=list[ConsentOut])
 async def list_consents(principal: PrincipalDep, pool: PoolDep) -> list[ConsentOut]:
     """Every consent given or withdrawn, oldest first."""
     return [ConsentOut(**dict(r)) for r in await ConsentRepository(pool).of_user(principal.user_id)]
 
 
-@router.put("/me/secrets/{name}", response_model=SecretOut, responses=problems(403))
+@router.put("/me/secrets/{name}", response_model=SecretOut)
 async def put_secret(
-    name: SecretName, body: SecretIn, principal: PrincipalDep, pool: PoolDep, auth: AuthDep
+    name: SecretName, body: SecretIn, principal: SessionPrincipalDep, pool: PoolDep, auth: AuthDep
 ) -> SecretOut:
     """Keep your own provider key with us (encrypted at rest; never shown again)."""
-    if principal.api_key_id is not None:
-        raise ProblemError(403, "forbidden", "sign in to store secrets; API keys cannot")
     repo = UserSecretRepository(pool)
     context = secret_context(principal.user_id, name)
     await repo.put(principal.user_id, name, auth.keyring.encrypt(body.value, context))
@@ -347,14 +355,14 @@ async def put_secret(
     return SecretOut(name=name, updated_at=stored[name])
 
 
-@router.get("/me/secrets", response_model=list[SecretOut])
+@router.get("/me/secrets", dependencies=READ, response_model=list[SecretOut])
 async def list_secrets(principal: PrincipalDep, pool: PoolDep) -> list[SecretOut]:
     """Which provider keys are stored (never their values)."""
     return [SecretOut(**dict(r)) for r in await UserSecretRepository(pool).names(principal.user_id)]
 
 
 @router.delete("/me/secrets/{name}", status_code=204)
-async def delete_secret(name: SecretName, principal: PrincipalDep, pool: PoolDep) -> None:
+async def delete_secret(name: SecretName, principal: SessionPrincipalDep, pool: PoolDep) -> None:
     """Forget a stored provider key."""
     if not await UserSecretRepository(pool).delete(principal.user_id, name):
         raise ProblemError(404, "secret_not_found", f"no {name} stored")
@@ -366,7 +374,7 @@ async def list_users(
     pool: PoolDep,
     auth: AuthDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[UserOut]:
     """All accounts (administrators only)."""
     return [user_out(u, auth.email_of(u)) for u in await UserRepository(pool).list(limit, offset)]

@@ -5,7 +5,7 @@ Protocol (full schemas in `docs/asyncapi.yaml`):
 - credentials: `?token=<access token or API key>`, an `Authorization: Bearer` / `X-API-Key`
   header, or `{"action": "auth", "token": ...}` as the first message within `ws_auth_timeout_s`;
   refused connections are closed with 4401 (no or bad credentials) or 4403 (API key lacks the
-  stream's scope);
+  stream's scope: `read:market`, `read:predictions` or `notifications`);
 - `{"action": "subscribe", "tickers": [...]}` (predictions also take `horizon` and `model`),
   `{"action": "unsubscribe", "tickers": [...]}`, `{"action": "ping"}`;
 - the server sends `welcome`, `subscribed`/`unsubscribed`, `quote`, `prediction`,
@@ -27,11 +27,13 @@ from starlette.websockets import WebSocketState
 
 from api.db.alerts import NotificationRepository
 from api.db.market import InstrumentRepository
+from api.db.users import UserRepository
 from api.errors import ProblemError
 from api.predictor import FAMILIES, HORIZONS
 from api.realtime import SCOPE, Connection, Hub, Outbox, Stream, parse_tickers
 from api.security.tokens import API_KEY_PREFIX
 from api.services.auth import AuthService, Principal
+from api.services.preferences import preferences
 from api.settings import Settings
 
 router = APIRouter()
@@ -88,11 +90,9 @@ class Session:
     async def run(self) -> None:
         await self.ws.accept()
         try:
-            principal = await self._authenticate()
-            scope = SCOPE[self.stream]
-            if scope is not None and not principal.allows(scope):
-                raise Closed(4403, f"this API key lacks the {scope!r} scope")
+            principal = self._permitted(await self._authenticate())
             self.conn = Connection(self.stream, principal, Outbox(self.settings.ws_queue_limit))
+            await self._load_preferences()
             self.hub.add(self.conn)
             self.sockets.inc()
             await self._welcome()
@@ -141,6 +141,22 @@ class Session:
                 raise Closed(4401, 'first message must be {"action": "auth", "token": ...}')
             self.credential = token
         return await _principal(self.auth, self.credential)
+
+    def _permitted(self, principal: Principal) -> Principal:
+        """The caller, if its credentials carry the stream's scope (checked again whenever they
+        are: on re-authentication and at every heartbeat)."""
+        scope = SCOPE[self.stream]
+        if not principal.allows(scope):
+            raise Closed(4403, f"this API key lacks the {scope!r} scope")
+        return principal
+
+    async def _load_preferences(self) -> None:
+        """Model moves reach only the users who asked for them (`notifications.model_events`)."""
+        assert self.conn is not None
+        if self.stream == Stream.NOTIFICATIONS:
+            user = await UserRepository(self.pool).get(self.conn.principal.user_id)
+            stored = preferences(user.settings) if user else None
+            self.conn.model_events = bool(stored and stored.notifications.model_events)
 
     async def _welcome(self) -> None:
         assert self.conn is not None
@@ -213,7 +229,7 @@ class Session:
         if not isinstance(token, str) or not token:
             self._error("invalid_message", "auth needs a token")
             return
-        principal = await _principal(self.auth, token)
+        principal = self._permitted(await _principal(self.auth, token))
         if principal.user_id != self.conn.principal.user_id:
             raise Closed(4401, "a socket cannot change user")
         self.credential = token
@@ -278,7 +294,8 @@ class Session:
         while True:
             await asyncio.sleep(self.settings.ws_heartbeat_s)
             assert self.credential is not None
-            self.conn.principal = await _principal(self.auth, self.credential)
+            self.conn.principal = self._permitted(await _principal(self.auth, self.credential))
+            await self._load_preferences()
             self.conn.send({"type": "heartbeat", "ts": time.time()}, key="heartbeat")
 
 

@@ -23,10 +23,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from api.settings import Environment, Settings
 
-DEV_KEY_ID = "dev"
-# Derived from a public string: fine for development and tests, refused anywhere else.
-_DEV_KEY = hashlib.sha256(b"stock-copilot development encryption key").digest()
-_DEV_INDEX_KEY = hashlib.sha256(b"stock-copilot development blind-index key").digest()
 NONCE_BYTES = 12
 
 
@@ -64,25 +60,25 @@ class Keyring:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keyring:
-        """The configured ring; the public development ring only in development and tests."""
-        if settings.encryption_keys is None:
-            if settings.environment == Environment.PRODUCTION:
-                raise ValueError(
-                    "ENCRYPTION_KEYS, ENCRYPTION_ACTIVE_KEY and BLIND_INDEX_KEY must be set in "
-                    "production (generate keys with `stockcopilot keys generate`)"
-                )
-            return cls({DEV_KEY_ID: _DEV_KEY}, DEV_KEY_ID, _DEV_INDEX_KEY)
-        raw = json.loads(settings.encryption_keys.get_secret_value())
-        keys = {str(kid): _unb64(str(value)) for kid, value in raw.items()}
+        """The configured ring. Keys come from the environment or, outside production, from the
+        data folder's key file (`api.security.keyfile.with_secrets`); there is no default."""
+        if settings.encryption_keys is None or settings.blind_index_key is None:
+            where = (
+                "must be set in production (generate keys with `stockcopilot keys generate`)"
+                if settings.environment == Environment.PRODUCTION
+                else "are not set; start through `stockcopilot`, which keeps generated keys in "
+                "the data folder, or set them"
+            )
+            raise ValueError(f"ENCRYPTION_KEYS and BLIND_INDEX_KEY {where}")
+        try:
+            raw = json.loads(settings.encryption_keys.get_secret_value())
+            keys = {str(kid): _unb64(str(value)) for kid, value in raw.items()}
+        except (ValueError, AttributeError) as exc:
+            raise ValueError('ENCRYPTION_KEYS must be JSON {"key id": "base64url key"}') from exc
+        if not keys:
+            raise ValueError("ENCRYPTION_KEYS holds no key")
         active = settings.encryption_active_key or max(keys)
-        if settings.blind_index_key is None:
-            raise ValueError("BLIND_INDEX_KEY must be set together with ENCRYPTION_KEYS")
-        ring = cls(keys, active, _unb64(settings.blind_index_key.get_secret_value()))
-        if settings.environment == Environment.PRODUCTION and (
-            ring.active == DEV_KEY_ID or ring.keys[ring.active] == _DEV_KEY
-        ):
-            raise ValueError("the development encryption key must not be used in production")
-        return ring
+        return cls(keys, active, _unb64(settings.blind_index_key.get_secret_value()))
 
     def encrypt(self, plaintext: str, context: str) -> str:
         nonce = os.urandom(NONCE_BYTES)

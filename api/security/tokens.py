@@ -3,8 +3,10 @@
 Access tokens are HS256 JWTs with the algorithm pinned on decode (so `alg=none` and algorithm
 confusion are refused), issuer and audience checked, and `exp`, `iat`, `sub`, `sid` and `jti`
 required. The session id (`sid`) ties a token to its sign-in, so ending the session ends the
-token before it expires. Refresh tokens, API keys and one-time tokens are opaque random strings
-stored only as hashes (see api.security.crypto.token_hash).
+token before it expires. A token carries no role or scopes: who may do what is read on the server
+side, from the session record (api.services.auth), never believed from a claim. Refresh tokens,
+API keys and one-time tokens are opaque random strings stored only as hashes (see
+api.security.crypto.token_hash).
 """
 
 from __future__ import annotations
@@ -49,20 +51,16 @@ class InvalidToken(ValueError):
 class AccessClaims:
     user_id: uuid.UUID
     session_id: uuid.UUID
-    role: str
     expires_at: int
 
 
-def issue_access_token(
-    key: str, user_id: uuid.UUID, session_id: uuid.UUID, role: str, ttl_s: int
-) -> str:
+def issue_access_token(key: str, user_id: uuid.UUID, session_id: uuid.UUID, ttl_s: int) -> str:
     now = int(time.time())
     claims = {
         "iss": ISSUER,
         "aud": AUDIENCE,
         "sub": str(user_id),
         "sid": str(session_id),
-        "role": role,
         "iat": now,
         "exp": now + ttl_s,
         "jti": secrets.token_hex(8),
@@ -80,11 +78,12 @@ def decode_access_token(key: str, token: str) -> AccessClaims:
             issuer=ISSUER,
             options={"require": ["exp", "iat", "sub", "sid", "jti", "iss", "aud"]},
         )
-        return AccessClaims(
-            uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]), str(claims["role"]), claims["exp"]
-        )
-    except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidToken(str(exc) or type(exc).__name__) from exc
+        return AccessClaims(uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]), int(claims["exp"]))
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("access token has expired; refresh it") from exc
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # the library's own message names its internals; the caller learns only that it failed
+        raise InvalidToken("invalid access token") from exc
 
 
 def new_secret() -> str:

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import pandas as pd
 import structlog
-from pydantic import BaseModel, Field, RootModel
+from pydantic import ConfigDict, Field, RootModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -45,11 +45,16 @@ from api.db.alerts import (
 )
 from api.db.market import BarRepository
 from api.db.portfolios import PortfolioRepository
+from api.db.users import UserRepository
 from api.errors import NotFound, ProblemError, Unprocessable
+from api.schemas import RequestModel
+from api.security.crypto import Keyring, email_context
+from api.security.mail import AlertEmail, EmailSender
 from api.services.market_data import require_known
 from api.services.performance import daily_returns
 from api.services.portfolios import PortfolioAnalytics
 from api.services.predictions import PredictionService
+from api.services.preferences import preferences
 from features import indicators
 
 log = structlog.get_logger(__name__)
@@ -59,7 +64,7 @@ Note = Annotated[str, Field(default="", max_length=200)]
 INDICATOR_LOOKBACK = 400  # bars: warms up every curated indicator (the longest is a 200-day mean)
 
 
-class _AlertBase(BaseModel):
+class _AlertBase(RequestModel):
     note: Note = ""
     active: bool = True
 
@@ -113,8 +118,8 @@ AlertIn = Annotated[
 class AlertBody(RootModel[AlertIn]):
     """One alert: its `kind` decides the other fields."""
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {"kind": "price", "ticker": "AAPL", "direction": "above", "level": 150},
                 {"kind": "move", "ticker": "KO", "direction": "down", "percent": 3},
@@ -135,7 +140,7 @@ class AlertBody(RootModel[AlertIn]):
                 },
             ]
         }
-    }
+    )
 
 
 _TOP_LEVEL = {"kind", "ticker", "portfolio_id", "note", "active"}
@@ -286,19 +291,47 @@ def latest_indicator(bars: pd.DataFrame, name: str, output: str | None) -> tuple
     return series.index[-1].date(), value
 
 
-class Notifier:
-    """Stores notifications, then publishes each on its user's channel for the WebSockets.
-    Storing comes first: a notification is never pushed without being kept."""
+@dataclass(frozen=True)
+class AlertMailer:
+    """Alert notices by e-mail, for the users who turned `notifications.email` on."""
 
-    def __init__(self, pool: asyncpg.Pool, redis: Redis) -> None:
+    sender: EmailSender
+    keyring: Keyring
+
+    async def send(self, pool: asyncpg.Pool, rows: Sequence[NotificationRow]) -> None:
+        alerts = [r for r in rows if r.kind == "alert"]
+        users = UserRepository(pool)
+        for user_id in sorted({r.user_id for r in alerts}):
+            user = await users.get(user_id)
+            if user is None or not preferences(user.settings).notifications.email:
+                continue
+            address = self.keyring.decrypt(user.email_ct, email_context(user.id))
+            for row in (r for r in alerts if r.user_id == user_id):
+                await self.sender.send(AlertEmail(address, row.title, _alert_detail(row.data)))
+
+
+def _alert_detail(data: dict[str, Any]) -> str:
+    detail = f"Seen on the close of {data.get('date')} (value {data.get('value')})."
+    return f"{detail}\nYour note: {data['note']}" if data.get("note") else detail
+
+
+class Notifier:
+    """Stores notifications, then publishes each on its user's channel for the WebSockets (and
+    e-mails alerts to those who opted in). Storing comes first: a notification is never pushed
+    or mailed without being kept."""
+
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, mailer: AlertMailer | None = None) -> None:
         self._pool = pool
         self._redis = redis
+        self._mailer = mailer
 
     async def notify(
         self, notes: Sequence[tuple[uuid.UUID, str, str, dict[str, Any], uuid.UUID | None]]
     ) -> list[NotificationRow]:
         rows = await NotificationRepository(self._pool).add_many(notes)
         await self.push([(r.user_id, notification_payload(r)) for r in rows])
+        if self._mailer is not None:
+            await self._mailer.send(self._pool, rows)
         return rows
 
     async def push(self, messages: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:

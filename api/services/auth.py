@@ -1,18 +1,33 @@
 """Accounts and credentials: registration, login with lockout, refresh-token rotation with reuse
 detection, sessions, API keys, and who is calling (`Principal`).
 
-Sessions live in Postgres (the record); Redis (`session:<id>`) caches each live one for
-`SESSION_CACHE_S`, so most requests check a session without touching Postgres. Logging out
-revokes the record and drops the cached entry: access tokens end at once. A session Redis does not
-hold is looked up in the record (and cached again), and an unreachable Redis leaves every check to
-the record, so sign-in, sign-out and token checks keep working through a Redis outage and after
-one. The one gap: a session ended while Redis was unreachable stays cached until its entry
-expires, at most `SESSION_CACHE_S` after it was last cached, should Redis return before then.
+Sessions live in Postgres (the record); Redis (`session:<id>`) caches each live one, with its
+user and that user's role, for `SESSION_CACHE_S` (a setting), so most requests check a session
+without touching Postgres. An access token names its user (`sub`) and session (`sid`); it is
+honoured only while that session is live *and belongs to that user*, and the caller's role is the
+one the record (or its cache) holds, never a claim, so a token signed with a leaked key still
+cannot borrow another user's session or make itself an administrator, and a demoted
+administrator loses the role within one cache period.
+
+Logging out revokes the record and drops the cached entry: access tokens end at once. A session
+Redis does not hold is looked up in the record (and cached again), and an unreachable Redis leaves
+every check to the record, so sign-in, sign-out and token checks keep working through a Redis
+outage and after one. The one gap: a session ended while Redis was unreachable stays cached until
+its entry expires, at most `SESSION_CACHE_S` after it was last cached, should Redis return before
+then.
+
+Password guessing is throttled three ways (see `login`): attempts per address (the `auth` rate
+tier) and per target account, whatever credentials come with the request; failures per (account,
+address) pair, which lock that pair out for a doubling time; and failures per account from all
+addresses, whose much higher hourly ceiling stops a distributed guess. A stranger elsewhere can
+therefore not lock a user out, short of a distributed attack above the ceiling.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,8 +49,10 @@ from api.db.users import (
     UserRow,
 )
 from api.errors import ProblemError, Unprocessable
+from api.security.access import SCOPES, granted_by
 from api.security.crypto import Keyring, email_context, token_hash
 from api.security.mail import AccountEmail, EmailSender
+from api.security.ratelimit import Limit, RateLimiter
 from api.security.tokens import (
     API_KEY_PREFIX,
     InvalidToken,
@@ -51,10 +68,10 @@ from api.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-SCOPES = ("read:market", "read:predictions", "write:portfolio", "chat")
 ROLES = ("user", "admin")
 MAX_LOCKOUT_S = 3600
-SESSION_CACHE_S = 60  # a live session's Redis entry; bounds the gap described above
+ACCOUNT_WINDOW_S = 3600  # the account-wide failure ceiling counts over this window
+LOGIN_ACCOUNT_FACTOR = 5  # attempts per minute on one account, as a multiple of the auth tier
 VERIFY_TTL = timedelta(days=2)
 RESET_TTL = timedelta(hours=1)
 
@@ -74,7 +91,11 @@ class Principal:
     api_key_id: uuid.UUID | None = None
 
     def allows(self, scope: str) -> bool:
-        return self.scopes is None or scope in self.scopes
+        return self.scopes is None or scope in granted_by(self.scopes)
+
+    @property
+    def has_session(self) -> bool:
+        return self.session_id is not None and self.api_key_id is None
 
     @property
     def is_admin(self) -> bool:
@@ -121,12 +142,18 @@ async def create_account(
 
 class AuthService:
     def __init__(
-        self, pool: asyncpg.Pool, redis: Redis | None, settings: Settings, keyring: Keyring
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis | None,
+        settings: Settings,
+        keyring: Keyring,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._settings = settings
         self._keyring = keyring
+        self._limiter = limiter
         self._users = UserRepository(pool)
         self._sessions = SessionRepository(pool)
         self._keys = ApiKeyRepository(pool)
@@ -179,7 +206,9 @@ class AuthService:
         except ProblemError:
             raise unauthorized("wrong e-mail or password") from None
         index = self._keyring.blind_index(address)
-        locked_for = await self._locked_for(index)
+        await self._spend_account_budget(index)
+        guard = LoginGuard(self._redis_call, self._redis, self._settings, index, self.ip_hash(ip))
+        locked_for = await guard.locked_for()
         if locked_for > 0:
             await self.audit("login_locked", None, ip)
             raise ProblemError(
@@ -192,35 +221,27 @@ class AuthService:
         stored = user.password_hash if user else None
         ok, rehash = await verify_password(password, stored)
         if user is None or not ok:
-            await self._failed_login(index)
+            await guard.failed()
             await self.audit("login_failed", user.id if user else None, ip)
             raise unauthorized("wrong e-mail or password")
         if rehash:
             await self._users.set_password(user.id, rehash)
-        await self._redis_call("login_reset", self._redis.delete(f"fail:{index}", f"lock:{index}"))
+        await guard.succeeded()
         return await self.start_session(user, user_agent, ip)
 
-    async def _locked_for(self, index: str) -> int:
-        ttl = await self._redis_call("lockout_check", self._redis.ttl(f"lock:{index}"))
-        return int(ttl) if ttl and ttl > 0 else 0
-
-    async def _failed_login(self, index: str) -> None:
-        """Count the failure; from the Nth on, lock the account for a doubling time."""
-        failures = await self._redis_call("lockout_count", self._incr_day(f"fail:{index}"))
-        if failures is None:
+    async def _spend_account_budget(self, index: str) -> None:
+        """Attempts on one account, from anywhere (the address budget is the router's)."""
+        if self._limiter is None:
             return
-        over = int(failures) - self._settings.login_lockout_after
-        if over >= 0:
-            seconds = min(MAX_LOCKOUT_S, self._settings.login_lockout_base_s * 2**over)
-            await self._redis_call("lockout_set", self._redis.set(f"lock:{index}", 1, ex=seconds))
-
-    async def _incr_day(self, key: str) -> int:
-        assert self._redis is not None
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 86_400)
-            count, _ = await pipe.execute()
-        return int(count)
+        per_min = self._settings.rate_limit_auth_per_min * LOGIN_ACCOUNT_FACTOR
+        decision = await self._limiter.hit(Limit("login-account", per_min, 60.0), index)
+        if not decision.allowed:
+            raise ProblemError(
+                429,
+                "rate_limited",
+                "too many sign-in attempts on this account; retry later",
+                headers=decision.headers(),
+            )
 
     # ------------------------------------------------------------------ sessions and tokens
 
@@ -238,18 +259,19 @@ class AuthService:
         ttl = self._settings.refresh_token_ttl_s
         expires = datetime.now(UTC) + timedelta(seconds=ttl)
         await self._sessions.create(session_id, user.id, token_hash(refresh), expires, user_agent)
-        await self._cache_session(session_id, user.id)
-        return self._pair(user, session_id, refresh)
+        await self._cache_session(session_id, user.id, user.role)
+        return self._pair(user.id, session_id, refresh)
 
-    async def _cache_session(self, session_id: uuid.UUID, user_id: uuid.UUID) -> None:
-        key = f"session:{session_id}"
+    async def _cache_session(self, session_id: uuid.UUID, user_id: uuid.UUID, role: str) -> None:
+        entry = json.dumps({"user": str(user_id), "role": role})
         await self._redis_call(
-            "session_live", self._redis.set(key, str(user_id), ex=SESSION_CACHE_S)
+            "session_live",
+            self._redis.set(f"session:{session_id}", entry, ex=self._settings.session_cache_s),
         )
 
-    def _pair(self, user: UserRow, session_id: uuid.UUID, refresh: str) -> TokenPair:
+    def _pair(self, user_id: uuid.UUID, session_id: uuid.UUID, refresh: str) -> TokenPair:
         ttl = self._settings.access_token_ttl_s
-        access = issue_access_token(self._settings.signing_key, user.id, session_id, user.role, ttl)
+        access = issue_access_token(self._settings.signing_key, user_id, session_id, ttl)
         return TokenPair(access, refresh, ttl, session_id)
 
     async def refresh(self, refresh_token: str, ip: str | None) -> TokenPair:
@@ -270,13 +292,11 @@ class AuthService:
                 reused = None
                 new = new_secret()
                 await sessions.rotate(row["token_hash"], token_hash(new), row["session_id"])
-                user = await UserRepository(conn).get(row["user_id"])
-                assert user is not None
         if reused is not None:
             await self.forget_session(reused[1])
             await self.audit("refresh_token_reuse", reused[0], ip, session=str(reused[1]))
             raise unauthorized("refresh token was already used; the session has been revoked")
-        return self._pair(user, row["session_id"], new)
+        return self._pair(row["user_id"], row["session_id"], new)
 
     @property
     def keyring(self) -> Keyring:
@@ -286,8 +306,7 @@ class AuthService:
         await self._redis_call("session_end", self._redis.delete(f"session:{session_id}"))
 
     async def logout(self, principal: Principal, ip: str | None) -> None:
-        if principal.session_id is None:
-            raise ProblemError(400, "no_session", "API keys have no session; revoke the key")
+        assert principal.session_id is not None  # the route admits signed-in sessions only
         await self.end_session(principal.user_id, principal.session_id, ip, "logout")
 
     async def end_session(
@@ -300,8 +319,10 @@ class AuthService:
         await self.forget_session(session_id)
         await self.audit("session_ended", user_id, ip, session=str(session_id), reason=reason)
 
-    async def end_all_sessions(self, user_id: uuid.UUID, ip: str | None, reason: str) -> int:
-        ended = await self._sessions.revoke_all(user_id, reason)
+    async def end_all_sessions(
+        self, user_id: uuid.UUID, ip: str | None, reason: str, keep: uuid.UUID | None = None
+    ) -> int:
+        ended = await self._sessions.revoke_all(user_id, reason, keep)
         for session_id in ended:
             await self.forget_session(session_id)
         await self.audit("sessions_ended", user_id, ip, count=len(ended), reason=reason)
@@ -310,23 +331,17 @@ class AuthService:
     async def sessions(self, user_id: uuid.UUID) -> list[SessionRow]:
         return await self._sessions.active(user_id)
 
-    async def _session_live(self, session_id: uuid.UUID) -> bool:
-        """Cached as live in Redis, or else live in the record (and then cached again)."""
-        cached = await self._redis_call(
-            "session_check", self._redis.exists(f"session:{session_id}")
-        )
-        if cached:
-            return True
-        session = await self._sessions.get(session_id)
-        live = (
-            session is not None
-            and session.revoked_at is None
-            and session.expires_at > datetime.now(UTC)
-        )
-        if live and cached is not None:  # Redis answered without it: expired, or never cached
-            assert session is not None
-            await self._cache_session(session_id, session.user_id)
-        return live
+    async def _session_holder(self, session_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
+        """(user, role) of a live session: from its Redis entry, or else from the record (and
+        then cached again). None when the session is not live."""
+        cached = await self._redis_call("session_check", self._redis.get(f"session:{session_id}"))
+        holder = _cached_holder(cached)
+        if holder is not None:
+            return holder
+        holder = await self._sessions.live_holder(session_id)
+        if holder is not None and self._redis is not None:
+            await self._cache_session(session_id, *holder)
+        return holder
 
     # ------------------------------------------------------------------ who is calling
 
@@ -334,10 +349,11 @@ class AuthService:
         try:
             claims = decode_access_token(self._settings.signing_key, token)
         except InvalidToken as exc:
-            raise unauthorized(f"invalid access token: {exc}") from exc
-        if not await self._session_live(claims.session_id):
+            raise unauthorized(str(exc)) from exc
+        holder = await self._session_holder(claims.session_id)
+        if holder is None or holder[0] != claims.user_id:  # ended, or someone else's session
             raise unauthorized("session has ended; log in again")
-        return Principal(claims.user_id, claims.role, None, session_id=claims.session_id)
+        return Principal(claims.user_id, holder[1], None, session_id=claims.session_id)
 
     async def principal_from_api_key(self, key: str) -> Principal:
         if not key.startswith(API_KEY_PREFIX) or len(key) > 200:
@@ -398,6 +414,40 @@ class AuthService:
         await self.end_all_sessions(user_id, ip, "password reset")
         await self.audit("password_reset", user_id, ip)
 
+    async def change_password(
+        self, principal: Principal, current: str, new: str, ip: str | None
+    ) -> int:
+        """Replace the password after checking the current one; every other session ends (this
+        one stays). Wrong guesses count like failed logins, so a borrowed session cannot test
+        passwords at the general rate. The number of sessions ended."""
+        user = await self._users.get(principal.user_id)
+        if user is None:
+            raise unauthorized("this account no longer exists")
+        if user.password_hash is None:
+            raise ProblemError(
+                409,
+                "no_password",
+                "this account signs in through a provider; set a password with a reset link",
+            )
+        guard = LoginGuard(
+            self._redis_call, self._redis, self._settings, user.email_index, self.ip_hash(ip)
+        )
+        if await guard.locked_for() > 0:
+            raise ProblemError(429, "account_locked", "too many wrong passwords; try later")
+        if not (await verify_password(current, user.password_hash))[0]:
+            await guard.failed()
+            await self.audit("password_change_failed", user.id, ip)
+            raise ProblemError(403, "wrong_password", "the current password is not right")
+        problem = password_problem(new, self.email_of(user))
+        if problem:
+            raise Unprocessable("weak_password", problem)
+        await self._users.set_password(user.id, await hash_password(new))
+        ended = await self.end_all_sessions(
+            user.id, ip, "password changed", keep=principal.session_id
+        )
+        await self.audit("password_changed", user.id, ip)
+        return ended
+
     async def _send_token(
         self, user: UserRow, purpose: str, ttl: timedelta, sender: EmailSender
     ) -> None:
@@ -438,3 +488,86 @@ class AuthService:
         if not await self._keys.revoke(user_id, key_id):
             raise ProblemError(404, "api_key_not_found", "no such API key")
         await self.audit("api_key_revoked", user_id, ip, key_id=str(key_id))
+
+
+def _cached_holder(entry: str | None) -> tuple[uuid.UUID, str] | None:
+    """A session cache entry (`{"user": ..., "role": ...}`); entries of an older format, or
+    unreadable ones, count as absent, so the record decides."""
+    if not entry:
+        return None
+    try:
+        found = json.loads(entry)
+        return uuid.UUID(found["user"]), str(found["role"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class LoginGuard:
+    """The failure bookkeeping of password logins to one account from one address (module
+    docstring). Without Redis nothing is counted, and the `auth` rate tier's per-process
+    fallback still bounds the guessing."""
+
+    def __init__(
+        self,
+        call: Callable[[str, Awaitable[Any]], Awaitable[Any]],
+        redis: Redis | None,
+        settings: Settings,
+        account: str,
+        address: str | None,
+    ) -> None:
+        self._call = call
+        self._redis = redis
+        self._settings = settings
+        self._pair = f"fail:{account}:{address or '-'}"
+        self._pair_lock = f"lock:{account}:{address or '-'}"
+        self._account = f"fail-account:{account}"
+        self._account_lock = f"lock-account:{account}"
+
+    async def locked_for(self) -> int:
+        """Seconds this pair (or the whole account) stays locked; 0 when it is not."""
+        if self._redis is None:
+            return 0
+        ttls = await self._call(
+            "lockout_check", _ttls(self._redis, [self._pair_lock, self._account_lock])
+        )
+        return max((int(t) for t in ttls or () if t and t > 0), default=0)
+
+    async def failed(self) -> None:
+        """Count the failure; from the Nth on, lock the pair for a doubling time, and the
+        account once all addresses together pass the ceiling."""
+        if self._redis is None:
+            return
+        counts = await self._call("lockout_count", self._count())
+        if counts is None:
+            return
+        pair, account = counts
+        settings = self._settings
+        over = pair - settings.login_lockout_after
+        if over >= 0:
+            seconds = min(MAX_LOCKOUT_S, settings.login_lockout_base_s * 2**over)
+            await self._call("lockout_set", self._redis.set(self._pair_lock, 1, ex=seconds))
+        if account >= settings.login_account_ceiling:
+            ttl = await self._call("lockout_window", self._redis.ttl(self._account))
+            seconds = int(ttl) if ttl and ttl > 0 else ACCOUNT_WINDOW_S
+            await self._call("lockout_set", self._redis.set(self._account_lock, 1, ex=seconds))
+
+    async def succeeded(self) -> None:
+        if self._redis is not None:
+            await self._call("login_reset", self._redis.delete(self._pair, self._pair_lock))
+
+    async def _count(self) -> tuple[int, int]:
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(self._pair)
+            pipe.expire(self._pair, 86_400)
+            pipe.set(self._account, 0, ex=ACCOUNT_WINDOW_S, nx=True)  # the window opens once
+            pipe.incr(self._account)  # INCR keeps the window's expiry
+            pair, _, _, account = await pipe.execute()
+        return int(pair), int(account)
+
+
+async def _ttls(redis: Redis, keys: list[str]) -> list[int]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.ttl(key)
+        return [int(t) for t in await pipe.execute()]

@@ -3,7 +3,9 @@
 Amounts are `Decimal` end to end (Postgres `numeric` in, JSON strings out), so a position that
 was bought and sold in full is exactly zero, never 1e-16. Transactions apply in (date, sequence)
 order; a sell consumes the oldest lots first and may never exceed what is held at that point
-in time — `replay` raises `Oversold` naming the transaction that would.
+in time — `replay` raises `Oversold` naming the transaction that would. Writes also replay with
+`check_cash`: a withdrawal may not take out more cash than the ledger holds at its date
+(`InsufficientCash`).
 """
 
 from __future__ import annotations
@@ -74,22 +76,36 @@ class Book:
 class Oversold(ValueError):
     def __init__(self, entry: Entry, held: Decimal) -> None:
         super().__init__(
-            f"cannot sell {entry.quantity} {entry.ticker} on {entry.date}: {held} held at that date"
+            f"cannot sell {entry.quantity:f} {entry.ticker} on {entry.date}: "
+            f"{held:f} held at that date"
         )
         self.entry = entry
         self.held = held
+
+
+class InsufficientCash(ValueError):
+    def __init__(self, entry: Entry, cash: Decimal) -> None:
+        super().__init__(
+            f"cannot withdraw {entry.amount:f} on {entry.date}: the cash balance is {cash:f}"
+        )
+        self.entry = entry
+        self.cash = cash
 
 
 def ordered(entries: Iterable[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (e.date, e.sequence))
 
 
-def replay(entries: Iterable[Entry], until: date | None = None) -> Book:
+def replay(
+    entries: Iterable[Entry], until: date | None = None, *, check_cash: bool = False
+) -> Book:
     """Apply the transactions (up to `until`, inclusive) in order; FIFO for sells."""
     book = Book()
     for entry in ordered(entries):
         if until is not None and entry.date > until:
             break
+        if check_cash and entry.type == "withdraw" and entry.amount > book.cash:
+            raise InsufficientCash(entry, book.cash)
         apply(book, entry)
     return book
 

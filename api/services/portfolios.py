@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import uuid
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
@@ -22,7 +23,7 @@ from typing import Any, Literal, Self
 import asyncpg
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from api.db.portfolios import (
     PortfolioRepository,
@@ -31,8 +32,9 @@ from api.db.portfolios import (
     TransactionRow,
 )
 from api.errors import ProblemError, Unprocessable
-from api.schemas import EARLIEST_DAY, Day
-from api.services.ledger import ZERO, Book, Entry, Oversold, replay
+from api.schemas import EARLIEST_DAY, MAX_DECIMAL, Amount, Day, RequestModel, plain_decimal
+from api.security.input_guard import text_problem
+from api.services.ledger import ZERO, Book, Entry, InsufficientCash, Oversold, replay
 from api.services.market_data import require_known
 from api.services.performance import (
     daily_returns,
@@ -42,8 +44,8 @@ from api.services.performance import (
     value_history,
 )
 from features.bars import normalise_ticker
+from features.csv_import import CsvSyntaxError, csv_rows, decode_csv
 
-MAX_AMOUNT = Decimal("1e12")
 MAX_CSV_BYTES = 2 * 1024 * 1024
 MAX_CSV_ROWS = 20_000
 CSV_COLUMNS = ("date", "type", "ticker", "quantity", "price", "amount", "fee", "note")
@@ -51,7 +53,7 @@ CSV_COLUMNS = ("date", "type", "ticker", "quantity", "price", "amount", "fee", "
 TransactionType = Literal["buy", "sell", "dividend", "deposit", "withdraw", "fee"]
 
 
-class TransactionIn(BaseModel):
+class TransactionIn(RequestModel):
     """A buy or sell needs ticker, quantity and price (fee optional); a dividend a ticker and
     an amount; a deposit, withdrawal or fee an amount and no ticker. `quantity × price` stands
     in for a missing amount."""
@@ -59,14 +61,14 @@ class TransactionIn(BaseModel):
     type: TransactionType
     date: Day
     ticker: str | None = Field(default=None, max_length=15)
-    quantity: Decimal | None = Field(default=None, gt=0, le=MAX_AMOUNT)
-    price: Decimal | None = Field(default=None, ge=0, le=MAX_AMOUNT)
-    amount: Decimal | None = Field(default=None, gt=0, le=MAX_AMOUNT)
-    fee: Decimal = Field(default=ZERO, ge=0, le=MAX_AMOUNT)
+    quantity: Amount | None = Field(default=None, gt=0)
+    price: Amount | None = None
+    amount: Amount | None = Field(default=None, gt=0)
+    fee: Amount = ZERO
     note: str = Field(default="", max_length=200)
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [
                 {
                     "type": "buy",
@@ -79,7 +81,7 @@ class TransactionIn(BaseModel):
                 {"type": "deposit", "amount": "10000", "date": "2022-01-03"},
             ]
         }
-    }
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
@@ -98,6 +100,8 @@ class TransactionIn(BaseModel):
             if self.quantity is None or self.price is None:
                 raise ValueError(f"a {self.type} needs an amount")
             self.amount = self.quantity * self.price
+            if self.amount > MAX_DECIMAL:
+                raise ValueError(f"quantity × price must not exceed {MAX_DECIMAL:f}")
         return self
 
     def entry(self) -> Entry:
@@ -150,9 +154,12 @@ class Valuation:
         return float(view.market_value / self.market_value)
 
 
-def _oversold(exc: Oversold, line: int | None = None) -> ProblemError:
+def _refused(exc: Oversold | InsufficientCash, line: int | None = None) -> ProblemError:
+    """The 422 for a write the ledger cannot take (an oversell, or cash it does not hold)."""
     where = f"line {line}: " if line is not None else ""
-    return Unprocessable("oversold", f"{where}{exc}", held=str(exc.held))
+    if isinstance(exc, InsufficientCash):
+        return Unprocessable("insufficient_cash", f"{where}{exc}", cash=plain_decimal(exc.cash))
+    return Unprocessable("oversold", f"{where}{exc}", held=plain_decimal(exc.held))
 
 
 class PortfolioService:
@@ -198,9 +205,9 @@ class PortfolioService:
             await require_known(conn, [tx.ticker] if tx.ticker else [])
             ledger = await repo.ledger(portfolio.id)
             try:
-                replay([*(t.entry() for t in ledger), _last(tx.entry(), ledger)])
-            except Oversold as exc:
-                raise _oversold(exc) from exc
+                replay([*(t.entry() for t in ledger), _last(tx.entry(), ledger)], check_cash=True)
+            except (Oversold, InsufficientCash) as exc:
+                raise _refused(exc) from exc
             row = await repo.insert(portfolio.id, tx.entry(), tx.note, idempotency_key, fingerprint)
         return row, True
 
@@ -213,9 +220,9 @@ class PortfolioService:
             if not any(t.id == transaction_id for t in ledger):
                 raise ProblemError(404, "transaction_not_found", "no such transaction")
             try:
-                replay(t.entry() for t in ledger if t.id != transaction_id)
-            except Oversold as exc:
-                raise _oversold(exc) from exc
+                replay((t.entry() for t in ledger if t.id != transaction_id), check_cash=True)
+            except (Oversold, InsufficientCash) as exc:
+                raise _refused(exc) from exc
             await repo.delete(portfolio.id, transaction_id)
 
     async def import_csv(self, portfolio: PortfolioRow, content: bytes) -> list[TransactionRow]:
@@ -234,9 +241,9 @@ class PortfolioService:
                 entries.append(_with_sequence(tx.entry(), top + i))
                 lines[top + i] = line
             try:
-                replay(entries)
-            except Oversold as exc:
-                raise _oversold(exc, lines.get(exc.entry.sequence)) from exc
+                replay(entries, check_cash=True)
+            except (Oversold, InsufficientCash) as exc:
+                raise _refused(exc, lines.get(exc.entry.sequence)) from exc
             return [await repo.insert(portfolio.id, tx.entry(), tx.note) for _, tx in parsed]
 
     # ------------------------------------------------------------------ reads
@@ -297,8 +304,11 @@ class PortfolioService:
         return {r["ticker"]: (r["close"], r["date"]) for r in rows}
 
     async def export_csv(self, portfolio: PortfolioRow) -> str:
+        """The ledger in the import format: every field quoted, CRLF line ends, numbers in
+        positional notation and notes neutralised against spreadsheet formulas, so the file
+        opens safely and imports back to the same ledger."""
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
         writer.writerow(CSV_COLUMNS)
         for t in await TransactionRepository(self._pool).ledger(portfolio.id):
             trade = t.type in ("buy", "sell")
@@ -307,11 +317,11 @@ class PortfolioService:
                     t.date.isoformat(),
                     t.type,
                     t.ticker or "",
-                    t.quantity if trade else "",
-                    t.price if trade else "",
-                    "" if trade else t.amount,
-                    t.fee if trade and t.fee else "",
-                    _csv_safe(t.note),
+                    plain_decimal(t.quantity) if trade else "",
+                    plain_decimal(t.price) if trade else "",
+                    "" if trade else plain_decimal(t.amount),
+                    plain_decimal(t.fee) if trade and t.fee else "",
+                    formula_safe(t.note),
                 ]
             )
         return out.getvalue()
@@ -326,43 +336,55 @@ def _with_sequence(entry: Entry, sequence: int) -> Entry:
     return replace(entry, sequence=sequence)
 
 
-def _csv_safe(text: str) -> str:
-    """Neutralise spreadsheet formulas in free text (CSV injection)."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+# OWASP CSV injection: a cell starting with one of these is read as a formula by spreadsheets.
+# The export prefixes such a cell with a quote (also one that already starts with quotes then a
+# trigger, so the escape can be undone); the import removes exactly that one quote.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+
+
+def formula_safe(text: str) -> str:
+    return "'" + text if _FORMULA.match(text) else text
+
+
+def formula_unsafe(text: str) -> str:
+    """Undo `formula_safe` (a cell a spreadsheet saved as text keeps its leading quote)."""
+    return text[1:] if text.startswith("'") and _FORMULA.match(text[1:]) else text
 
 
 def parse_transactions_csv(content: bytes) -> list[tuple[int, TransactionIn]]:
     """(line number, transaction) for every row; any bad row refuses the whole file, listing
-    every error with its line (the header is line 1)."""
+    every error with its line (the header is line 1; a record spanning lines counts from its
+    first). Malformed CSV is a 422 naming its line, never a server error."""
     if len(content) > MAX_CSV_BYTES:
         raise ProblemError(413, "file_too_large", f"CSV larger than {MAX_CSV_BYTES} bytes")
     try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise Unprocessable("invalid_csv", "the file is not UTF-8 text") from exc
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip().lower() for h in reader.fieldnames or []]
+        records = list(csv_rows(decode_csv(content)))
+    except CsvSyntaxError as exc:
+        line = {"line": exc.line, "message": exc.message}
+        raise Unprocessable("invalid_csv", str(exc), errors=[line]) from exc
+    except ValueError as exc:
+        raise Unprocessable("invalid_csv", str(exc)) from exc
+    header = [h.strip().lower() for h in records[0][1]] if records else []
     missing = [c for c in ("date", "type") if c not in header]
     unknown = [h for h in header if h not in CSV_COLUMNS]
-    if missing or unknown:
+    if missing or unknown or len(set(header)) != len(header):
         raise Unprocessable(
             "invalid_csv",
-            f"header must use the columns {', '.join(CSV_COLUMNS)}"
+            f"header must use the columns {', '.join(CSV_COLUMNS)} once each"
             + (f"; missing {', '.join(missing)}" if missing else "")
             + (f"; unknown {', '.join(unknown)}" if unknown else ""),
         )
     rows: list[tuple[int, TransactionIn]] = []
     errors: list[dict[str, Any]] = []
-    for index, raw in enumerate(reader, start=2):
-        if index - 1 > MAX_CSV_ROWS:
+    for line, cells in records[1:]:
+        if len(rows) + len(errors) >= MAX_CSV_ROWS:
             raise Unprocessable("invalid_csv", f"at most {MAX_CSV_ROWS} rows per file")
-        values = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if not any(cell.strip() for cell in cells):
+            continue
         try:
-            rows.append(
-                (index, TransactionIn.model_validate({k: v for k, v in values.items() if v}))
-            )
+            rows.append((line, _transaction(header, cells)))
         except (ValidationError, ValueError, InvalidOperation) as exc:
-            errors.append({"line": index, "message": _first_error(exc)})
+            errors.append({"line": line, "message": _first_error(exc)})
     if errors:
         raise Unprocessable(
             "invalid_csv",
@@ -372,6 +394,19 @@ def parse_transactions_csv(content: bytes) -> list[tuple[int, TransactionIn]]:
     if not rows:
         raise Unprocessable("invalid_csv", "the file has no transactions")
     return rows
+
+
+def _transaction(header: list[str], cells: list[str]) -> TransactionIn:
+    if len(cells) > len(header):
+        raise ValueError(f"expected {len(header)} fields, got {len(cells)}")
+    values = dict(zip(header, cells, strict=False))  # missing trailing fields are empty
+    for column, cell in values.items():
+        problem = text_problem(cell)
+        if problem:
+            raise ValueError(f"{column}: {problem}")
+    note = formula_unsafe(values.pop("note", ""))  # kept exactly as written, spaces included
+    fields: dict[str, str] = {k: v.strip() for k, v in values.items() if v.strip()}
+    return TransactionIn.model_validate({**fields, **({"note": note} if note else {})})
 
 
 def _first_error(exc: Exception) -> str:

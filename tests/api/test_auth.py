@@ -4,10 +4,12 @@ rotation and reuse, sessions, API keys and their scopes, ownership, lockout and 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -236,11 +238,11 @@ async def test_api_keys_are_shown_once_scoped_revocable_and_expire(
     denied = await client.get("/api/v1/predictions/AAPL", headers=with_key)
     assert denied.status_code == 403 and denied.json()["code"] == "insufficient_scope"
     me = await client.get("/api/v1/users/me", headers=with_key)
-    assert me.status_code == 200  # a key authenticates wherever a token does
+    assert me.status_code == 403 and me.json()["code"] == "insufficient_scope"
     nested = await client.post(
         "/api/v1/users/me/api-keys", json={"name": "x", "scopes": ["chat"]}, headers=with_key
     )
-    assert nested.status_code == 403
+    assert nested.status_code == 401 and nested.json()["code"] == "session_required"
     used = await client.get("/api/v1/users/me/api-keys", headers=owner)
     assert used.json()[0]["last_used_at"] is not None
 
@@ -253,13 +255,13 @@ async def test_api_keys_are_shown_once_scoped_revocable_and_expire(
         "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE prefix = $1",
         listed[0]["prefix"],
     )
-    assert (await client.get("/api/v1/users/me", headers=with_key)).status_code == 401
+    assert (await client.get("/api/v1/stocks?q=AAPL", headers=with_key)).status_code == 401
     await pool.execute(
         "UPDATE api_keys SET expires_at = NULL WHERE prefix = $1", listed[0]["prefix"]
     )
     revoked = await client.delete(f"/api/v1/users/me/api-keys/{listed[0]['id']}", headers=owner)
     assert revoked.status_code == 204
-    assert (await client.get("/api/v1/users/me", headers=with_key)).status_code == 401
+    assert (await client.get("/api/v1/stocks?q=AAPL", headers=with_key)).status_code == 401
 
 
 async def test_one_user_cannot_see_or_end_anything_of_another(client: httpx.AsyncClient) -> None:
@@ -362,12 +364,24 @@ async def test_security_headers_are_on_every_response(client: httpx.AsyncClient)
     assert docs.status_code == 200 and "content-security-policy" not in docs.headers
 
 
-async def test_production_refuses_development_secrets(settings: Settings) -> None:
-    with pytest.raises(ValueError, match="JWT_SECRET"):
-        Settings(environment="production", database_url="postgresql://x", redis_url="redis://x")
-    production = settings.model_copy(update={"environment": "production", "jwt_secret": "x" * 40})
+async def test_production_refuses_missing_and_weak_secrets_and_generates_none(
+    settings: Settings, tmp_path: Path
+) -> None:
+    services = {"database_url": "postgresql://x", "redis_url": "redis://x"}
+    with pytest.raises(ValueError, match="JWT_SECRET must be set"):
+        Settings(environment="production", **services)
+    for weak in ("x" * 40, "short-but-random-Qx7", "abcabcabcabcabcabcabcabcabcabcabcabc"):
+        with pytest.raises(ValueError, match="JWT_SECRET must be at least"):
+            Settings(environment="production", jwt_secret=weak, **services)
+    production = Settings(
+        environment="production",
+        jwt_secret=secrets.token_urlsafe(48),
+        data_dir=tmp_path,
+        **services,
+    )
     with pytest.raises(ValueError, match="ENCRYPTION_KEYS"):
         create_app(production)
+    assert not (tmp_path / "secrets.json").exists()  # production never generates keys
 
 
 async def test_an_api_key_cannot_be_created_already_expired(client: httpx.AsyncClient) -> None:

@@ -405,6 +405,30 @@ async def test_answers_lose_html_and_unknown_links_and_keep_allowed_ones(
     )
 
 
+async def test_answers_lose_bidirectional_overrides_and_other_invisible_characters(
+    chat_settings: Settings, together_server: LocalLLMServer
+) -> None:
+    # "Trojan Source": an override makes "txt.exe" display as "exe.txt"
+    together_server.script(Reply("Open report\u202etxt.exe\u202c now\u2066 and\u200f \u0007here."))
+    async with chat_app(chat_settings) as client:
+        message = answer_of(await ask(client, "Any report?"))
+    assert message["content"].startswith("Open reporttxt.exe now and here.")
+    for char in ("\u202e", "\u202c", "\u2066", "\u200f", "\u0007"):
+        assert char not in message["content"]
+
+
+async def test_conversation_titles_are_stored_as_plain_text(offline: Settings) -> None:
+    async with chat_app(offline) as client:
+        named = await client.post(
+            "/api/v1/chat/conversations", json={"title": "<script>alert(1)</script>Apple <b>Q3</b>"}
+        )
+        assert named.json()["title"] == "alert(1)Apple Q3"
+        made = (await client.post("/api/v1/chat/conversations", json={})).json()
+        await ask(client, "<img src=x onerror=alert(1)>What about   KO?", made["id"])
+        titled = (await client.get(f"/api/v1/chat/conversations/{made['id']}")).json()
+        assert titled["title"] == "What about KO?"
+
+
 def test_streamed_cleaning_comes_out_exactly_as_whole_cleaning() -> None:
     text = (
         'Close <b class="x">129.93</b> on 2022-12-28; <script>steal()</script>see '

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 
 import asyncpg
 import httpx
@@ -20,7 +21,7 @@ from api.settings import Environment, Settings
 def _settings(keys: dict[str, str], active: str, environment: str = "development") -> Settings:
     return Settings(
         environment=environment,
-        jwt_secret="j" * 40,
+        jwt_secret=secrets.token_urlsafe(48),
         encryption_keys=SecretStr(json.dumps(keys)),
         encryption_active_key=active,
         blind_index_key=SecretStr(generate_key()),
@@ -63,7 +64,7 @@ def test_blind_index_is_deterministic_and_keyed() -> None:
 def test_development_keys_are_refused_in_production() -> None:
     production = Settings(
         environment=Environment.PRODUCTION,
-        jwt_secret="j" * 40,
+        jwt_secret=secrets.token_urlsafe(48),
         database_url="postgresql://x",
         redis_url="redis://x",
     )

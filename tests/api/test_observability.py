@@ -42,7 +42,7 @@ async def small_limits(settings: Settings, first_ingest: object) -> AsyncIterato
 
 
 async def test_requests_are_counted_by_route_template_and_status(
-    small_limits: httpx.AsyncClient,
+    small_limits: httpx.AsyncClient, metrics_auth: dict[str, str]
 ) -> None:
     client = small_limits
     headers = await sign_up(client, f"metrics-{uuid.uuid4().hex[:8]}@example.com")
@@ -52,7 +52,7 @@ async def test_requests_are_counted_by_route_template_and_status(
     ]
     assert statuses == [200, 200, 200, 429]
     await client.get("/no/such/path")
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=metrics_auth)).text
     route = "/api/v1/stocks/{ticker}"
     assert sample(text, "stockcopilot_http_requests_total", route=route, status="200") == 3
     assert sample(text, "stockcopilot_http_requests_total", route=route, status="429") == 1

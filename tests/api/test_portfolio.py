@@ -302,9 +302,9 @@ async def test_csv_import_is_all_or_nothing_with_line_numbers_and_export_round_t
     assert response.status_code == 201 and response.json() == {"imported": 3}
     exported = await client.get(f"{base}/export", headers=user)
     assert exported.headers["content-type"].startswith("text/csv")
-    lines = exported.text.splitlines()
-    assert lines[0] == "date,type,ticker,quantity,price,amount,fee,note"
-    assert "'=HYPERLINK" in lines[3]  # exported notes never start a spreadsheet formula
+    lines = exported.text.split("\r\n")
+    assert lines[0] == '"date","type","ticker","quantity","price","amount","fee","note"'
+    assert "\"'=HYPERLINK" in lines[3]  # exported notes never start a spreadsheet formula
 
     other = await _portfolio(client, user, "Copy")
     again = await client.post(

@@ -8,6 +8,7 @@ import asyncpg
 import httpx
 
 from api.security.mail import OutboxEmailSender
+from api.settings import Settings
 from tests.conftest import ANONYMOUS, PASSWORD, sign_up
 
 
@@ -63,7 +64,7 @@ async def test_password_reset_sets_the_password_ends_sessions_and_reveals_nothin
 
 
 async def test_secrets_are_stored_encrypted_and_never_shown(
-    client: httpx.AsyncClient, pool: asyncpg.Pool
+    client: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings
 ) -> None:
     user = await sign_up(client, _email())
     value = "tg-" + uuid.uuid4().hex
@@ -73,8 +74,11 @@ async def test_secrets_are_stored_encrypted_and_never_shown(
     assert stored.status_code == 200 and "value" not in stored.json()
     listed = (await client.get("/api/v1/users/me/secrets", headers=user)).json()
     assert [s["name"] for s in listed] == ["togetherai_api_key"]
-    row = await pool.fetchval("SELECT ciphertext FROM user_secrets WHERE ciphertext LIKE 'dev:%'")
-    assert row is not None
+    row = await pool.fetchval(
+        """SELECT s.ciphertext FROM user_secrets s JOIN users u ON u.id = s.user_id
+           WHERE u.display_name = 'Test User' ORDER BY s.updated_at DESC LIMIT 1"""
+    )
+    assert row is not None and row.startswith(settings.encryption_active_key + ":")
     assert (
         await pool.fetchval(
             "SELECT count(*) FROM user_secrets WHERE ciphertext LIKE $1", f"%{value}%"

@@ -122,6 +122,37 @@ async def test_api_keys_need_the_stream_scope(
         assert await close_code(ws) == 4403
     async with connect(url(server, "/ws/predictions"), additional_headers={"X-API-Key": key}) as ws:
         assert (await receive(ws, "welcome"))["stream"] == "predictions"
+    async with connect(url(server, "/ws/notifications", key)) as ws:
+        assert await close_code(ws) == 4403  # notifications have their own scope now
+    notes = await client.post(
+        "/api/v1/users/me/api-keys",
+        headers=headers,
+        json={"name": "inbox", "scopes": ["notifications"]},
+    )
+    async with connect(url(server, "/ws/notifications", notes.json()["key"])) as ws:
+        assert (await receive(ws, "welcome"))["stream"] == "notifications"
+
+
+async def test_credentials_swapped_mid_socket_must_carry_the_scope(
+    server: Any, client: httpx.AsyncClient, me: tuple[str, dict[str, str]]
+) -> None:
+    token, headers = me
+    made = await client.post(
+        "/api/v1/users/me/api-keys", headers=headers, json={"name": "x", "scopes": ["chat"]}
+    )
+    async with connect(url(server, "/ws/real-time", token)) as ws:
+        await receive(ws, "welcome")
+        await ws.send(json.dumps({"action": "auth", "token": made.json()["key"]}))
+        assert await close_code(ws) == 4403
+
+
+async def test_a_hostile_query_string_is_refused_before_the_socket_opens(server: Any) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url(server, "/ws/real-time", "abc%00def")):
+            pass
+    assert refused.value.response.status_code == 403
 
 
 async def test_a_socket_closes_when_its_session_ends(
@@ -135,7 +166,11 @@ async def test_a_socket_closes_when_its_session_ends(
 
 
 async def test_subscribe_and_receive_the_quotes_of_a_replayed_day(
-    server: Any, me: tuple[str, dict[str, str]], pool: asyncpg.Pool, redis: Redis
+    server: Any,
+    me: tuple[str, dict[str, str]],
+    pool: asyncpg.Pool,
+    redis: Redis,
+    metrics_auth: dict[str, str],
 ) -> None:
     token, _ = me
     await redis.delete("quote:AAPL")  # no stored quote: the one that arrives is the live one
@@ -165,7 +200,7 @@ async def test_subscribe_and_receive_the_quotes_of_a_replayed_day(
         await ws.send(json.dumps({"action": "ping"}))
         await receive(ws, "pong")
         async with httpx.AsyncClient(base_url=f"http://{server.state.host}") as http:
-            metrics = (await http.get("/metrics")).text
+            metrics = (await http.get("/metrics", headers=metrics_auth)).text
         open_sockets = sample(metrics, "stockcopilot_websocket_connections", stream="real-time")
         assert open_sockets is not None and open_sockets >= 1
 
@@ -184,6 +219,11 @@ async def test_alerts_portfolio_and_model_events_are_pushed(
         json={"kind": "price", "ticker": "XOM", "direction": "above", "level": 1},
     )
     assert alert.status_code == 201
+    settings = (await client.get("/api/v1/users/me/settings", headers=headers)).json()
+    settings["notifications"]["model_events"] = True  # model moves are opt-in
+    assert (
+        await client.put("/api/v1/users/me/settings", headers=headers, json=settings)
+    ).status_code == 200
     async with connect(url(server, "/ws/notifications", token)) as ws:
         assert (await receive(ws, "welcome"))["unread"] == 0
         await play(pool, redis, DAY)
@@ -215,11 +255,26 @@ async def test_alerts_portfolio_and_model_events_are_pushed(
                     "from_version": "7",
                     "to_version": "6",
                     "reason": "p95 latency above the SLO",
+                    "actor": "operator-login",
                 }
             ),
         )
         model = await receive(ws, "notification")
         assert model["kind"] == "model" and "rolled back from v7 to v6" in model["title"]
+        assert "actor" not in model["data"]  # who moved it stays in the audit trail
+
+
+async def test_model_events_reach_only_users_who_asked_for_them(
+    server: Any, client: httpx.AsyncClient, redis: Redis
+) -> None:
+    headers = await sign_up(client, f"quiet-{uuid.uuid4().hex[:8]}@example.com")
+    token = headers["Authorization"].removeprefix("Bearer ")
+    async with connect(url(server, "/ws/notifications", token)) as ws:
+        await receive(ws, "welcome")
+        event = {"type": "model_promoted", "family": "lstm", "alias": "champion", "to_version": "3"}
+        await redis.publish("notifications:models", json.dumps(event))
+        with pytest.raises(AssertionError):  # the default: model_events off
+            await receive(ws, "notification", seconds=1.5)
 
 
 async def test_another_users_notifications_are_not_delivered(

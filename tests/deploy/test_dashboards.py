@@ -59,6 +59,16 @@ def test_prometheus_scrapes_compose_services_on_their_ports_and_paths() -> None:
     )
 
 
+def test_prometheus_scrapes_the_api_with_the_apps_metrics_token() -> None:
+    api = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}["stockcopilot-api"]
+    assert api["authorization"]["type"] == "Bearer"
+    secret = api["authorization"]["credentials_file"].removeprefix("/run/secrets/")
+    assert secret in SERVICES["prometheus"]["secrets"]
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    assert compose["secrets"][secret] == {"environment": "METRICS_TOKEN"}  # what the app reads
+    assert "METRICS_TOKEN" in SERVICES["app"]["environment"]
+
+
 def test_prometheus_finds_ray_metrics_in_the_volume_the_app_shares() -> None:
     (ray,) = [job for job in PROMETHEUS["scrape_configs"] if job["job_name"] == "ray"]
     (discovery,) = [f for sd in ray["file_sd_configs"] for f in sd["files"]]

@@ -7,6 +7,7 @@ Static checks only (no Docker, no cluster, no session services)."""
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ SERVE_YAML = load_yaml(DEPLOY / "serve.yaml")
 API_PORT = Settings.model_fields["port"].default
 RAY_DASHBOARD_PORT, RAY_METRICS_PORT = 8265, 8080  # Ray's / KubeRay's defaults
 # Variables that Ray and MLflow read themselves may sit beside our settings; other images' own.
-TOOL_ENV = re.compile(r"^(RAY_|MLFLOW_)")
+TOOL_ENV = re.compile(r"^(RAY_|MLFLOW_|FORWARDED_ALLOW_IPS$)")  # FORWARDED_…: uvicorn in Serve
 THIRD_PARTY_ENV = re.compile(r"^(POSTGRES_|GF_|ES_JAVA_OPTS$|ELASTICSEARCH_|discovery\.|xpack\.)")
 
 
@@ -206,7 +207,8 @@ def test_kubernetes_settings_come_from_a_configmap_and_secret_of_settings() -> N
     assert {"DATABASE_URL", "REDIS_URL", "JWT_SECRET"} <= set(secret_keys)
     assert set(secret_keys) <= set(settings_env())
     settings = {k: v for k, v in config["data"].items() if k in settings_env()}
-    validate_settings({**settings, "JWT_SECRET": "x" * 32})
+    validate_settings({**settings, "JWT_SECRET": secrets.token_urlsafe(48)})
+    assert config["data"]["FORWARDED_ALLOW_IPS"] == config["data"]["TRUSTED_PROXIES"]
     for container in [*ray_containers(), *job_containers()]:
         refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
         assert refs == {config["metadata"]["name"], "stockcopilot-secrets"}

@@ -14,9 +14,11 @@ nothing it does can change what other tests see.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -49,14 +51,90 @@ THROWAWAY_CALLER = {
     "DELETE /api/v1/users/me/sessions/{session_id}": "may end the caller's own session",
 }
 THROWAWAYS = 200  # enough for every case of those operations at this seed
-# Operations only an administrator may call: sent with an administrator's session.
-ADMIN_ONLY = {"POST /api/v1/admin/bars/import", "GET /api/v1/users"}
+
+# What an attacker types, mixed into generated strings (query, path and body fields) at the given
+# rate: NUL and other control characters, bidirectional overrides, unusual unicode, huge and tiny
+# exponents as decimal strings, numbers as text, markup and a formula. Headers get only what HTTP
+# can carry (an invalid header byte is refused by the HTTP server before any app sees it).
+HOSTILE_STRINGS = [
+    "\u0000",
+    "AA\u0000PL",
+    "\u202eexe.txt",
+    "\u2066isolate\u2069",
+    "\u001b[31m",
+    "\u0085",
+    "\ufeffbom",
+    "\U0001f4a9\u0301",
+    "1e-20000",
+    "1e-17000",
+    "1E+5",
+    "-0",
+    "9" * 400,
+    "NaN",
+    "Infinity",
+    "<script>alert(1)</script>",
+    '=HYPERLINK("x")',
+    "\r\n=1+1",
+]
+HEADERS = ("X-API-Key", "Authorization", "Idempotency-Key")
+HEADER_SAFE = [v for v in HOSTILE_STRINGS if v.isascii() and v.isprintable()]
+HOSTILE = {"dictionary": "hostile", "probability": 0.3}
+DOCUMENT = create_app(Settings()).openapi()  # building the app touches no service
+
+
+def _text_fields(document: dict[str, Any]) -> set[str]:
+    """Dotted paths (`note`, `notifications.email`, `tickers[*]`) of the string fields that
+    JSON request bodies can hold."""
+    schemas = document["components"]["schemas"]
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    def walk(schema: dict[str, Any], path: str, depth: int = 0) -> set[str]:
+        schema = resolve(schema)
+        found: set[str] = set()
+        for option in schema.get("anyOf", []) + schema.get("oneOf", []):
+            found |= walk(option, path, depth)
+        if schema.get("type") == "string" and path:
+            found.add(path)
+        if schema.get("type") == "array" and "items" in schema and depth < 3:
+            found |= walk(schema["items"], f"{path}[*]", depth + 1)
+        for name, field in schema.get("properties", {}).items():
+            if depth < 3 and name.replace("_", "").isalnum():
+                found |= walk(field, f"{path}.{name}" if path else name, depth + 1)
+        return found
+
+    fields: set[str] = set()
+    for item in document["paths"].values():
+        for operation in item.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                fields |= walk(content["application/json"]["schema"], "")
+    return fields
+
 
 CONFIG = SchemathesisConfig.from_dict(
     {
         "seed": 20260101,
+        "dictionaries": {
+            "hostile": {"values": HOSTILE_STRINGS},
+            "header-safe": {"values": HEADER_SAFE},
+        },
+        "parameters": {
+            **{f"header.{h}": {"dictionary": "header-safe", "probability": 0.3} for h in HEADERS},
+            # every text field of every JSON body, nested ones and list items included
+            **{f"body.{path}": HOSTILE for path in sorted(_text_fields(DOCUMENT))},
+        },
         # random examples per operation, on top of the schema's examples and boundary values
-        "generation": {"max-examples": 5, "deterministic": True},
+        "generation": {
+            "max-examples": 5,
+            "deterministic": True,
+            "allow-x00": True,
+            "codec": "utf-8",
+            "dictionaries": {"string": HOSTILE},
+        },
         "phases": {"stateful": {"enabled": False}},
         "checks": {
             # Both expect the schema to encode every rule. Here the rules past the schema — a
@@ -81,7 +159,15 @@ CONFIG = SchemathesisConfig.from_dict(
 
 # The schema the served app publishes (building the app touches no service); requests go to the
 # live server at call time.
-schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi(), config=CONFIG)
+schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
+# Operations only an administrator may call (as the document says): sent with an administrator's
+# session.
+ADMIN_ONLY = {
+    f"{method.upper()} {path}"
+    for path, item in schema.raw_schema["paths"].items()
+    for method, operation in item.items()
+    if operation.get("x-access") == "admin"
+}
 
 
 def _with_path(url: str, path: str) -> str:
@@ -176,3 +262,67 @@ def test_every_operation_answers_as_documented(case: schemathesis.Case, callers:
     else:
         headers = callers.user
     case.call_and_validate(base_url=callers.base_url, headers=headers, timeout=60)
+
+
+HOSTILE_BODY_VALUES = ["AA\u0000PL", "\u202eevil", "\ud800", "1e-20000", "9" * 400, "\u0007"]
+
+
+def _with(value: Any, path: list[str], replacement: Any) -> Any:
+    if not path:
+        return replacement
+    head, *rest = path
+    if isinstance(value, dict) and head in value:
+        return {**value, head: _with(value[head], rest, replacement)}
+    if isinstance(value, list) and value and head == "[*]":
+        return [_with(value[0], rest, replacement), *value[1:]]
+    return value
+
+
+def _leaves(value: Any, path: list[str]) -> list[list[str]]:
+    """Paths of the string leaves of a JSON example."""
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _leaves(item, [*path, key])]
+    if isinstance(value, list) and value:
+        return _leaves(value[0], [*path, "[*]"])
+    return []
+
+
+def test_every_text_field_of_every_example_body_refuses_hostile_text(callers: Callers) -> None:
+    """Deterministic, beside the fuzzer: each string of each documented example body replaced
+    by each hostile value, on every operation that takes JSON, must answer a documented 4xx."""
+    seen = 0
+    with httpx.Client(base_url=callers.base_url, timeout=60) as client:
+        for path, item in DOCUMENT["paths"].items():
+            if "{" in path:
+                continue  # the same models as their collection's routes
+            for method, operation in item.items():
+                content = operation.get("requestBody", {}).get("content", {})
+                body = content.get("application/json", {}).get("schema", {})
+                examples = _examples(body)
+                label = f"{method.upper()} {path}"
+                headers = callers.admin if label in ADMIN_ONLY else callers.user
+                if label in THROWAWAY_CALLER:
+                    continue
+                for example in examples:
+                    for leaf in _leaves(example, []):
+                        for hostile in HOSTILE_BODY_VALUES:
+                            sent = json.dumps(_with(example, leaf, hostile))
+                            response = client.request(
+                                method,
+                                path,
+                                content=sent,
+                                headers={**headers, "content-type": "application/json"},
+                            )
+                            seen += 1
+                            assert response.status_code < 500, (label, leaf, hostile)
+                            if "\u0000" in hostile or "\ud800" in hostile:
+                                assert response.status_code in (401, 403, 404, 422), (label, leaf)
+    assert seen > 200
+
+
+def _examples(schema: dict[str, Any]) -> list[Any]:
+    while "$ref" in schema:
+        schema = DOCUMENT["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return list(schema.get("examples", []))

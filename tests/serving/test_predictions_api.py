@@ -198,7 +198,7 @@ async def test_history_shows_past_predictions_with_realised_outcomes(
 
 
 async def test_models_lists_versions_aliases_weights_and_history(
-    api: httpx.AsyncClient, pool: asyncpg.Pool
+    api: httpx.AsyncClient, pool: asyncpg.Pool, admin_headers: dict[str, str]
 ) -> None:
     await AliasEventRepository(pool).record(
         AliasEvent("stockcopilot-hybrid", "challenger", None, "2", "tester", "second opinion")
@@ -211,11 +211,17 @@ async def test_models_lists_versions_aliases_weights_and_history(
     assert (hybrid["champion"], hybrid["challenger"]) == ("1", "2")
     assert hybrid["challenger_weight"] == 0.5
     assert {v["version"] for v in hybrid["versions"]} >= {"1", "2"}
-    assert any(m["actor"] == "tester" and m["to_version"] == "2" for m in hybrid["alias_history"])
+    moves = [m for m in hybrid["alias_history"] if m["to_version"] == "2"]
+    assert moves and all(m["actor"] is None for m in moves)  # an operator's login is not public
     assert families["lstm"]["challenger"] is None
+    for_admin = await api.get("/api/v1/models", headers=admin_headers)
+    hybrid = {f["family"]: f for f in for_admin.json()}["hybrid"]
+    assert any(m["actor"] == "tester" and m["to_version"] == "2" for m in hybrid["alias_history"])
 
 
-async def test_served_forecasts_and_cache_hits_are_counted(api: httpx.AsyncClient) -> None:
+async def test_served_forecasts_and_cache_hits_are_counted(
+    api: httpx.AsyncClient, metrics_auth: dict[str, str]
+) -> None:
     from tests.api.test_observability import sample
 
     def counts(text: str) -> tuple[float, float]:
@@ -224,11 +230,11 @@ async def test_served_forecasts_and_cache_hits_are_counted(api: httpx.AsyncClien
         )
         return served or 0.0, sample(text, "stockcopilot_prediction_cache_total", result="hit") or 0
 
-    before = counts((await api.get("/metrics")).text)
+    before = counts((await api.get("/metrics", headers=metrics_auth)).text)
     for _ in range(2):  # the second answer comes from the cache
         response = await api.get(
             "/api/v1/predictions/PG", params={"model": "lstm", "as_of": "2021-07-01"}
         )
         assert response.status_code == 200, response.text
-    after = counts((await api.get("/metrics")).text)
+    after = counts((await api.get("/metrics", headers=metrics_auth)).text)
     assert after[0] - before[0] == 2 and after[1] - before[1] == 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -23,10 +23,13 @@ from ray import serve
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
+from api.security.crypto import Keyring
 from api.settings import Settings
 from serving.app import build_app, start_local_ray
 from serving.config import Scaling, ServeAppConfig
 from tests.api.test_ws import receive
+from tests.conftest import PASSWORD
+from tests.live_server import free_port
 from tests.serving.conftest import last_rollback, next_notification
 from tests.utils import play
 from training import registry
@@ -35,17 +38,11 @@ from training.pyfunc import ForecasterModel
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_url(
     settings: Settings, first_ingest: object, serving_registry: MlflowClient, registry_uri: str
 ) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     app_settings = settings.model_copy(
         update={"mlflow_tracking_uri": registry_uri, "alias_poll_s": 2.0}
     )
@@ -84,6 +81,32 @@ def test_replicas_run_in_the_installed_environment(serve_url: str) -> None:
         return os.getcwd(), sys.executable
 
     assert ray.get(where.remote(), timeout=60) == (os.getcwd(), sys.executable)
+
+
+async def test_the_serve_proxy_believes_no_forwarding_header_by_default(
+    serve_url: str, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Serve's uvicorn trusts X-Forwarded-For from loopback unless told otherwise, which would let
+    any local client pick its own rate-limit address; `start_local_ray` tells it whom to trust
+    (nobody, by default)."""
+    email = f"xff-{uuid.uuid4().hex[:8]}@example.com"
+    async with httpx.AsyncClient(base_url=serve_url, timeout=60) as client:
+        await client.post(
+            "/api/v1/auth/register",
+            json={"email": email, "password": PASSWORD, "display_name": "X"},
+        )
+        refused = await client.post(
+            "/api/v1/auth/login",
+            json={"email": email, "password": "not the password at all"},
+            headers={"X-Forwarded-For": "203.0.113.77"},
+        )
+    assert refused.status_code == 401
+    keyring = Keyring.from_settings(settings)
+    seen = await pool.fetchval(
+        "SELECT ip_hash FROM security_events WHERE event = 'login_failed' ORDER BY id DESC LIMIT 1"
+    )
+    assert seen == keyring.blind_index("ip:127.0.0.1")[:32]  # the peer, not the claimed address
+    assert seen != keyring.blind_index("ip:203.0.113.77")[:32]
 
 
 def test_predictions_through_the_serve_proxy(serve_url: str, user_headers: dict[str, str]) -> None:

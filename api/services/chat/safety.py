@@ -143,6 +143,19 @@ _URL = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>()\[\]\"']+", re.IGN
 _TRAILING = ".,;:!?"
 _SLOT = 0xE000  # private-use characters stand in for links set aside during cleaning
 _PRIVATE_USE = re.compile("[\ue000-\uf8ff]")
+# Invisible characters that change how text displays or hide what it says: control characters
+# (but tab and line feed), bidirectional marks, embeddings, overrides and isolates (the
+# "Trojan Source" trick), and the BOM. An answer never needs them.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+
+
+def plain_title(text: str, limit: int) -> str:
+    """A conversation title as plain text: markup and invisible characters removed, whitespace
+    collapsed, at most `limit` characters, so no page that shows it can be made to run it."""
+    text = _INVISIBLE.sub("", _TAG.sub("", text))
+    return re.sub(r"\s+", " ", text).strip()[:limit]
 
 
 class OutputFilter:
@@ -164,7 +177,7 @@ class OutputFilter:
         return any(host == h or host.endswith("." + h) for h in self._hosts)
 
     def clean(self, text: str) -> str:
-        text = _PRIVATE_USE.sub("", text)
+        text = _INVISIBLE.sub("", _PRIVATE_USE.sub("", text))
         text = _TAG.sub("", _BLOCK.sub("", text))
         kept: list[str] = []
 

@@ -48,6 +48,7 @@ from api.services.chat.safety import (
     check_input,
     disclaimer_after,
     neutralise,
+    plain_title,
     tool_message,
 )
 from api.services.chat.tools import SPECS, ChatTools, ToolResult, jsonable
@@ -57,7 +58,8 @@ log = structlog.get_logger(__name__)
 
 HISTORY_MESSAGES = 20  # earlier messages sent to the model as context
 DEFAULT_TITLE = "New conversation"
-TITLE_CHARS = 60
+TITLE_CHARS = 60  # of a title made from the first question
+MAX_TITLE_CHARS = 120  # of a title the user gives
 NO_ANSWER = "I could not put an answer together from the tools available."
 LOCAL = "local"
 
@@ -132,7 +134,7 @@ class ChatService:
 
     async def create(self, title: str | None) -> ConversationRow:
         return await self._conversations.create(
-            self._user_id, (title or "").strip() or DEFAULT_TITLE
+            self._user_id, plain_title(title or "", MAX_TITLE_CHARS) or DEFAULT_TITLE
         )
 
     async def list(self, limit: int, offset: int) -> list[ConversationRow]:
@@ -160,7 +162,7 @@ class ChatService:
         await self._check_quota()
         history = await self._messages.of_conversation(conversation.id, last=HISTORY_MESSAGES)
         await self._messages.add(conversation.id, "user", question)
-        first_line = re.sub(r"\s+", " ", question)[:TITLE_CHARS]
+        first_line = plain_title(question, TITLE_CHARS) or DEFAULT_TITLE
         retitle = conversation.title == DEFAULT_TITLE and not history
         await self._conversations.touch(conversation.id, first_line if retitle else None)
         messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]

@@ -2,7 +2,7 @@
 
 Each tool is one of the API's own services (the numbers are the ones its routes serve), offered
 only when the caller's scopes allow it: market data needs `read:market`, forecasts
-`read:predictions`, portfolios `write:portfolio` (and only the caller's own portfolios). A tool
+`read:predictions`, portfolios `read:portfolio` (and only the caller's own portfolios). A tool
 never raises: a refused or failed call returns `{"error": code, "detail": ...}` for the model to
 read, so a bad ticker is an answer, not an outage.
 """
@@ -123,7 +123,7 @@ SPECS = (
         "portfolio_summary",
         "The user's own portfolios: value, cash, P&L and positions.",
         PortfolioArgs,
-        "write:portfolio",
+        "read:portfolio",
     ),
     ToolSpec(
         "sector_performance", "Sector returns against the S&P 500.", SectorArgs, "read:market"
