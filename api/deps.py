@@ -116,7 +116,7 @@ def session_required() -> ProblemError:
 
 
 def _marked(access: Access, dependency: Any) -> Any:
-    dependency.access = access  # read by api.security.declared and the OpenAPI document
+    dependency.access = access  # read by api.security.declarations (start-up check, OpenAPI)
     return Depends(dependency)
 
 

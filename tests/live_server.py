@@ -20,19 +20,22 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _loopback_server(app: FastAPI) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # as `stockcopilot up`: the app decides whom to believe
+    )
+    return uvicorn.Server(config)
+
+
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[str]:
     """Run `app` (with its lifespan) on 127.0.0.1 and a free port; yields `host:port`."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,  # as `stockcopilot up`: the app decides whom to believe
-        )
-    )
+    server = _loopback_server(app)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -50,16 +53,7 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
 def serving_in_thread(app: FastAPI) -> Iterator[str]:
     """`serving` for synchronous callers (schemathesis, blocking clients): uvicorn runs in a
     thread with its own event loop, so a test that blocks cannot stall the server."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,  # as `stockcopilot up`: the app decides whom to believe
-        )
-    )
+    server = _loopback_server(app)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
