@@ -7,13 +7,19 @@ and baselines are scored by exactly the same code.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from features.stats import diebold_mariano  # shared with the API's A/B report
+from features.stats import (  # shared with the API's A/B report
+    christoffersen,
+    diebold_mariano,
+    kupiec,
+    newey_west_variance,
+)
 
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_COLUMNS = ("q10", "q50", "q90")
@@ -41,41 +47,117 @@ def mean_pinball(frame: pd.DataFrame) -> float:
     return float(row_pinball(frame).mean())
 
 
-def directional(frame: pd.DataFrame) -> tuple[float, float, int]:
-    """(hit rate of sign(q50) vs sign(y), one-sided binomial p-value vs 0.5, n).
+def non_overlapping(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """Every `horizon`-th date (of the frame's sorted dates), so h-day outcomes do not overlap;
+    frames without dates, and horizon 1, come back whole."""
+    if horizon <= 1 or "date" not in frame:
+        return frame
+    kept = np.sort(frame["date"].unique())[::horizon]
+    return frame[frame["date"].isin(kept)]
 
-    Rows where either sign is zero or missing are skipped."""
-    pred, real = np.sign(frame["q50"].to_numpy(float)), np.sign(frame["y"].to_numpy(float))
+
+@dataclass(frozen=True)
+class Direction:
+    hit_rate: float
+    base_rate: float  # share of up moves among the rows scored
+    p_value: float  # one-sided, against always calling the more frequent direction
+    n: int
+
+
+def directional(frame: pd.DataFrame, horizon: int = 1) -> Direction:
+    """Hit rate of sign(q50) against sign(y), tested against the best constant call.
+
+    "Always up" is right as often as the market rises (the base rate), so a model must beat
+    max(base rate, 1 − base rate), not 0.5. Outcomes are thinned to non-overlapping dates first
+    (h-day returns of neighbouring days share h − 1 days). Rows where either sign is zero or
+    missing are skipped."""
+    part = non_overlapping(frame, horizon)
+    pred, real = np.sign(part["q50"].to_numpy(float)), np.sign(part["y"].to_numpy(float))
     mask = (pred != 0) & (real != 0) & np.isfinite(pred) & np.isfinite(real)
     n = int(mask.sum())
     if n == 0:
-        return float("nan"), 1.0, 0
+        return Direction(float("nan"), float("nan"), 1.0, 0)
     hits = int((pred[mask] == real[mask]).sum())
-    p_value = stats.binomtest(hits, n, 0.5, alternative="greater").pvalue
-    return hits / n, float(p_value), n
+    base = float((real[mask] > 0).mean())
+    null = max(base, 1 - base)
+    p_value = 1.0 if null >= 1 else stats.binomtest(hits, n, null, alternative="greater").pvalue
+    return Direction(hits / n, base, float(p_value), n)
 
 
-def rank_ic(frame: pd.DataFrame, min_names: int = 3) -> tuple[float, float, int]:
-    """Spearman correlation of q50 and y across tickers, per date: (mean, t-stat, dates used)."""
+def rank_ic(
+    frame: pd.DataFrame,
+    min_names: int = 3,
+    horizon: int = 1,
+    names: Collection[str] | None = None,
+) -> tuple[float, float, int]:
+    """Spearman correlation of q50 and y across tickers, per date: (mean, t-stat, dates used).
+
+    Only `names` count when given (single stocks: an index or a factor ETF is no stock to pick).
+    Neighbouring dates' h-day outcomes overlap, so the t-stat's variance is Newey-West with
+    h − 1 lags (the plain standard error at h = 1)."""
+    if names is not None:
+        frame = frame[frame["ticker"].isin(list(names))]
     per_date = []
     for _, day in frame.groupby("date"):
         if len(day) >= min_names and day["q50"].nunique() > 1 and day["y"].nunique() > 1:
             per_date.append(stats.spearmanr(day["q50"], day["y"]).statistic)
     ics = np.asarray(per_date, float)
-    if len(ics) < 2:
-        return float("nan"), float("nan"), len(ics)
-    spread = ics.std(ddof=1)
-    if spread > 0:
-        t_stat = ics.mean() / (spread / np.sqrt(len(ics)))
+    n = len(ics)
+    if n < 2:
+        return float("nan"), float("nan"), n
+    variance = newey_west_variance(ics, max(0, horizon - 1)) * n / (n - 1)
+    if variance > 0:
+        t_stat = ics.mean() / np.sqrt(variance / n)
     else:  # identical ICs on every date: unbounded evidence in their direction (or none at 0)
         t_stat = float(np.sign(ics.mean())) * np.inf if ics.mean() != 0 else 0.0
-    return float(ics.mean()), float(t_stat), len(ics)
+    return float(ics.mean()), float(t_stat), n
 
 
 def coverage(frame: pd.DataFrame) -> float:
     """Share of outcomes inside the [q10, q90] interval (80% nominal)."""
     inside = (frame["y"] >= frame["q10"]) & (frame["y"] <= frame["q90"])
     return float(inside.mean())
+
+
+@dataclass(frozen=True)
+class Tails:
+    """Each tail of the 80 % band on its own: hit rates of y < q10 and y > q90 (10 % each,
+    nominal), Kupiec's test of each rate and Christoffersen's test that hits do not cluster,
+    on non-overlapping outcomes (every h-th day of each ticker)."""
+
+    below: float
+    above: float
+    kupiec_below: float
+    kupiec_above: float
+    christoffersen_below: float
+    christoffersen_above: float
+    n: int
+
+
+def tails(frame: pd.DataFrame, horizon: int = 1) -> Tails:
+    part = frame.sort_values(["ticker", "date"]) if "ticker" in frame else frame
+    if horizon > 1 and "ticker" in part:
+        part = part[part.groupby("ticker").cumcount().to_numpy() % horizon == 0]
+    below = (part["y"] < part["q10"]).to_numpy()
+    above = (part["y"] > part["q90"]).to_numpy()
+    n = len(part)
+    if n == 0:
+        nan = float("nan")
+        return Tails(nan, nan, nan, nan, nan, nan, 0)
+    groups = part["ticker"].to_numpy() if "ticker" in part else np.zeros(n)
+
+    def sequences(hits: np.ndarray) -> list[np.ndarray]:
+        return [hits[groups == g] for g in pd.unique(groups)]
+
+    return Tails(
+        below=float(below.mean()),
+        above=float(above.mean()),
+        kupiec_below=kupiec(int(below.sum()), n, 0.1)[1],
+        kupiec_above=kupiec(int(above.sum()), n, 0.1)[1],
+        christoffersen_below=christoffersen(sequences(below))[1],
+        christoffersen_above=christoffersen(sequences(above))[1],
+        n=n,
+    )
 
 
 @dataclass(frozen=True)
@@ -87,11 +169,28 @@ class Backtest:
     periods: int
 
 
+def _long_short(q50: pd.Series, fraction: float) -> pd.Series:
+    """+0.5 spread over the top `fraction` of names, −0.5 over the bottom. A name tied with one
+    outside its side is left out, since only an arbitrary order could choose between them; a
+    day with either side empty takes no position (all-equal forecasts never trade)."""
+    k = max(1, int(len(q50) * fraction))
+    ordered = q50.sort_values().to_numpy()
+    low, high = ordered[k - 1], ordered[-k]
+    short = q50[q50 <= low] if (q50 <= low).sum() <= k else q50[q50 < low]
+    long = q50[q50 >= high] if (q50 >= high).sum() <= k else q50[q50 > high]
+    weights = pd.Series(0.0, index=q50.index)
+    if len(long) and len(short) and not set(long.index) & set(short.index):
+        weights[long.index] = 0.5 / len(long)
+        weights[short.index] = -0.5 / len(short)
+    return weights
+
+
 def backtest(
     frame: pd.DataFrame, horizon: int, cost_bps: float, fraction: float = 1 / 3, min_names: int = 3
 ) -> Backtest:
     """Long the top `fraction` by q50, short the bottom, equal weight, rebalanced every `horizon`
-    days on non-overlapping dates; pays `cost_bps` per unit of turnover.
+    days on non-overlapping dates; pays `cost_bps` per unit of turnover. Tied forecasts take no
+    position, so a forecast that does not rank (the random walk) earns exactly nothing.
     """
     dates = np.sort(frame["date"].unique())[::horizon]
     weights_prev: pd.Series = pd.Series(dtype=float)
@@ -100,11 +199,7 @@ def backtest(
         day = frame[frame["date"] == date]
         if len(day) < min_names:
             continue
-        k = max(1, int(len(day) * fraction))
-        ranked = day.sort_values("q50")
-        weights = pd.Series(0.0, index=day["ticker"].to_numpy())
-        weights[ranked["ticker"].iloc[-k:].to_numpy()] = 0.5 / k
-        weights[ranked["ticker"].iloc[:k].to_numpy()] = -0.5 / k
+        weights = _long_short(day.set_index("ticker")["q50"], fraction)
         realised = np.expm1(day.set_index("ticker")["y"])  # simple return over the horizon
         aligned = weights_prev.reindex(weights.index.union(weights_prev.index), fill_value=0.0)
         turnover = float((weights.reindex(aligned.index, fill_value=0.0) - aligned).abs().sum())
@@ -132,68 +227,121 @@ def backtest(
 
 @dataclass(frozen=True)
 class HorizonMetrics:
+    """One model at one horizon. Skills are 1 − loss / the comparison's loss on the same rows;
+    DM p-values are one-sided (the model loses less), HAC with `dm_bandwidth(h)` lags."""
+
     horizon: int
     n: int
     pinball: float
     skill_vs_rw: float
     mae_median: float
     directional_accuracy: float
-    directional_pvalue: float
+    directional_pvalue: float  # against the base rate of up moves, not 0.5
     rank_ic: float
     rank_ic_tstat: float
     coverage_80: float
     dm_stat_vs_rw: float
     dm_pvalue_vs_rw: float
     backtest: Backtest
+    base_rate_up: float = float("nan")
+    coverage_below: float = float("nan")  # y < q10: 0.10 nominal
+    coverage_above: float = float("nan")  # y > q90: 0.10 nominal
+    kupiec_p_below: float = float("nan")
+    kupiec_p_above: float = float("nan")
+    christoffersen_p_below: float = float("nan")
+    christoffersen_p_above: float = float("nan")
+    reference: str | None = None  # the strongest classical baseline, picked on validation
+    skill_vs_reference: float = float("nan")
+    dm_stat_vs_reference: float = float("nan")
+    dm_pvalue_vs_reference: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def verdict(m: HorizonMetrics, alpha: float = 0.05) -> str:
-    """A plain-words reading of the skill test, for model cards and the API."""
-    if not np.isfinite(m.dm_pvalue_vs_rw) or m.dm_pvalue_vs_rw >= alpha:
-        return f"no better than a random walk at {m.horizon} day(s)"
-    if m.skill_vs_rw > 0:
-        return f"beats the random walk at {m.horizon} day(s) (DM p={m.dm_pvalue_vs_rw:.3f})"
-    return f"worse than a random walk at {m.horizon} day(s) (DM p={m.dm_pvalue_vs_rw:.3f})"
+    """A plain-words reading of the skill tests, for model cards and the API."""
+    days = f"{m.horizon} day(s)"
+    if np.isfinite(m.dm_pvalue_vs_rw) and m.dm_pvalue_vs_rw < alpha and m.skill_vs_rw > 0:
+        said = f"beats the random walk at {days} (DM p={m.dm_pvalue_vs_rw:.3f})"
+    elif np.isfinite(m.dm_stat_vs_rw) and stats.norm.sf(m.dm_stat_vs_rw) < alpha:
+        said = f"worse than a random walk at {days} (DM p={stats.norm.sf(m.dm_stat_vs_rw):.3f})"
+    else:
+        said = f"no better than a random walk at {days}"
+    if m.reference is None:
+        return said
+    if np.isfinite(m.dm_pvalue_vs_reference) and m.dm_pvalue_vs_reference < alpha:
+        return f"{said}; beats {m.reference} (DM p={m.dm_pvalue_vs_reference:.3f})"
+    return f"{said}; no better than {m.reference}"
+
+
+KEYS = ["date", "ticker", "horizon"]
+
+
+def versus(part: pd.DataFrame, other: pd.DataFrame, horizon: int) -> tuple[float, float, float]:
+    """(skill, DM statistic, one-sided DM p) of `part` against `other` on the rows both have."""
+    joined = part.merge(other[KEYS + list(QUANTILE_COLUMNS)], on=KEYS, suffixes=("", "_o"))
+    if joined.empty:
+        nan = float("nan")
+        return nan, nan, nan
+    theirs = joined[[*KEYS, "y"]].assign(**{c: joined[f"{c}_o"] for c in QUANTILE_COLUMNS})
+    mine, them = row_pinball(joined), row_pinball(theirs)
+    dates = pd.DatetimeIndex(joined["date"])
+    statistic, p_value = diebold_mariano(
+        pd.Series(mine, index=dates), pd.Series(them, index=dates), horizon, alternative="less"
+    )
+    skill = 1 - mine.mean() / them.mean() if them.mean() > 0 else float("nan")
+    return float(skill), statistic, p_value
 
 
 def evaluate(
     frame: pd.DataFrame,
     random_walk: pd.DataFrame,
     cost_bps: float,
+    reference: tuple[str, pd.DataFrame] | None = None,
+    names: Collection[str] | None = None,
 ) -> list[HorizonMetrics]:
-    """Score predictions per horizon against the random walk on the same (date, ticker) rows."""
+    """Score predictions per horizon against the random walk (and `reference`, the strongest
+    classical baseline, when given) on the same (date, ticker) rows. `names`: the single stocks
+    rank IC ranks."""
     out = []
     for horizon, part in frame.groupby("horizon", sort=True):
-        keys = ["date", "ticker", "horizon"]
-        rw = random_walk[random_walk["horizon"] == horizon]
-        joined = part.merge(rw[keys + list(QUANTILE_COLUMNS)], on=keys, suffixes=("", "_rw"))
-        rw_frame = joined[[*keys, "y"]].assign(**{c: joined[f"{c}_rw"] for c in QUANTILE_COLUMNS})
-        row_loss, row_loss_rw = row_pinball(joined), row_pinball(rw_frame)
-        loss, loss_rw = float(row_loss.mean()), float(row_loss_rw.mean())
-        dates = pd.DatetimeIndex(joined["date"])
-        dm, dm_p = diebold_mariano(
-            pd.Series(row_loss, index=dates), pd.Series(row_loss_rw, index=dates), int(horizon)
-        )
-        hit, p_value, _ = directional(part)
-        ic, ic_t, _ = rank_ic(part)
+        h = int(horizon)
+        skill, dm, dm_p = versus(part, random_walk[random_walk["horizon"] == h], h)
+        direction = directional(part, h)
+        ic, ic_t, _ = rank_ic(part, horizon=h, names=names)
+        tail = tails(part, h)
+        if reference is not None:
+            ref_name, ref_frame = reference
+            ref = versus(part, ref_frame[ref_frame["horizon"] == h], h)
+        else:
+            ref_name, ref = None, (float("nan"),) * 3
         out.append(
             HorizonMetrics(
-                horizon=int(horizon),
+                horizon=h,
                 n=len(part),
                 pinball=mean_pinball(part),
-                skill_vs_rw=1 - loss / loss_rw if loss_rw > 0 else float("nan"),
+                skill_vs_rw=skill,
                 mae_median=float(np.mean(np.abs(part["y"] - part["q50"]))),
-                directional_accuracy=hit,
-                directional_pvalue=p_value,
+                directional_accuracy=direction.hit_rate,
+                directional_pvalue=direction.p_value,
                 rank_ic=ic,
                 rank_ic_tstat=ic_t,
                 coverage_80=coverage(part),
                 dm_stat_vs_rw=dm,
                 dm_pvalue_vs_rw=dm_p,
-                backtest=backtest(part, int(horizon), cost_bps),
+                backtest=backtest(part, h, cost_bps),
+                base_rate_up=direction.base_rate,
+                coverage_below=tail.below,
+                coverage_above=tail.above,
+                kupiec_p_below=tail.kupiec_below,
+                kupiec_p_above=tail.kupiec_above,
+                christoffersen_p_below=tail.christoffersen_below,
+                christoffersen_p_above=tail.christoffersen_above,
+                reference=ref_name,
+                skill_vs_reference=ref[0],
+                dm_stat_vs_reference=ref[1],
+                dm_pvalue_vs_reference=ref[2],
             )
         )
     return out

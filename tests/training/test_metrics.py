@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from features.stats import christoffersen, holm, kupiec
 from features.windows import FeatureConfig
 from training import baselines
 from training.data import Panel, TickerSeries, WindowSet
@@ -24,6 +25,7 @@ from training.metrics import (
     pinball_loss,
     rank_ic,
     row_pinball,
+    tails,
     verdict,
 )
 
@@ -69,28 +71,38 @@ def test_row_and_mean_pinball_map_columns_to_their_quantile() -> None:
 # ---------------------------------------------------------------- direction, rank, coverage
 
 
-def test_directional_three_of_three_hits() -> None:
+def test_directional_is_tested_against_the_base_rate_not_a_coin() -> None:
     frame = pd.DataFrame({"q50": [0.01, -0.02, 0.03], "y": [0.02, -0.01, 0.05]})
-    hit, p_value, n = directional(frame)
-    assert (hit, n) == (1.0, 3)
-    assert p_value == pytest.approx(0.125)  # P(X >= 3 | n=3, p=.5) = 1/8
-    assert p_value == pytest.approx(stats.binomtest(3, 3, 0.5, alternative="greater").pvalue)
+    found = directional(frame)
+    assert (found.hit_rate, found.n) == (1.0, 3)
+    assert found.base_rate == pytest.approx(2 / 3)  # two of the three moves were up
+    assert found.p_value == pytest.approx((2 / 3) ** 3)  # P(X >= 3 | n=3, p=2/3) = 8/27
 
 
 def test_directional_skips_zeros_and_matches_binomtest() -> None:
     q50 = [0.1, 0.1, 0.1, 0.1, 0.1, -0.1, -0.1, 0.0, 0.2, -0.3]
     y = [0.2, 0.3, 0.1, 0.4, -0.1, -0.2, 0.2, 0.5, 0.0, 0.0]
-    hit, p_value, n = directional(pd.DataFrame({"q50": q50, "y": y}))
-    # last three rows have a zero -> skipped; 5 hits of 7: P(X>=5) = (21+7+1)/128
-    assert n == 7
-    assert hit == pytest.approx(5 / 7)
-    assert p_value == pytest.approx(29 / 128)
-    assert p_value == pytest.approx(stats.binomtest(5, 7, 0.5, alternative="greater").pvalue)
+    found = directional(pd.DataFrame({"q50": q50, "y": y}))
+    # last three rows have a zero -> skipped; 5 of the 7 moves up; 5 hits of 7 vs p = 5/7
+    assert found.n == 7 and found.hit_rate == pytest.approx(5 / 7)
+    assert found.base_rate == pytest.approx(5 / 7)
+    expected = stats.binomtest(5, 7, 5 / 7, alternative="greater").pvalue
+    assert found.p_value == pytest.approx(expected) and found.p_value > 0.5
 
 
-def test_directional_all_zero_gives_no_evidence() -> None:
-    hit, p_value, n = directional(pd.DataFrame({"q50": [0.0, 0.1], "y": [0.1, 0.0]}))
-    assert math.isnan(hit) and p_value == 1.0 and n == 0
+def test_always_up_in_a_rising_market_shows_no_skill() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.normal(0.0005, 0.01, 5000) + 0.002  # up about 58 % of days
+    found = directional(pd.DataFrame({"q50": np.full(5000, 0.001), "y": y}))
+    assert found.hit_rate > 0.55  # against 0.5 this would be "significant"...
+    assert found.p_value > 0.4  # ...against the base rate it is exactly the base rate
+
+
+def test_directional_thins_overlapping_outcomes() -> None:
+    dates = pd.date_range("2024-01-01", periods=10, freq="D")
+    frame = pd.DataFrame({"date": dates, "q50": 0.1, "y": [0.1, -0.1] * 5})
+    assert directional(frame, horizon=2).n == 5  # every second date
+    assert directional(frame, horizon=1).n == 10
 
 
 def test_rank_ic_perfect_and_reversed_dates() -> None:
@@ -143,6 +155,54 @@ def test_coverage_is_inclusive() -> None:
         }
     )
     assert coverage(frame) == pytest.approx(3 / 5)
+
+
+def test_rank_ic_counts_single_stocks_only_and_widens_for_overlap() -> None:
+    rows = []
+    for i, day in enumerate(pd.date_range("2024-01-01", periods=6, freq="D")):
+        ys = [0.1, 0.2, 0.3] if i % 3 else [0.3, 0.2, 0.1]
+        rows += [(day, t, q, y) for t, q, y in zip("ABC", (1.0, 2.0, 3.0), ys, strict=True)]
+        rows.append((day, "SPX", 9.0, -1.0))  # an index, ranked as if it were a stock
+    frame = _frame(rows)
+    mean, _, used = rank_ic(frame, names={"A", "B", "C"})
+    assert used == 6 and mean == pytest.approx((4 - 2) / 6)  # four dates +1, two -1
+    ics = np.array([-1.0, 1.0, 1.0, -1.0, 1.0, 1.0])
+    c = ics - ics.mean()
+    variance = (c @ c + 2 * 0.5 * (c[1:] @ c[:-1])) / 6 * 6 / 5  # 1 lag at h = 2, Bartlett 1/2
+    _, t_stat, _ = rank_ic(frame, horizon=2, names={"A", "B", "C"})
+    assert t_stat == pytest.approx(ics.mean() / math.sqrt(variance / 6))
+
+
+def test_tails_count_each_side_on_non_overlapping_outcomes() -> None:
+    dates = pd.date_range("2024-01-01", periods=20, freq="D")
+    y = np.zeros(20)
+    y[[0, 4]] = -2.0  # below q10 = -1, on kept dates (every second)
+    y[[2, 3]] = 2.0  # above q90 = +1: day 3 is thinned away
+    frame = pd.DataFrame({"date": dates, "ticker": "A", "y": y, "q10": -1.0, "q90": 1.0})
+    found = tails(frame, horizon=2)
+    assert found.n == 10
+    assert (found.below, found.above) == (0.2, 0.1)
+    assert found.kupiec_below == pytest.approx(kupiec(2, 10, 0.1)[1])
+    assert found.kupiec_above == pytest.approx(1.0)  # exactly the nominal rate
+    assert 0 <= found.christoffersen_below <= 1
+
+
+def test_kupiec_christoffersen_and_holm_by_hand() -> None:
+    # LR = -2 [95 ln .9 + 5 ln .1 - 95 ln .95 - 5 ln .05] = 3.3413
+    statistic, p_value = kupiec(5, 100, 0.1)
+    assert statistic == pytest.approx(3.3413, abs=1e-4)
+    assert p_value == pytest.approx(0.06756, abs=1e-5)
+    assert kupiec(10, 100, 0.1) == (pytest.approx(0.0), pytest.approx(1.0))
+    # 0110001100: n00=3 n01=2 n10=2 n11=2; pi=4/9, pi0=2/5, pi1=1/2
+    # LR = -2 [5 ln 5/9 + 4 ln 4/9 - 3 ln .6 - 2 ln .4 - 4 ln .5] = 0.09001
+    statistic, p_value = christoffersen([[0, 1, 1, 0, 0, 0, 1, 1, 0, 0]])
+    assert statistic == pytest.approx(0.09001, abs=1e-5)
+    assert p_value == pytest.approx(0.76416, abs=1e-5)
+    clustered = christoffersen([[0] * 40 + [1] * 10 + [0] * 40 + [1] * 10])
+    assert clustered[1] < 1e-6
+    # sorted .01 x3 = .03; .03 x2 = .06; .04 x1 = .04 -> monotone: .06
+    adjusted = holm([0.01, 0.04, 0.03, float("nan")])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
 
 
 # ---------------------------------------------------------------- backtest
@@ -212,6 +272,24 @@ def test_backtest_horizon_two_rebalances_every_second_date() -> None:
     assert result.annual_return == pytest.approx(np.prod(1 + r) ** (126 / 3) - 1)
 
 
+def test_tied_forecasts_take_no_position() -> None:
+    rows = []
+    for day, y in zip(
+        pd.date_range("2024-01-01", periods=6, freq="D"),
+        (0.1, -0.2, 0.3, 0.0, -0.1, 0.2),
+        strict=True,
+    ):
+        rows += [(day, t, 0.0, y * k) for t, k in zip("ABC", (1, -1, 2), strict=True)]
+    result = backtest(_frame(rows), horizon=1, cost_bps=10)  # the random walk: all q50 zero
+    assert result.periods == 6
+    assert (result.sharpe, result.annual_return, result.turnover) == (0.0, 0.0, 0.0)
+    # a tie at the edge of a side: A and B share the top forecast, only one place is there
+    day = pd.Timestamp("2024-02-01")
+    edge = _frame([(day, "A", 0.1, 0.1), (day, "B", 0.1, 0.2), (day, "C", -0.1, -0.1)] * 1)
+    twice = pd.concat([edge, edge.assign(date=day + pd.Timedelta("1D"))])
+    assert backtest(twice, horizon=1, cost_bps=0).sharpe == 0.0  # no long side: no trade
+
+
 def test_backtest_skips_thin_dates_and_needs_two_periods() -> None:
     frame = _frame(
         [
@@ -256,7 +334,7 @@ def test_diebold_mariano_identical_or_short_series_give_nan() -> None:
 
 def test_diebold_mariano_horizon_one_by_hand() -> None:
     loss_a, loss_b = _two_per_date(D)
-    stat, p_value = diebold_mariano(loss_a, loss_b, horizon=1)
+    stat, p_value = diebold_mariano(loss_a, loss_b, horizon=1, bandwidth=0)
     mean = D.sum() / 12  # -2.6 / 12
     variance = ((D - mean) ** 2).sum() / 12  # population variance, no lags
     expected = mean / math.sqrt(variance / 12)
@@ -271,9 +349,26 @@ def test_diebold_mariano_newey_west_lags_by_hand() -> None:
     c = D - D.mean()
     # horizon 3 -> lags 1, 2 with Bartlett weights 2/3, 1/3
     variance = (c @ c + 2 * (2 / 3) * (c[1:] @ c[:-1]) + 2 * (1 / 3) * (c[2:] @ c[:-2])) / 12
-    stat, p_value = diebold_mariano(loss_a, loss_b, horizon=3)
+    stat, p_value = diebold_mariano(loss_a, loss_b, horizon=3, bandwidth=2)
     assert stat == pytest.approx(D.mean() / math.sqrt(variance / 12))
     assert p_value == pytest.approx(2 * stats.norm.sf(abs(stat)))
+
+
+def test_diebold_mariano_uses_at_least_twenty_lags_and_can_be_one_sided() -> None:
+    rng = np.random.default_rng(5)
+    dates = pd.date_range("2020-01-01", periods=200, freq="D")
+    d = np.convolve(rng.normal(-0.05, 1, 230), np.ones(30) / 30, mode="valid")[:200]
+    loss_a, loss_b = pd.Series(1 + d, index=dates), pd.Series(1.0, index=dates)
+    c = d - d.mean()
+    variance = c @ c / 200 + sum(
+        2 * (1 - lag / 21) * (c[lag:] @ c[:-lag]) / 200 for lag in range(1, 21)
+    )
+    stat, _ = diebold_mariano(loss_a, loss_b, horizon=5)  # max(20, 4) lags
+    assert stat == pytest.approx(d.mean() / math.sqrt(variance / 200))
+    short_stat, _ = diebold_mariano(loss_a, loss_b, horizon=5, bandwidth=4)
+    assert abs(short_stat) > abs(stat)  # too few lags overstate the evidence
+    _, less = diebold_mariano(loss_a, loss_b, horizon=5, alternative="less")
+    assert less == pytest.approx(stats.norm.cdf(stat))
 
 
 # ---------------------------------------------------------------- evaluate / verdict
@@ -318,16 +413,25 @@ def test_evaluate_no_better_than_random_walk() -> None:
     assert verdict(m) == "no better than a random walk at 1 day(s)"
 
 
-def _metrics(p_value: float, skill: float, horizon: int = 5) -> HorizonMetrics:
+def _metrics(
+    p_value: float, skill: float, stat: float = -2.5, horizon: int = 5, **extra: object
+) -> HorizonMetrics:
     bt = Backtest(0.0, 0.0, 0.0, 0.0, 0)
-    return HorizonMetrics(horizon, 10, 0.1, skill, 0.1, 0.5, 0.5, 0.0, 0.0, 0.8, -1.0, p_value, bt)
+    return HorizonMetrics(
+        horizon, 10, 0.1, skill, 0.1, 0.5, 0.5, 0.0, 0.0, 0.8, stat, p_value, bt, **extra
+    )
 
 
 def test_verdict_wording() -> None:
     assert verdict(_metrics(0.05, 0.3)) == "no better than a random walk at 5 day(s)"
     assert verdict(_metrics(float("nan"), 0.3)) == "no better than a random walk at 5 day(s)"
     assert verdict(_metrics(0.01, 0.3)) == "beats the random walk at 5 day(s) (DM p=0.010)"
-    assert verdict(_metrics(0.01, -0.3)) == "worse than a random walk at 5 day(s) (DM p=0.010)"
+    worse = _metrics(0.99, -0.3, stat=2.5)  # one-sided: p(worse) = 1 - Φ(2.5) = 0.006
+    assert verdict(worse) == "worse than a random walk at 5 day(s) (DM p=0.006)"
+    against = _metrics(0.01, 0.3, reference="gjr", dm_pvalue_vs_reference=0.2)
+    assert verdict(against).endswith("; no better than gjr")
+    ahead = _metrics(0.01, 0.3, reference="gjr", dm_pvalue_vs_reference=0.01)
+    assert verdict(ahead).endswith("; beats gjr (DM p=0.010)")
 
 
 # ---------------------------------------------------------------- baselines
