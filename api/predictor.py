@@ -65,6 +65,11 @@ class HorizonSkill(BaseModel):
     dm_pvalue: float
     coverage_80: float
     verdict: str
+    reference: str | None = Field(
+        default=None, description="the strongest classical baseline the model was compared with"
+    )
+    skill_vs_reference: float | None = None
+    dm_pvalue_vs_reference: float | None = None
 
 
 class ForecastBatch(BaseModel):

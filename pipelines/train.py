@@ -98,7 +98,9 @@ def train_member(
     module, scaler, final_val, _ = wf.fit_final(family, cfg, panel, vocab, progress)
     final_seconds = time.perf_counter() - started
     test, rw = result.predictions("test"), result.baseline_predictions("random_walk")
-    metrics = {family: wf.score(test, rw, cfg)}
+    strongest = wf.strongest_classical(result)
+    reference = (strongest, result.baseline_predictions(strongest))
+    metrics = {family: wf.score(test, rw, cfg, reference)}
     metrics |= {name: wf.score(result.baseline_predictions(name), rw, cfg) for name in BASELINES}
     card = ModelCard(
         family,
@@ -107,6 +109,7 @@ def train_member(
         _fold_rows([r.fold for r in result.folds]),
         metrics,
         {"walk_forward": walk_seconds, "final_fit": final_seconds},
+        notes=[_reference_note(strongest)],
     )
     out = models_dir / family
     out.mkdir(parents=True, exist_ok=True)
@@ -120,11 +123,19 @@ def train_member(
     ).to_parquet(out / "predictions.parquet", index=False)
     for name in BASELINES:
         result.baseline_predictions(name).to_parquet(out / f"baseline_{name}.parquet", index=False)
+    (out / "reference.json").write_text(json.dumps({"strongest_classical": strongest}))
     bundle = ForecastBundle.from_module(
         module, panel.config, scaler, vocab, {"skill": card.skill(), "profile": profile}
     )
     _log_run(family, profile, cfg, card, bundle, out)
     return card
+
+
+def _reference_note(name: str) -> str:
+    return (
+        f"strongest classical baseline, picked on validation blocks: {name} "
+        "(skill and DM p against it in the table)"
+    )
 
 
 def _member_predictions(split: str, models_dir: Path) -> dict[str, pd.DataFrame]:
@@ -148,14 +159,15 @@ def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) 
         part = combine(align({f: t[t["fold"] == fold] for f, t in test.items()}), weights)
         combined.append(part.assign(fold=fold))
     predictions = pd.concat(combined, ignore_index=True)
-    rw = pd.read_parquet(models_dir / MEMBERS[0] / "baseline_random_walk.parquet")
-    metrics = {"ensemble": wf.score(predictions, rw, cfg)}
+    first = models_dir / MEMBERS[0]
+    rw = pd.read_parquet(first / "baseline_random_walk.parquet")
+    strongest = json.loads((first / "reference.json").read_text())["strongest_classical"]
+    reference = (strongest, pd.read_parquet(first / f"baseline_{strongest}.parquet"))
+    metrics = {"ensemble": wf.score(predictions, rw, cfg, reference)}
     for family in MEMBERS:
-        metrics[family] = wf.score(test[family], rw, cfg)
+        metrics[family] = wf.score(test[family], rw, cfg, reference)
     for name in BASELINES:
-        metrics[name] = wf.score(
-            pd.read_parquet(models_dir / MEMBERS[0] / f"baseline_{name}.parquet"), rw, cfg
-        )
+        metrics[name] = wf.score(pd.read_parquet(first / f"baseline_{name}.parquet"), rw, cfg)
     final = fit_weights(align(_member_predictions("final_val", models_dir)), list(MEMBERS))
     runs = {f: json.loads((models_dir / f / "run.json").read_text()) for f in MEMBERS}
     folds = json.loads((models_dir / MEMBERS[0] / "card.json").read_text())["folds"]
@@ -166,6 +178,7 @@ def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) 
         folds,
         metrics,
         notes=[
+            _reference_note(strongest),
             f"final weights: {final}",
             "members: " + ", ".join(f"{f} run {r['run_id']}" for f, r in runs.items()),
         ],

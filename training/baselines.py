@@ -1,7 +1,10 @@
-"""Naive baselines every model must beat, scored by the same evaluation code.
+"""Baselines every model must beat, scored by the same evaluation code.
 
-- random walk: zero drift, quantiles from the trailing volatility (Gaussian z-scores);
-- historical drift: the trailing mean daily return times the horizon, same spread.
+- random walk: zero drift, quantiles from the trailing 60-day volatility (Gaussian z-scores);
+- historical drift: the trailing mean daily return times the horizon, same spread;
+- the classical volatility models (`training.classical`: EWMA, GARCH-t, GJR-t, HAR), fitted per
+  ticker on each fold's fit rows: the strongest simple baselines, and the yardstick a network
+  must beat to earn its place.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from training.classical import CLASSICAL, VolatilityForecast, fit_forecast
 from training.data import Panel, WindowSet
 from training.metrics import QUANTILE_COLUMNS
 
 Z = np.array([-1.2815515655446004, 0.0, 1.2815515655446004])
-BASELINES = ("random_walk", "historical_drift")
+NAIVE = ("random_walk", "historical_drift")
+BASELINES = (*NAIVE, *CLASSICAL)
 
 
 def _quantiles(center: np.ndarray, sigma: np.ndarray, horizons: tuple[int, ...]) -> np.ndarray:
@@ -39,11 +44,59 @@ def historical_drift(ws: WindowSet, panel: Panel) -> np.ndarray:
     return _quantiles(center, ws.sigma.astype(float), panel.horizons)
 
 
-def baseline(name: str, ws: WindowSet, panel: Panel) -> np.ndarray:
+def daily_returns(panel: Panel, ticker: str) -> pd.Series:
+    """A ticker's daily log returns r(t) = log C(t) − log C(t−1): the 1-day target of the day
+    before, so the series at t holds only what was known at t's close."""
+    return panel.series[ticker].targets[f"h{panel.horizons[0]}"].shift(1).dropna()
+
+
+class ClassicalFits:
+    """Classical models fitted per (model, ticker, fit end), each once: a fold's validation and
+    test rows share the fits."""
+
+    def __init__(self, panel: Panel) -> None:
+        self._panel = panel
+        self._fits: dict[tuple[str, str, pd.Timestamp], VolatilityForecast | None] = {}
+
+    def fitted(self, name: str, ticker: str, fit_end: pd.Timestamp) -> VolatilityForecast | None:
+        key = (name, ticker, fit_end)
+        if key not in self._fits:
+            try:
+                returns = daily_returns(self._panel, ticker)
+                self._fits[key] = fit_forecast(name, returns, fit_end, self._panel.horizons)
+            except ValueError:  # too little history before fit_end (a young ETF): no forecast
+                self._fits[key] = None
+        return self._fits[key]
+
+    def quantiles(self, name: str, ws: WindowSet, fit_end: pd.Timestamp) -> np.ndarray:
+        """[n, horizons, 3]; NaN for rows of tickers the model could not be fitted on."""
+        out = np.full((len(ws), len(self._panel.horizons), 3), np.nan)
+        for ticker in np.unique(ws.tickers):
+            mask = ws.tickers == ticker
+            found = self.fitted(name, str(ticker), fit_end)
+            if found is not None:
+                origins = pd.DatetimeIndex(ws.dates[mask])
+                out[mask] = found.quantiles(origins, self._panel.horizons)
+        return out
+
+
+def baseline(
+    name: str,
+    ws: WindowSet,
+    panel: Panel,
+    fit_end: pd.Timestamp | None = None,
+    fits: ClassicalFits | None = None,
+) -> np.ndarray:
+    """[n, horizons, 3] quantiles of baseline `name` on the windows of `ws` (classical models
+    are fitted on rows up to `fit_end`)."""
     if name == "random_walk":
         return random_walk(ws, panel.horizons)
     if name == "historical_drift":
         return historical_drift(ws, panel)
+    if name in CLASSICAL:
+        if fit_end is None:
+            raise ValueError(f"{name} needs the fold's fit end")
+        return (fits or ClassicalFits(panel)).quantiles(name, ws, fit_end)
     raise ValueError(f"unknown baseline {name!r}; known: {BASELINES}")
 
 
@@ -60,4 +113,4 @@ def to_frame(ws: WindowSet, quantiles: np.ndarray, horizons: tuple[int, ...]) ->
     )
     for i, column in enumerate(QUANTILE_COLUMNS):
         frame[column] = quantiles[:, :, i].reshape(-1)
-    return frame
+    return frame.dropna(subset=list(QUANTILE_COLUMNS)).reset_index(drop=True)

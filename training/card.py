@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from training.metrics import HorizonMetrics, verdict
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 @dataclass
@@ -34,16 +39,23 @@ class ModelCard:
             ):
                 flat[f"h{m.horizon}.{key}"] = float(getattr(m, key))
             flat[f"h{m.horizon}.sharpe"] = float(m.backtest.sharpe)
+            if m.reference is not None:
+                flat[f"h{m.horizon}.skill_vs_classical"] = float(m.skill_vs_reference)
+                flat[f"h{m.horizon}.dm_pvalue_vs_classical"] = float(m.dm_pvalue_vs_reference)
         return flat
 
     def skill(self) -> dict[int, dict[str, Any]]:
-        """Per horizon: skill vs random walk and its plain-words verdict (served by the API)."""
+        """Per horizon: skill vs the random walk and vs the strongest classical baseline, and
+        the plain-words verdict (served by the API)."""
         return {
             m.horizon: {
                 "skill_vs_rw": m.skill_vs_rw,
                 "dm_pvalue": m.dm_pvalue_vs_rw,
                 "coverage_80": m.coverage_80,
                 "verdict": verdict(m),
+                "reference": m.reference,
+                "skill_vs_reference": _finite(m.skill_vs_reference),
+                "dm_pvalue_vs_reference": _finite(m.dm_pvalue_vs_reference),
             }
             for m in self.metrics[self.family]["all"]
         }
@@ -65,19 +77,25 @@ class ModelCard:
 
     def table(self) -> list[str]:
         rows = [
-            "| model | h | pinball | skill vs RW | DM p | MAE(q50) | dir. acc (p) | rank IC (t) "
-            "| cover 80 | ann. ret | Sharpe | max DD | turnover |",
+            "| model | h | pinball | skill vs RW (p) | skill vs classical (p) | dir. acc (p) "
+            "| base up | rank IC (t) | cover 80 | below q10 | above q90 | Sharpe | turnover |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, by in self.metrics.items():
             for m in by["all"]:
                 b = m.backtest
+                versus = (
+                    f"{m.skill_vs_reference:+.2%} ({m.dm_pvalue_vs_reference:.3f})"
+                    if m.reference
+                    else "—"
+                )
                 rows.append(
-                    f"| {name} | {m.horizon} | {m.pinball:.5f} | {m.skill_vs_rw:+.2%} | "
-                    f"{m.dm_pvalue_vs_rw:.3f} | {m.mae_median:.4f} | {m.directional_accuracy:.3f} "
-                    f"({m.directional_pvalue:.3f}) | {m.rank_ic:+.3f} ({m.rank_ic_tstat:+.1f}) | "
-                    f"{m.coverage_80:.3f} | {b.annual_return:+.1%} | {b.sharpe:+.2f} | "
-                    f"{b.max_drawdown:.1%} | {b.turnover:.2f} |"
+                    f"| {name} | {m.horizon} | {m.pinball:.5f} | "
+                    f"{m.skill_vs_rw:+.2%} ({m.dm_pvalue_vs_rw:.3f}) | {versus} | "
+                    f"{m.directional_accuracy:.3f} ({m.directional_pvalue:.3f}) | "
+                    f"{m.base_rate_up:.3f} | {m.rank_ic:+.3f} ({m.rank_ic_tstat:+.1f}) | "
+                    f"{m.coverage_80:.3f} | {m.coverage_below:.3f} | {m.coverage_above:.3f} | "
+                    f"{b.sharpe:+.2f} | {b.turnover:.2f} |"
                 )
         return rows
 
@@ -98,10 +116,15 @@ class ModelCard:
             "",
             *self.table(),
             "",
-            "Skill = 1 − pinball/pinball(random walk) on the same rows; DM p = "
-            "Diebold-Mariano test against the random walk; backtest = long top third / short "
-            f"bottom third by predicted median, {self.params.get('cost_bps')} bps per unit "
-            "turnover, rebalanced every h days.",
+            "Skill = 1 − pinball/pinball(comparison) on the same rows; p = one-sided "
+            "Diebold-Mariano (the model loses less), Newey-West with max(20, h − 1) lags. The "
+            "classical comparison is the strongest classical baseline, picked on validation "
+            "blocks (see Notes). Directional accuracy is tested against the base rate of up "
+            "moves (always calling the likelier direction), on non-overlapping outcomes; rank IC "
+            "ranks single stocks only, its t-stat with h − 1 Newey-West lags; below/above are "
+            "the tails of the 80 % band (0.10 each, nominal). Backtest: long top third / short "
+            f"bottom third by predicted median, tied forecasts untraded, "
+            f"{self.params.get('cost_bps')} bps per unit turnover, rebalanced every h days.",
             "",
             "## Folds",
             "",

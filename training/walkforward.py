@@ -11,13 +11,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
-from training.baselines import BASELINES, baseline, to_frame
+from training.baselines import BASELINES, ClassicalFits, baseline, to_frame
+from training.classical import CLASSICAL
 from training.config import TrainConfig
-from training.data import Fold, Panel, Vocab, final_fold, fit_scaler, walk_forward_folds, window_set
+from training.data import (
+    Fold,
+    Panel,
+    Vocab,
+    WindowSet,
+    final_fold,
+    fit_scaler,
+    walk_forward_folds,
+    window_set,
+)
 from training.fit import fit, predict
-from training.metrics import HorizonMetrics, evaluate
+from training.metrics import HorizonMetrics, evaluate, row_pinball
 from training.models import QuantileForecaster
 
 Progress = Callable[[str], None]
@@ -30,6 +41,7 @@ class FoldResult:
     test: pd.DataFrame  # model predictions on the test block
     val: pd.DataFrame  # model predictions on the validation block
     baselines: dict[str, pd.DataFrame]  # baseline predictions on the same test rows
+    val_baselines: dict[str, pd.DataFrame] = field(default_factory=dict)  # ... and val rows
 
 
 @dataclass
@@ -43,9 +55,16 @@ class WalkForward:
             [getattr(r, split).assign(fold=r.fold.index) for r in self.folds], ignore_index=True
         )
 
-    def baseline_predictions(self, name: str) -> pd.DataFrame:
+    def baseline_predictions(self, name: str, split: str = "test") -> pd.DataFrame:
+        """A baseline's predictions on every fold's `split` rows (test or val)."""
         return pd.concat(
-            [r.baselines[name].assign(fold=r.fold.index) for r in self.folds], ignore_index=True
+            [
+                (r.baselines if split == "test" else r.val_baselines)[name].assign(
+                    fold=r.fold.index
+                )
+                for r in self.folds
+            ],
+            ignore_index=True,
         )
 
 
@@ -73,6 +92,7 @@ def run(
 ) -> WalkForward:
     """Every fold: fit, then predict validation and test windows; baselines on the same rows."""
     result = WalkForward(family)
+    fits = ClassicalFits(panel)
     for fold in folds_for(panel, cfg):
         started = time.perf_counter()
         report(
@@ -82,19 +102,51 @@ def run(
         module, scaler = fit_on_fold(family, cfg, panel, vocab, fold, progress)
         test = window_set(panel, scaler, vocab, fold.test_start, fold.test_end).labelled()
         val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end).labelled()
+
         result.folds.append(
             FoldResult(
                 fold,
                 time.perf_counter() - started,
                 test=to_frame(test, predict(module, test), cfg.horizons),
                 val=to_frame(val, predict(module, val), cfg.horizons),
-                baselines={
-                    name: to_frame(test, baseline(name, test, panel), cfg.horizons)
-                    for name in BASELINES
-                },
+                baselines=_baselines(test, BASELINES, panel, fold, fits),
+                val_baselines=_baselines(val, ("random_walk", *CLASSICAL), panel, fold, fits),
             )
         )
     return result
+
+
+def _baselines(
+    ws: WindowSet, names: tuple[str, ...], panel: Panel, fold: Fold, fits: ClassicalFits
+) -> dict[str, pd.DataFrame]:
+    return {
+        name: to_frame(ws, baseline(name, ws, panel, fold.fit_end, fits), panel.horizons)
+        for name in names
+    }
+
+
+def strongest_classical(result: WalkForward) -> str:
+    """The classical baseline with the lowest validation loss relative to the random walk
+    (averaged over horizons, on the rows they all forecast): picked on validation blocks only,
+    never on the test folds it is then compared on."""
+    val_rw = result.baseline_predictions("random_walk", "val")
+    frames = {name: result.baseline_predictions(name, "val") for name in CLASSICAL}
+    keys = ["date", "ticker", "horizon"]
+    shared = val_rw[keys]
+    for frame in frames.values():
+        shared = shared.merge(frame[keys], on=keys)
+
+    def relative(frame: pd.DataFrame) -> float:
+        mine = shared.merge(frame, on=keys)
+        walk = shared.merge(val_rw, on=keys)
+        ratios = [
+            row_pinball(mine[mine["horizon"] == h]).mean()
+            / row_pinball(walk[walk["horizon"] == h]).mean()
+            for h in sorted(shared["horizon"].unique())
+        ]
+        return float(np.mean(ratios))
+
+    return min(frames, key=lambda name: relative(frames[name]))
 
 
 def fit_final(
@@ -111,9 +163,24 @@ def score(
     frames: pd.DataFrame,
     random_walk: pd.DataFrame,
     cfg: TrainConfig,
+    reference: tuple[str, pd.DataFrame] | None = None,
 ) -> dict[str, list[HorizonMetrics]]:
-    """Metrics overall and per fold, each on the rows shared with the random walk."""
-    out = {"all": evaluate(frames, random_walk, cfg.cost_bps)}
+    """Metrics overall and per fold, each on the rows shared with the random walk (and compared
+    with `reference`, the strongest classical baseline, when given). Rank IC ranks single
+    stocks only."""
+    names = single_stocks()
+    out = {"all": evaluate(frames, random_walk, cfg.cost_bps, reference, names)}
     for fold, part in frames.groupby("fold"):
-        out[f"fold{fold}"] = evaluate(part, random_walk[random_walk["fold"] == fold], cfg.cost_bps)
+        in_fold = None
+        if reference is not None:
+            in_fold = (reference[0], reference[1][reference[1]["fold"] == fold])
+        rw = random_walk[random_walk["fold"] == fold]
+        out[f"fold{fold}"] = evaluate(part, rw, cfg.cost_bps, in_fold, names)
     return out
+
+
+def single_stocks() -> frozenset[str]:
+    """The universe's equities (no index, no factor ETF): what a stock-picking metric ranks."""
+    from features.datasets import load_universe
+
+    return frozenset(i.ticker for i in load_universe().instruments if i.asset_type == "equity")

@@ -44,6 +44,15 @@ class Skill(BaseModel):
     dm_pvalue: float
     coverage_80: float
     verdict: str
+    reference: str | None = Field(
+        default=None, description="the strongest classical baseline, picked on validation"
+    )
+    skill_vs_reference: float | None = Field(
+        default=None, description="walk-forward 1 - pinball/pinball(reference)"
+    )
+    dm_pvalue_vs_reference: float | None = Field(
+        default=None, description="one-sided Diebold-Mariano p-value against the reference"
+    )
 
 
 class Prediction(BaseModel):

@@ -53,10 +53,15 @@ def test_quick_profile_dvc_repro_trains_evaluates_and_registers(tmp_path: Path) 
     report = (tmp_path / "reports" / "walkforward.md").read_text()
     for model in ("lstm", "transformer", "hybrid", "ensemble", "random_walk", "historical_drift"):
         assert f"| {model} |" in report
+    for model in ("ewma", "garch", "gjr", "har"):  # the classical baselines, fitted per fold
+        assert f"| {model} |" in report
+    assert "Strongest classical baseline (picked on validation blocks): **" in report
     versions = json.loads((tmp_path / "models" / "registry.json").read_text())
     assert set(versions) == {"lstm", "transformer", "hybrid", "ensemble"}
     card = json.loads((tmp_path / "models" / "ensemble" / "card.json").read_text())
     assert card["profile"] == "quick" and set(card["skill"]) == {"1", "5", "20"}
+    assert card["skill"]["1"]["reference"] in ("ewma", "garch", "gjr", "har")
+    assert "; " in card["skill"]["1"]["verdict"]  # its verdict against the classical baseline too
     # nothing changed, so a second repro has nothing to do
     again = _run(["dvc", "repro"], tmp_path, env)
     assert "didn't change, skipping" in again and "Running stage" not in again
