@@ -52,6 +52,8 @@ def diebold_mariano(
     n = len(d)
     if n < 10:
         return float("nan"), float("nan")
+    if not np.any(d):  # the same losses on every date: no evidence either way
+        return 0.0, 1.0
     variance = newey_west_variance(d, dm_bandwidth(horizon) if bandwidth is None else bandwidth)
     if variance <= 0:
         return float("nan"), float("nan")

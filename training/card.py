@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.config import fingerprint
 from training.metrics import HorizonMetrics, verdict
 
 
@@ -60,10 +61,15 @@ class ModelCard:
             for m in self.metrics[self.family]["all"]
         }
 
+    @property
+    def config_hash(self) -> str:
+        return fingerprint(self.params)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "family": self.family,
             "profile": self.profile,
+            "config_hash": self.config_hash,
             "params": self.params,
             "folds": self.folds,
             "seconds": self.seconds,
@@ -99,9 +105,31 @@ class ModelCard:
                 )
         return rows
 
+    def fold_table(self) -> list[str]:
+        """The model's skill in each test fold, and with 2020 left out."""
+        splits = [s for s in self.metrics[self.family] if s != "all"]
+        if not splits:
+            return []
+        rows = [
+            "",
+            "## Skill per fold",
+            "",
+            "| split | h | skill vs RW | skill vs classical | DM p vs classical |",
+            "|---|---|---|---|---|",
+        ]
+        for split in splits:
+            for m in self.metrics[self.family][split]:
+                rows.append(
+                    f"| {split} | {m.horizon} | {m.skill_vs_rw:+.2%} | "
+                    f"{m.skill_vs_reference:+.2%} | {m.dm_pvalue_vs_reference:.3f} |"
+                )
+        return rows
+
     def markdown(self) -> str:
         lines = [
             f"# Model card: {self.family} ({self.profile} profile)",
+            "",
+            f"Configuration hash `{self.config_hash}` (frozen before the run).",
             "",
             "Quantiles 0.1/0.5/0.9 of the log return at 1, 5 and 20 trading days; one global "
             "model across tickers with ticker and sector embeddings.",
@@ -125,6 +153,8 @@ class ModelCard:
             "the tails of the 80 % band (0.10 each, nominal). Backtest: long top third / short "
             f"bottom third by predicted median, tied forecasts untraded, "
             f"{self.params.get('cost_bps')} bps per unit turnover, rebalanced every h days.",
+            "",
+            *self.fold_table(),
             "",
             "## Folds",
             "",

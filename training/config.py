@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
@@ -9,6 +11,13 @@ from typing import Any, Self
 import yaml
 
 PARAMS_FILE = Path("params.yaml")
+
+
+def fingerprint(params: dict[str, Any]) -> str:
+    """A hash of a whole configuration, frozen before a run: cards and the report carry it, so
+    a table is never read against a configuration it did not come from."""
+    canonical = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,9 @@ class TrainConfig:
         out["tickers"] = list(self.tickers)
         out["horizons"] = list(self.horizons)
         return out
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.to_dict())
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:

@@ -171,12 +171,39 @@ def score(
     names = single_stocks()
     out = {"all": evaluate(frames, random_walk, cfg.cost_bps, reference, names)}
     for fold, part in frames.groupby("fold"):
-        in_fold = None
-        if reference is not None:
-            in_fold = (reference[0], reference[1][reference[1]["fold"] == fold])
-        rw = random_walk[random_walk["fold"] == fold]
-        out[f"fold{fold}"] = evaluate(part, rw, cfg.cost_bps, in_fold, names)
+        out[f"fold{fold}"] = _evaluate_where(
+            part, random_walk, reference, cfg, names, random_walk["fold"] == fold
+        )
+    calm = pd.DatetimeIndex(frames["date"]).year != EXCLUDED_YEAR
+    if calm.any() and not calm.all():  # 2020 alone gives most of any volatility model's skill
+        out[f"ex{EXCLUDED_YEAR}"] = _evaluate_where(
+            frames[calm],
+            random_walk,
+            reference,
+            cfg,
+            names,
+            pd.DatetimeIndex(random_walk["date"]).year != EXCLUDED_YEAR,
+        )
     return out
+
+
+EXCLUDED_YEAR = 2020
+
+
+def _evaluate_where(
+    part: pd.DataFrame,
+    random_walk: pd.DataFrame,
+    reference: tuple[str, pd.DataFrame] | None,
+    cfg: TrainConfig,
+    names: frozenset[str],
+    rw_rows: pd.Series,
+) -> list[HorizonMetrics]:
+    """`evaluate` of `part` against the random walk's (and reference's) matching rows."""
+    in_part = None
+    if reference is not None:
+        ref = reference[1]
+        in_part = (reference[0], ref.merge(part[["date", "ticker", "horizon"]]))
+    return evaluate(part, random_walk[rw_rows], cfg.cost_bps, in_part, names)
 
 
 def single_stocks() -> frozenset[str]:

@@ -325,9 +325,10 @@ def _two_per_date(diff: np.ndarray) -> tuple[pd.Series, pd.Series]:
     return loss_b + np.repeat(diff, 2) + np.tile([0.05, -0.05], len(diff)), loss_b
 
 
-def test_diebold_mariano_identical_or_short_series_give_nan() -> None:
+def test_diebold_mariano_identical_series_give_no_evidence_and_short_ones_nan() -> None:
     loss = pd.Series(np.linspace(0.1, 1.2, 12), index=DATES)
-    assert all(math.isnan(v) for v in diebold_mariano(loss, loss.copy(), 1))
+    assert diebold_mariano(loss, loss.copy(), 1) == (0.0, 1.0)
+    assert diebold_mariano(loss, loss.copy(), 5, alternative="less") == (0.0, 1.0)
     short = loss.iloc[:9]
     assert all(math.isnan(v) for v in diebold_mariano(short - 0.1, short, 1))
 
