@@ -86,6 +86,18 @@ def register_commands(
             registered()
 
     @app.command()
+    def baselines(
+        profile: Annotated[str, typer.Option(help="params.yaml profile")] = "full",
+    ) -> None:
+        """Walk-forward the baselines alone (random walk, drift, EWMA, GARCH-t, GJR-t, HAR) on
+        the profile's folds: the yardstick a network must beat, in minutes."""
+        from pipelines.train import baseline_table
+
+        settings_factory()
+        for line in baseline_table(profile, console.print):
+            typer.echo(line)
+
+    @app.command()
     def tune(
         model: Annotated[str, typer.Option(help="lstm, transformer or hybrid")],
         trials: Annotated[int, typer.Option(help="configurations to sample", min=1)],

@@ -190,3 +190,26 @@ def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) 
     bundle = EnsembleBundle(final, members, {"skill": card.skill(), "profile": profile})
     _log_run("ensemble", profile, cfg, card, bundle, out)
     return card
+
+
+def baseline_table(profile: str, report: Report) -> list[str]:
+    """Markdown rows: each baseline's skill over the random walk per horizon (one-sided DM p),
+    overall, in each test fold, and with 2020 left out; the strongest on validation named."""
+    cfg = load_config("lstm", profile)  # the folds and rows every family shares
+    panel = load_panel(cfg)
+    started = time.perf_counter()
+    result = wf.run_baselines(cfg, panel, vocab_for(panel), report)
+    rw = result.baseline_predictions("random_walk")
+    lines = [
+        f"strongest on validation: {wf.strongest_classical(result)} "
+        f"({time.perf_counter() - started:.0f} s; config {cfg.fingerprint()})",
+        "| baseline | split | h=1 | h=5 | h=20 |",
+        "|---|---|---|---|---|",
+    ]
+    for name in BASELINES:
+        if name == "random_walk":
+            continue
+        for split, rows in wf.score(result.baseline_predictions(name), rw, cfg).items():
+            cells = [f"{m.skill_vs_rw:+.2%} (p {m.dm_pvalue_vs_rw:.3f})" for m in rows]
+            lines.append(f"| {name} | {split} | " + " | ".join(cells) + " |")
+    return lines

@@ -86,11 +86,21 @@ def _garch(
     model = arch_model(
         scaled, mean="Zero", vol="GARCH", p=1, o=1 if asymmetric else 0, q=1, dist="t"
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter; a failed fit raises below
+    # `arch` re-enables its own warnings inside `fit`: record them instead of printing them,
+    # and judge the fit by its result
+    with warnings.catch_warnings(record=True):
         fitted = model.fit(disp="off", last_obs=last, options={"maxiter": 500})
-    if not np.all(np.isfinite(fitted.params.to_numpy())):
-        raise ValueError("the GARCH fit did not converge")
+        if fitted.convergence_flag != 0:  # retry from where the optimiser stopped
+            fitted = model.fit(
+                disp="off",
+                last_obs=last,
+                starting_values=fitted.params.to_numpy(),
+                options={"maxiter": 2000},
+            )
+    params = fitted.params
+    persistence = params["alpha[1]"] + params.get("gamma[1]", 0.0) / 2 + params["beta[1]"]
+    if not np.all(np.isfinite(params.to_numpy())) or persistence >= 1:
+        raise ValueError("the GARCH fit found no stationary solution")
     forecast = fitted.forecast(
         horizon=max(horizons), start=0, reindex=False, method="analytic"
     ).variance.to_numpy(float)
@@ -98,7 +108,8 @@ def _garch(
     frame = pd.DataFrame(
         {h: cumulative[:, h - 1] for h in horizons}, index=returns.index[-len(cumulative) :]
     )
-    return frame, {str(k): float(v) for k, v in fitted.params.items()}
+    found = {str(k): float(v) for k, v in params.items()}
+    return frame, {**found, "converged": float(fitted.convergence_flag == 0)}
 
 
 def har_components(returns: pd.Series) -> pd.DataFrame:

@@ -116,6 +116,32 @@ def run(
     return result
 
 
+def run_baselines(
+    cfg: TrainConfig, panel: Panel, vocab: Vocab, report: Progress = lambda _: None
+) -> WalkForward:
+    """The walk-forward of the baselines alone (no network): the same folds and rows as a
+    network's, in a few minutes, to see the yardstick before training anything."""
+    result = WalkForward("baselines")
+    fits = ClassicalFits(panel)
+    for fold in folds_for(panel, cfg):
+        started = time.perf_counter()
+        report(f"baselines: fold {fold.index + 1}/{cfg.n_folds}")
+        scaler = fit_scaler(panel, fold.fit_end)
+        test = window_set(panel, scaler, vocab, fold.test_start, fold.test_end).labelled()
+        val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end).labelled()
+        result.folds.append(
+            FoldResult(
+                fold,
+                time.perf_counter() - started,
+                test=pd.DataFrame(),
+                val=pd.DataFrame(),
+                baselines=_baselines(test, BASELINES, panel, fold, fits),
+                val_baselines=_baselines(val, ("random_walk", *CLASSICAL), panel, fold, fits),
+            )
+        )
+    return result
+
+
 def _baselines(
     ws: WindowSet, names: tuple[str, ...], panel: Panel, fold: Fold, fits: ClassicalFits
 ) -> dict[str, pd.DataFrame]:

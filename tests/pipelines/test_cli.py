@@ -36,3 +36,11 @@ async def test_import_bars_stores_a_valid_file(
     assert result.exit_code == 0, result.output
     assert "imported 2 bars for CLIGOOD: 2 new, 0 replaced" in result.output
     assert await pool.fetchval("SELECT count(*) FROM bars WHERE ticker = 'CLIGOOD'") == 2
+
+
+async def test_baselines_walks_the_classical_yardstick_forward(cli_env: None) -> None:
+    result = await invoke("baselines", "--profile", "quick")
+    assert result.exit_code == 0, result.output
+    assert "strongest on validation:" in result.output
+    for name in ("historical_drift", "ewma", "garch", "gjr", "har"):
+        assert f"| {name} | all |" in result.output and f"| {name} | fold0 |" in result.output
