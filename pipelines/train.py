@@ -198,7 +198,7 @@ def baseline_table(profile: str, report: Report) -> list[str]:
     cfg = load_config("lstm", profile)  # the folds and rows every family shares
     panel = load_panel(cfg)
     started = time.perf_counter()
-    result = wf.run_baselines(cfg, panel, vocab_for(panel), report)
+    result = wf.run(None, cfg, panel, vocab_for(panel), report)
     rw = result.baseline_predictions("random_walk")
     lines = [
         f"strongest on validation: {wf.strongest_classical(result)} "

@@ -83,32 +83,35 @@ def fit_on_fold(
 
 
 def run(
-    family: str,
+    family: str | None,
     cfg: TrainConfig,
     panel: Panel,
     vocab: Vocab,
     report: Progress = lambda _: None,
     progress: bool = False,
 ) -> WalkForward:
-    """Every fold: fit, then predict validation and test windows; baselines on the same rows."""
-    result = WalkForward(family)
+    """Every fold: fit, then predict validation and test windows; baselines on the same rows.
+    With `family` None, the baselines alone (no network): the yardstick in a few minutes."""
+    result = WalkForward(family or "baselines")
     fits = ClassicalFits(panel)
     for fold in folds_for(panel, cfg):
         started = time.perf_counter()
         report(
-            f"{family}: fold {fold.index + 1}/{cfg.n_folds} (test {fold.test_start.date()} → "
-            f"{fold.test_end.date()})"
+            f"{result.family}: fold {fold.index + 1}/{cfg.n_folds} (test "
+            f"{fold.test_start.date()} → {fold.test_end.date()})"
         )
-        module, scaler = fit_on_fold(family, cfg, panel, vocab, fold, progress)
+        if family is None:
+            module, scaler = None, fit_scaler(panel, fold.fit_end)
+        else:
+            module, scaler = fit_on_fold(family, cfg, panel, vocab, fold, progress)
         test = window_set(panel, scaler, vocab, fold.test_start, fold.test_end).labelled()
         val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end).labelled()
-
         result.folds.append(
             FoldResult(
                 fold,
                 time.perf_counter() - started,
-                test=to_frame(test, predict(module, test), cfg.horizons),
-                val=to_frame(val, predict(module, val), cfg.horizons),
+                test=_predicted(module, test, cfg),
+                val=_predicted(module, val, cfg),
                 baselines=_baselines(test, BASELINES, panel, fold, fits),
                 val_baselines=_baselines(val, ("random_walk", *CLASSICAL), panel, fold, fits),
             )
@@ -116,30 +119,8 @@ def run(
     return result
 
 
-def run_baselines(
-    cfg: TrainConfig, panel: Panel, vocab: Vocab, report: Progress = lambda _: None
-) -> WalkForward:
-    """The walk-forward of the baselines alone (no network): the same folds and rows as a
-    network's, in a few minutes, to see the yardstick before training anything."""
-    result = WalkForward("baselines")
-    fits = ClassicalFits(panel)
-    for fold in folds_for(panel, cfg):
-        started = time.perf_counter()
-        report(f"baselines: fold {fold.index + 1}/{cfg.n_folds}")
-        scaler = fit_scaler(panel, fold.fit_end)
-        test = window_set(panel, scaler, vocab, fold.test_start, fold.test_end).labelled()
-        val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end).labelled()
-        result.folds.append(
-            FoldResult(
-                fold,
-                time.perf_counter() - started,
-                test=pd.DataFrame(),
-                val=pd.DataFrame(),
-                baselines=_baselines(test, BASELINES, panel, fold, fits),
-                val_baselines=_baselines(val, ("random_walk", *CLASSICAL), panel, fold, fits),
-            )
-        )
-    return result
+def _predicted(module: QuantileForecaster | None, ws: WindowSet, cfg: TrainConfig) -> pd.DataFrame:
+    return pd.DataFrame() if module is None else to_frame(ws, predict(module, ws), cfg.horizons)
 
 
 def _baselines(
