@@ -207,16 +207,7 @@ class AuthService:
             raise unauthorized("wrong e-mail or password") from None
         index = self._keyring.blind_index(address)
         await self._spend_account_budget(index)
-        guard = LoginGuard(self._redis_call, self._redis, self._settings, index, self.ip_hash(ip))
-        locked_for = await guard.locked_for()
-        if locked_for > 0:
-            await self.audit("login_locked", None, ip)
-            raise ProblemError(
-                429,
-                "account_locked",
-                "too many failed logins; try again later",
-                headers={"Retry-After": str(locked_for)},
-            )
+        guard = await self._unlocked_guard(index, ip, None)
         user = await self._users.by_email_index(index)
         stored = user.password_hash if user else None
         ok, rehash = await verify_password(password, stored)
@@ -228,6 +219,23 @@ class AuthService:
             await self._users.set_password(user.id, rehash)
         await guard.succeeded()
         return await self.start_session(user, user_agent, ip)
+
+    async def _unlocked_guard(
+        self, index: str, ip: str | None, user_id: uuid.UUID | None
+    ) -> LoginGuard:
+        """The failure bookkeeping of password attempts on this account from this address;
+        429 `account_locked` (audited) while either is locked out."""
+        guard = LoginGuard(self._redis_call, self._redis, self._settings, index, self.ip_hash(ip))
+        locked_for = await guard.locked_for()
+        if locked_for > 0:
+            await self.audit("login_locked", user_id, ip)
+            raise ProblemError(
+                429,
+                "account_locked",
+                "too many failed logins; try again later",
+                headers={"Retry-After": str(locked_for)},
+            )
+        return guard
 
     async def _spend_account_budget(self, index: str) -> None:
         """Attempts on one account, from anywhere (the address budget is the router's)."""
@@ -429,11 +437,7 @@ class AuthService:
                 "no_password",
                 "this account signs in through a provider; set a password with a reset link",
             )
-        guard = LoginGuard(
-            self._redis_call, self._redis, self._settings, user.email_index, self.ip_hash(ip)
-        )
-        if await guard.locked_for() > 0:
-            raise ProblemError(429, "account_locked", "too many wrong passwords; try later")
+        guard = await self._unlocked_guard(user.email_index, ip, user.id)
         if not (await verify_password(current, user.password_hash))[0]:
             await guard.failed()
             await self.audit("password_change_failed", user.id, ip)
