@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from api.db.users import UserRepository, UserSecretRepository
 from api.security.crypto import Keyring, email_context, secret_context
 
 RETIRED_KEY_ID = "dev"
@@ -33,41 +34,34 @@ class Resealed:
 
 
 async def sealed_with_retired_key(conn: asyncpg.Connection) -> int:
-    return int(
-        await conn.fetchval(
-            """SELECT (SELECT count(*) FROM users WHERE email_ct LIKE 'dev:%')
-                    + (SELECT count(*) FROM user_secrets WHERE ciphertext LIKE 'dev:%')"""
-        )
+    users, secrets = UserRepository(conn), UserSecretRepository(conn)
+    return await users.count_sealed_with(RETIRED_KEY_ID) + await secrets.count_sealed_with(
+        RETIRED_KEY_ID
     )
 
 
 async def reseal(conn: asyncpg.Connection, keyring: Keyring) -> Resealed:
-    """Move every row under the retired key to `keyring`, in one transaction."""
+    """Move every row under the retired key to `keyring`, in one transaction: the same walk as
+    key rotation (`pipelines.security_cli.rotate_fields`), plus the e-mails' new blind index."""
     if RETIRED_KEY_ID in keyring.keys:
         raise ValueError("the active keyring still holds the retired development key")
     old = retired_ring()
+    users, secrets = UserRepository(conn), UserSecretRepository(conn)
+    accounts = stored = 0
     async with conn.transaction():
-        users = await conn.fetch(
-            "SELECT id, email_ct FROM users WHERE email_ct LIKE 'dev:%' FOR UPDATE"
-        )
-        for row in users:
-            email = old.decrypt(row["email_ct"], email_context(row["id"]))
-            await conn.execute(
-                "UPDATE users SET email_ct = $2, email_index = $3 WHERE id = $1",
-                row["id"],
-                keyring.encrypt(email, email_context(row["id"])),
-                keyring.blind_index(email),
+        for user_id, email_ct in await users.email_ciphertexts():
+            if old.key_id(email_ct) != RETIRED_KEY_ID:
+                continue
+            email = old.decrypt(email_ct, email_context(user_id))
+            sealed = keyring.encrypt(email, email_context(user_id))
+            await users.set_email_ciphertext(user_id, sealed, keyring.blind_index(email))
+            accounts += 1
+        for user_id, name, ciphertext in await secrets.ciphertexts():
+            if old.key_id(ciphertext) != RETIRED_KEY_ID:
+                continue
+            context = secret_context(user_id, name)
+            await secrets.set_ciphertext(
+                user_id, name, keyring.encrypt(old.decrypt(ciphertext, context), context)
             )
-        stored = await conn.fetch(
-            """SELECT user_id, name, ciphertext FROM user_secrets
-               WHERE ciphertext LIKE 'dev:%' FOR UPDATE"""
-        )
-        for row in stored:
-            context = secret_context(row["user_id"], row["name"])
-            await conn.execute(
-                "UPDATE user_secrets SET ciphertext = $3 WHERE user_id = $1 AND name = $2",
-                row["user_id"],
-                row["name"],
-                keyring.encrypt(old.decrypt(row["ciphertext"], context), context),
-            )
-    return Resealed(len(users), len(stored))
+            stored += 1
+    return Resealed(accounts, stored)

@@ -128,8 +128,24 @@ class UserRepository:
         rows = await self._db.fetch("SELECT id, email_ct FROM users FOR UPDATE")
         return [(r["id"], r["email_ct"]) for r in rows]
 
-    async def set_email_ciphertext(self, user_id: uuid.UUID, email_ct: str) -> None:
-        await self._db.execute("UPDATE users SET email_ct = $2 WHERE id = $1", user_id, email_ct)
+    async def set_email_ciphertext(
+        self, user_id: uuid.UUID, email_ct: str, email_index: str | None = None
+    ) -> None:
+        """Replace the ciphertext (and the blind index, when the index key changed too)."""
+        await self._db.execute(
+            "UPDATE users SET email_ct = $2, email_index = coalesce($3, email_index) WHERE id = $1",
+            user_id,
+            email_ct,
+            email_index,
+        )
+
+    async def count_sealed_with(self, key_id: str) -> int:
+        """E-mails sealed with key `key_id` (ciphertexts are `<key id>:...`)."""
+        return int(
+            await self._db.fetchval(
+                "SELECT count(*) FROM users WHERE starts_with(email_ct, $1 || ':')", key_id
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -417,6 +433,14 @@ class UserSecretRepository:
         """Every stored secret's ciphertext, rows locked (key rotation, inside a transaction)."""
         rows = await self._db.fetch("SELECT user_id, name, ciphertext FROM user_secrets FOR UPDATE")
         return [(r["user_id"], r["name"], r["ciphertext"]) for r in rows]
+
+    async def count_sealed_with(self, key_id: str) -> int:
+        return int(
+            await self._db.fetchval(
+                "SELECT count(*) FROM user_secrets WHERE starts_with(ciphertext, $1 || ':')",
+                key_id,
+            )
+        )
 
     async def set_ciphertext(self, user_id: uuid.UUID, name: str, ciphertext: str) -> None:
         """Replace the ciphertext only (re-encryption; the secret itself did not change)."""
