@@ -26,7 +26,6 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
 from api.observability import init_sentry
 from api.openapi_examples import attach as attach_examples
-from api.predictor import Predictor
 from api.realtime import Hub
 from api.routers import (
     admin,
@@ -54,6 +53,7 @@ from api.services.alerts import AlertEvaluator, AlertMailer, Notifier
 from api.services.chat.providers import ProviderChain
 from api.services.chat.service import purge_expired
 from api.settings import Settings
+from contracts import Predictor
 from features.live import YFinanceProvider
 
 log = structlog.get_logger(__name__)

@@ -33,6 +33,7 @@ from api import channels
 from api.errors import ProblemError
 from api.services.auth import Principal
 from api.services.predictions import PredictionService
+from contracts import DEFAULT_FAMILY
 from features.bars import normalise_ticker
 
 log = structlog.get_logger(__name__)
@@ -89,7 +90,7 @@ class Connection:
     outbox: Outbox
     tickers: set[str] = field(default_factory=set)
     horizon: int = 5
-    model: str = "ensemble"
+    model: str = DEFAULT_FAMILY
     # forecast refreshes: one in flight per socket, so they arrive in feed order; days coming
     # in meanwhile collapse into the newest (a slow model skips days instead of piling up work)
     refreshing: bool = False

@@ -30,9 +30,9 @@ import pandas as pd
 import psutil
 
 from api.app import create_app
-from api.predictor import ForecastRequest, SeriesInput
 from api.settings import Settings
 from benchmarks.common import free_port, percentile
+from contracts import ForecastRequest, SeriesInput
 from features.datasets import load_universe
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import bars_stored, ingest_bundled

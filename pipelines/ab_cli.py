@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from api.predictor import FAMILIES, HORIZONS
 from api.settings import Settings
+from contracts import FAMILIES, HORIZONS
 
 
 def with_conn[T](settings: Settings, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

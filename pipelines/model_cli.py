@@ -15,8 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.settings import Settings
-
-FAMILY_CHOICES = ("lstm", "transformer", "hybrid", "ensemble")
+from contracts import FAMILIES, MEMBERS, NETWORKS
 
 
 def _client(settings: Settings):
@@ -57,13 +56,14 @@ def register_commands(
 
     @app.command()
     def train(
-        model: Annotated[str, typer.Option(help="lstm, transformer, hybrid, ensemble or all")],
+        model: Annotated[str, typer.Option(help=f"{', '.join(FAMILIES)} or all")],
         profile: Annotated[str, typer.Option(help="params.yaml profile")] = "full",
         register: Annotated[bool, typer.Option(help="register the result in MLflow")] = False,
     ) -> None:
         """Walk-forward evaluate and fit a family (or all); log to MLflow; write a model card."""
-        from pipelines.train import featurize, train_ensemble, train_member
-        from training.data import FEATURES_FILE, MEMBERS, read_bars
+        from pipelines.train import featurize
+        from pipelines.train import train as train_family
+        from training.data import FEATURES_FILE, read_bars
 
         settings = settings_factory()
         _client(settings)
@@ -71,15 +71,11 @@ def register_commands(
             console.print(f"computing features once into {FEATURES_FILE} ...")
             featurize(read_bars())
         families = [*MEMBERS, "ensemble"] if model == "all" else [model]
-        unknown = set(families) - set(FAMILY_CHOICES)
+        unknown = set(families) - set(FAMILIES)
         if unknown:
-            raise typer.BadParameter(f"unknown model {sorted(unknown)}; choose {FAMILY_CHOICES}")
+            raise typer.BadParameter(f"unknown model {sorted(unknown)}; choose {FAMILIES}")
         for family in families:
-            card = (
-                train_ensemble(profile, console.print)
-                if family == "ensemble"
-                else train_member(family, profile, console.print, progress=True)
-            )
+            card = train_family(family, profile, console.print, progress=True)
             for line in card.skill().values():
                 console.print(f"  {family}: {line['verdict']} (skill {line['skill_vs_rw']:+.2%})")
         if register:
@@ -99,19 +95,18 @@ def register_commands(
 
     @app.command()
     def tune(
-        model: Annotated[str, typer.Option(help="lstm, transformer or hybrid")],
+        model: Annotated[str, typer.Option(help=", ".join(NETWORKS))],
         trials: Annotated[int, typer.Option(help="configurations to sample", min=1)],
         profile: Annotated[str, typer.Option(help="params.yaml profile")] = "full",
         concurrent: Annotated[int, typer.Option(help="trials at once, one CPU each", min=1)] = 1,
     ) -> None:
         """Search hyper-parameters with Ray Tune (ASHA); write the best to params.yaml `tuned`."""
         from training.config import PARAMS_FILE
-        from training.data import MEMBERS
         from training.tune import tune_family
 
         settings = settings_factory()
-        if model not in MEMBERS:
-            raise typer.BadParameter(f"unknown model {model!r}; choose {MEMBERS}")
+        if model not in NETWORKS:
+            raise typer.BadParameter(f"unknown model {model!r}; choose {NETWORKS}")
         result = tune_family(
             model,
             profile,
@@ -131,11 +126,20 @@ def register_commands(
     def evaluate(
         out: Annotated[Path, typer.Option(help="report folder")] = Path("reports"),
     ) -> None:
-        """Collect the walk-forward table of every trained model and both baselines."""
+        """Collect the walk-forward table of every trained model and both baselines, and the
+        plot data (skill per fold, reliability, fan chart); log them all to MLflow."""
+        from pipelines.plots import log_evaluation, write_plots
         from pipelines.report import write_walkforward_report
 
-        settings_factory()
-        console.print(f"wrote {write_walkforward_report(Path('models'), out)}")
+        settings = settings_factory()
+        models_dir = Path("models")
+        report = write_walkforward_report(models_dir, out)
+        plots = write_plots(models_dir, out / "plots")
+        run_id = log_evaluation(
+            [report, report.with_suffix(".json")], plots, settings.mlflow_tracking_uri
+        )
+        console.print(f"wrote {report} and {', '.join(str(p) for p in plots.paths)}")
+        console.print(f"fan chart: {plots.model} on {plots.ticker}; MLflow run {run_id}")
 
     @app.command("register")
     def registered() -> None:
@@ -155,7 +159,7 @@ def register_commands(
         table = Table(
             "model", "version", "aliases", "h1 skill", "h5 skill", "h20 skill", "h5 cover80", "run"
         )
-        for family in FAMILY_CHOICES:
+        for family in FAMILIES:
             for v in registry.versions(client, family):
                 m = v.metrics
                 table.add_row(

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from api.db.migrate import upgrade
 from api.db.models import AliasEvent, AliasEventRepository
+from contracts import FAMILIES
 from training import registry
 
 MODELS_DIR = Path("models")
@@ -124,7 +125,7 @@ async def register_trained(
     The ensemble is registered last, tagged with the exact member versions it was fitted with.
     """
     versions: dict[str, str] = {}
-    for family in registry.FAMILIES:
+    for family in FAMILIES:
         run_file = models_dir / family / "run.json"
         if not run_file.exists():
             continue
@@ -152,7 +153,7 @@ async def register_trained(
             actor,
             f"registered from training run {run['run_id']}",
         )
-    if not any((models_dir / f / "run.json").exists() for f in registry.FAMILIES):
+    if not any((models_dir / f / "run.json").exists() for f in FAMILIES):
         raise RegistryError(f"nothing trained under {models_dir}; run `stockcopilot train` first")
     (models_dir / "registry.json").write_text(json.dumps(versions, indent=2))
     return versions

@@ -1,4 +1,5 @@
-"""Training stages: featurize → train (per family) → ensemble → evaluate → register.
+"""Training stages: featurize → train (per family: classical, networks) → ensemble → evaluate →
+register.
 
 Each stage reads and writes files under `data/` and `models/` so DVC can cache and reproduce it;
 training runs are tracked in MLflow (one experiment per family).
@@ -15,14 +16,25 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from contracts import FAMILY_KINDS, MEMBERS
 from features.windows import FeatureConfig
 from training import registry
 from training import walkforward as wf
-from training.baselines import BASELINES
-from training.bundle import EnsembleBundle, ForecastBundle
+from training.baselines import BASELINES, ClassicalFits, baseline, to_frame
+from training.bundle import Bundle, ClassicalBundle, EnsembleBundle, ForecastBundle
 from training.card import ModelCard
+from training.classical import SERVED
 from training.config import TrainConfig, load_config
-from training.data import FEATURES_FILE, MEMBERS, build_panel, load_panel, panel_to_frame, vocab_for
+from training.data import (
+    FEATURES_FILE,
+    build_panel,
+    final_fold,
+    fit_scaler,
+    load_panel,
+    panel_to_frame,
+    vocab_for,
+    window_set,
+)
 from training.ensemble import align, combine, fit_weights
 
 MODELS_DIR = Path("models")
@@ -49,7 +61,7 @@ def _log_run(
     profile: str,
     cfg: TrainConfig,
     card: ModelCard,
-    bundle: ForecastBundle | EnsembleBundle,
+    bundle: Bundle,
     out: Path,
 ) -> dict[str, str]:
     registry.experiment(family)
@@ -83,6 +95,18 @@ def _log_run(
     return info
 
 
+def train(
+    family: str, profile: str, report: Report, progress: bool = False, models_dir: Path = MODELS_DIR
+) -> ModelCard:
+    """The family's training stage, by its kind (see contracts.FAMILY_KINDS)."""
+    kind = FAMILY_KINDS[family]
+    if kind == "ensemble":
+        return train_ensemble(profile, report, models_dir)
+    if kind == "classical":
+        return train_classical(profile, report, models_dir)
+    return train_member(family, profile, report, progress, models_dir)
+
+
 def train_member(
     family: str, profile: str, report: Report, progress: bool = False, models_dir: Path = MODELS_DIR
 ) -> ModelCard:
@@ -97,38 +121,136 @@ def train_member(
     started = time.perf_counter()
     module, scaler, final_val, _ = wf.fit_final(family, cfg, panel, vocab, progress)
     final_seconds = time.perf_counter() - started
-    test, rw = result.predictions("test"), result.baseline_predictions("random_walk")
+    card = _card(
+        family,
+        profile,
+        cfg,
+        result,
+        result.predictions("test"),
+        {"walk_forward": walk_seconds, "final_fit": final_seconds},
+    )
+    splits = (result.predictions("test"), result.predictions("val"), final_val)
+    out = _write_outputs(family, result, splits, models_dir)
+    bundle = ForecastBundle.from_module(
+        module, panel.config, scaler, vocab, {"skill": card.skill(), "profile": profile}
+    )
+    _log_run(family, profile, cfg, card, bundle, out)
+    return card
+
+
+def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR) -> ModelCard:
+    """The classical family (`garch`): walk-forward the baselines, serve whichever GARCH-type
+    model (GARCH-t or GJR-t) was stronger on validation, fitted per ticker on the same rows up
+    to the production fit end the networks use. Seconds to minutes, not hours."""
+    family = "garch"
+    cfg = load_config(family, profile)
+    panel = load_panel(cfg)
+    vocab = vocab_for(panel)
+    started = time.perf_counter()
+    result = wf.run(None, cfg, panel, vocab, report)
+    walk_seconds = time.perf_counter() - started
+    chosen = wf.strongest_classical(result, SERVED)
+    report(f"{family}: serving {chosen} (stronger on validation); fitting every ticker")
+    started = time.perf_counter()
+    fold = final_fold(panel.dates, cfg.val_days, cfg.embargo)
+    fits = ClassicalFits(panel)
+    val = window_set(
+        panel, fit_scaler(panel, fold.fit_end), vocab, fold.val_start, fold.val_end
+    ).labelled()
+    final_val = to_frame(val, baseline(chosen, val, panel, fold.fit_end, fits), cfg.horizons)
+    fitted = {t: fits.fitted(chosen, t, fold.fit_end) for t in panel.series}
+    final_seconds = time.perf_counter() - started
+    test = result.baseline_predictions(chosen)
+    card = _card(
+        family,
+        profile,
+        cfg,
+        result,
+        test,
+        {"walk_forward": walk_seconds, "final_fit": final_seconds},
+        notes=[
+            f"serves {chosen}: {_CLASSICAL_NAMES[chosen]} with Student-t innovations, fitted "
+            f"per ticker ({sum(f is not None for f in fitted.values())} of {len(fitted)} "
+            "tickers; the others get the median dynamics at their own variance level)"
+        ],
+    )
+    splits = (test, result.baseline_predictions(chosen, "val"), final_val)
+    out = _write_outputs(family, result, splits, models_dir)
+    bundle = ClassicalBundle(
+        chosen,
+        cfg.horizons,
+        {t: f.params for t, f in fitted.items() if f is not None},
+        {t: {h: list(map(float, q)) for h, q in f.z.items()} for t, f in fitted.items() if f},
+        {"skill": card.skill(), "profile": profile},
+    )
+    _log_run(family, profile, cfg, card, bundle, out)
+    return card
+
+
+_CLASSICAL_NAMES = {"garch": "GARCH(1,1)", "gjr": "GJR-GARCH(1,1)"}
+
+
+def _card(
+    family: str,
+    profile: str,
+    cfg: TrainConfig,
+    result: wf.WalkForward,
+    test: pd.DataFrame,
+    seconds: dict[str, float],
+    notes: list[str] | None = None,
+) -> ModelCard:
+    """Metrics of `test` against the random walk and the strongest classical baseline (picked
+    on validation), with every baseline's own, on the same folds."""
+    rw = result.baseline_predictions("random_walk")
     strongest = wf.strongest_classical(result)
     reference = (strongest, result.baseline_predictions(strongest))
-    metrics = {family: wf.score(test, rw, cfg, reference)}
-    metrics |= {name: wf.score(result.baseline_predictions(name), rw, cfg) for name in BASELINES}
-    card = ModelCard(
+    metrics = {name: wf.score(result.baseline_predictions(name), rw, cfg) for name in BASELINES}
+    # after the baselines: the classical family's own entry replaces its namesake baseline's
+    metrics[family] = wf.score(test, rw, cfg, reference)
+    return ModelCard(
         family,
         profile,
         cfg.to_dict(),
         _fold_rows([r.fold for r in result.folds]),
         metrics,
-        {"walk_forward": walk_seconds, "final_fit": final_seconds},
-        notes=[_reference_note(strongest)],
+        seconds,
+        notes=[_reference_note(strongest), *(notes or []), *_profile_notes(family, profile)],
     )
+
+
+def _profile_notes(family: str, profile: str) -> list[str]:
+    if profile != "quick" or FAMILY_KINDS[family] == "classical":
+        return []
+    return [
+        "quick profile (a few tickers, a couple of epochs): a smoke-test model and a challenger "
+        "to the classical champion, not a forecaster to rely on"
+    ]
+
+
+def _write_outputs(
+    family: str,
+    result: wf.WalkForward,
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    models_dir: Path,
+) -> Path:
+    """Predictions (test, val, final_val), the baselines' and the reference's name, for the
+    ensemble and the evaluate stage."""
     out = models_dir / family
     out.mkdir(parents=True, exist_ok=True)
+    test, val, final_val = splits
     pd.concat(
         [
-            result.predictions("test").assign(split="test"),
-            result.predictions("val").assign(split="val"),
+            test.assign(split="test"),
+            val.assign(split="val"),
             final_val.assign(split="final_val", fold=-1),
         ],
         ignore_index=True,
     ).to_parquet(out / "predictions.parquet", index=False)
     for name in BASELINES:
         result.baseline_predictions(name).to_parquet(out / f"baseline_{name}.parquet", index=False)
-    (out / "reference.json").write_text(json.dumps({"strongest_classical": strongest}))
-    bundle = ForecastBundle.from_module(
-        module, panel.config, scaler, vocab, {"skill": card.skill(), "profile": profile}
-    )
-    _log_run(family, profile, cfg, card, bundle, out)
-    return card
+    reference = wf.strongest_classical(result)
+    (out / "reference.json").write_text(json.dumps({"strongest_classical": reference}))
+    return out
 
 
 def _reference_note(name: str) -> str:
@@ -181,6 +303,7 @@ def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) 
             _reference_note(strongest),
             f"final weights: {final}",
             "members: " + ", ".join(f"{f} run {r['run_id']}" for f, r in runs.items()),
+            *_profile_notes("ensemble", profile),
         ],
     )
     out = models_dir / "ensemble"

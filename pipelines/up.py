@@ -19,22 +19,24 @@ log = structlog.get_logger(__name__)
 
 
 def ensure_champions(settings: Settings, console: Console) -> None:
-    """Train and register the quick profile once if any family lacks a champion."""
-    from pipelines.models import connect, default_actor, register_trained
-    from pipelines.train import train_ensemble, train_member
+    """Train and register the quick profile once if any family lacks a champion: the classical
+    family first (every ticker, in seconds: the champion that serves by default), then the
+    quick networks and the ensemble, which are smoke-test challengers to it."""
+    from contracts import CHAMPION, FAMILIES, MEMBERS
+    from pipelines.models import MODELS_DIR, connect, default_actor, register_trained
+    from pipelines.train import train
     from training import registry
-    from training.data import MEMBERS
 
     client = registry.configure(settings.mlflow_tracking_uri)
-    missing = [
-        f for f in registry.FAMILIES if registry.alias_version(client, f, "champion") is None
-    ]
+    missing = {f for f in FAMILIES if registry.alias_version(client, f, CHAMPION) is None}
     if not missing:
         return
-    console.print(f"no champion for {', '.join(missing)}: training the quick profile once ...")
-    for family in MEMBERS:
-        train_member(family, "quick", console.print)
-    train_ensemble("quick", console.print)
+    if "ensemble" in missing:  # the ensemble is fitted on its members' stored predictions
+        missing |= {f for f in MEMBERS if not (MODELS_DIR / f / "run.json").exists()}
+    order = [f for f in FAMILIES if f in missing]  # members before the ensemble
+    console.print(f"no champion for {', '.join(order)}: training the quick profile once ...")
+    for family in order:
+        train(family, "quick", console.print)
 
     async def register() -> dict[str, str]:
         conn = await connect(settings.database_url or "")

@@ -3,7 +3,8 @@
 ```
 StockCopilotIngress (FastAPI from api.create_app)
   └─ ABRouter (sticky variant chosen by the ingress; dispatch + routing table)
-       ├─ LSTMForecaster ─┐
+       ├─ GarchForecaster ─┐
+       ├─ LSTMForecaster ─┤
        ├─ TransformerForecaster ─┤◄── EnsembleForecaster (members through handles)
        ├─ HybridForecaster ─┘
        └─ EnsembleForecaster
@@ -22,6 +23,7 @@ from serving.config import ServeAppConfig
 from serving.deployments import (
     ABRouter,
     EnsembleForecaster,
+    GarchForecaster,
     HybridForecaster,
     LSTMForecaster,
     StockCopilotIngress,
@@ -54,6 +56,7 @@ def build_app(config: ServeAppConfig) -> Application:
     members = {
         family: deployment.options(**config.family(family).deployment_options()).bind(settings)
         for family, deployment in (
+            ("garch", GarchForecaster),
             ("lstm", LSTMForecaster),
             ("transformer", TransformerForecaster),
             ("hybrid", HybridForecaster),

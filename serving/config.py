@@ -1,9 +1,10 @@
 """Typed configuration of the Serve application: one place for replicas, CPUs and the store URLs.
 
-Sizing for the 2-core, 24 GiB development machine: every model replica imports torch
-(~0.7 GiB RSS), so each family scales 1 → 3 replicas and the ensemble, router and ingress 1 → 2.
-CPU shares are scheduling weights, sized so that even every deployment at its maximum fits two
-cores (3×3×0.15 + 2×0.15 + 2×0.05 + 2×0.1 = 1.95): a replica that cannot be placed would sit
+Sizing for the 2-core, 24 GiB development machine: every network replica imports torch
+(~0.7 GiB RSS), so each network family scales 1 → 3 replicas; the classical family (numpy only,
+microseconds a ticker), the ensemble, router and ingress 1 → 2. CPU shares are scheduling
+weights, sized so that even every deployment at its maximum fits two cores
+(3×3×0.15 + 2×0.05 + 2×0.1 + 2×0.05 + 2×0.1 = 1.95): a replica that cannot be placed would sit
 pending, and the single-threaded forward pass of these small networks takes milliseconds, so
 the shares rarely bind. `max_ongoing_requests` bounds the queue inside one replica (back-pressure
 goes to the router instead), and `target_ongoing_requests=2` makes the autoscaler add a model
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from api.settings import Settings
+from contracts import FAMILY_KINDS
 
 
 class Scaling(BaseModel):
@@ -46,7 +48,8 @@ class ServeAppConfig(BaseModel):
 
     settings: Settings
     model: Scaling = Field(default_factory=lambda: Scaling(max_replicas=3))
-    ensemble: Scaling = Field(default_factory=Scaling)
+    classical: Scaling = Field(default_factory=lambda: Scaling(num_cpus=0.05))
+    ensemble: Scaling = Field(default_factory=lambda: Scaling(num_cpus=0.1))
     router: Scaling = Field(
         default_factory=lambda: Scaling(
             num_cpus=0.05, max_ongoing_requests=64, target_ongoing_requests=16
@@ -58,8 +61,9 @@ class ServeAppConfig(BaseModel):
         )
     )
     overrides: dict[str, Scaling] = Field(
-        default_factory=dict, description="per-family scaling (lstm, transformer, hybrid)"
+        default_factory=dict, description="per-family scaling (garch, lstm, transformer, hybrid)"
     )
 
     def family(self, name: str) -> Scaling:
-        return self.overrides.get(name, self.model)
+        default = self.classical if FAMILY_KINDS[name] == "classical" else self.model
+        return self.overrides.get(name, default)

@@ -1,4 +1,5 @@
-"""Ray Serve deployments: one per model family, the ensemble, the A/B router and the ingress.
+"""Ray Serve deployments: one per model family (classical and networks), the ensemble, the A/B
+router and the ingress.
 
 Each family deployment serves its registered `champion` (and `challenger`, when one exists) and
 re-reads the MLflow aliases every `alias_poll_s`; a moved alias loads the new version first and
@@ -24,7 +25,9 @@ from api import channels
 from api.db.ab import PredictionLogRepository
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
-from api.predictor import (
+from api.services.ab import CHALLENGER, CHAMPION
+from api.settings import Settings
+from contracts import (
     FamilyCatalogue,
     ForecastBatch,
     ForecastRequest,
@@ -32,8 +35,6 @@ from api.predictor import (
     Routing,
     model_name,
 )
-from api.services.ab import CHALLENGER, CHAMPION
-from api.settings import Settings
 from serving.guard import Probation, RollbackPolicy, live_verdict
 from serving.local import DbWeights, LocalPredictor, MemberPredictions
 from serving.ttl import TtlCache
@@ -323,6 +324,14 @@ class FamilyForecaster:
     async def forecast_with(self, model_uri: str, request: ForecastRequest) -> Any:
         """Predictions of one exact logged model (the ensemble's fitted members)."""
         return await self._predictor.predict_uri(model_uri, request)
+
+
+@serve.deployment(name="GarchForecaster")
+class GarchForecaster(FamilyForecaster):
+    """The classical family: per-ticker GARCH recursions in numpy, no torch in its process."""
+
+    family = "garch"
+    runs_networks = False
 
 
 @serve.deployment(name="LSTMForecaster")

@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 import numpy as np
 
 from api.db.ab import ResolvedLoss
-from api.predictor import HORIZONS
 from api.services.ab import CHALLENGER, CHAMPION
 from api.services.outcomes import ab_report
 from api.settings import Settings
+from contracts import HORIZONS
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from mlflow import MlflowClient
 
 from api.db.ab import challenger_weight
 from api.db.pool import create_pool
-from api.predictor import (
+from api.services.ab import CHALLENGER, CHAMPION
+from api.settings import Settings
+from contracts import (
     FamilyCatalogue,
     Forecast,
     ForecastBatch,
@@ -29,13 +31,10 @@ from api.predictor import (
     Routing,
     SeriesInput,
 )
-from api.services.ab import CHALLENGER, CHAMPION
-from api.settings import Settings
 from serving.ttl import TtlCache
 from training import registry
-from training.bundle import EnsembleBundle, ForecastBundle
+from training.bundle import Bundle, EnsembleBundle
 
-Bundle = ForecastBundle | EnsembleBundle
 WeightSource = Callable[[str], Awaitable[float]]
 # (member family, exact model URI, request) -> prediction records
 MemberPredictions = Callable[[str, str, ForecastRequest], Awaitable[list[dict[str, Any]]]]
@@ -180,7 +179,7 @@ class LocalPredictor:
     async def predict_uri(self, model_uri: str, request: ForecastRequest) -> list[dict[str, Any]]:
         """Prediction records of one exact logged model (an ensemble member)."""
         bundle = await self._bundle(model_uri)
-        if not isinstance(bundle, ForecastBundle):
+        if isinstance(bundle, EnsembleBundle):
             raise ModelUnavailable(f"{model_uri} is not a single-family forecaster")
         frame = await asyncio.to_thread(
             bundle.predict_closes, series_to_closes(request.series), _sectors(request.series)

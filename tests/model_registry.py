@@ -19,14 +19,14 @@ from tests.utils import TINY
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from training.bundle import EnsembleBundle, ForecastBundle
+    from training.bundle import ClassicalBundle, EnsembleBundle, ForecastBundle
 
 CFG = TINY
 TICKERS = ("AAPL", "KO", "XOM", "JPM", "MSFT")
 
 
 def log_and_register(
-    bundle: ForecastBundle | EnsembleBundle, family: str, directory: Path
+    bundle: ForecastBundle | ClassicalBundle | EnsembleBundle, family: str, directory: Path
 ) -> tuple[str, str]:
     import mlflow
 
@@ -54,11 +54,14 @@ def serving_registry(
     registry_uri: str,
     bundled_bars: pd.DataFrame,
 ) -> MlflowClient:
-    """lstm/transformer/hybrid champions (hybrid also has a challenger) and an ensemble."""
+    """garch/lstm/transformer/hybrid champions (hybrid also has a challenger) and an ensemble
+    of all four."""
+    from contracts import MEMBERS, NETWORKS
     from features.windows import FeatureConfig
     from training import registry
-    from training.bundle import EnsembleBundle, ForecastBundle
-    from training.data import MEMBERS, Vocab, build_panel
+    from training.baselines import ClassicalFits
+    from training.bundle import ClassicalBundle, EnsembleBundle, ForecastBundle
+    from training.data import Vocab, build_panel
     from training.walkforward import fit_on_fold, folds_for
 
     root = registry_root
@@ -75,27 +78,38 @@ def serving_registry(
         }
     )
     fold = folds_for(panel, CFG)[-1]
-    members = {}
-    for family in MEMBERS:
-        module, scaler = fit_on_fold(family, CFG, panel, vocab, fold)
-        card = {
-            "skill": {
-                h: {
-                    "skill_vs_rw": 0.0,
-                    "dm_pvalue": 0.9,
-                    "coverage_80": 0.8,
-                    "verdict": f"no better than a random walk at {h} day(s)",
-                }
-                for h in CFG.horizons
+    card = {
+        "skill": {
+            h: {
+                "skill_vs_rw": 0.0,
+                "dm_pvalue": 0.9,
+                "coverage_80": 0.8,
+                "verdict": f"no better than a random walk at {h} day(s)",
             }
+            for h in CFG.horizons
         }
+    }
+    fits = ClassicalFits(panel)
+    fitted = {t: fits.fitted("garch", t, fold.fit_end) for t in TICKERS}
+    garch = ClassicalBundle(
+        "garch",
+        CFG.horizons,
+        {t: f.params for t, f in fitted.items() if f is not None},
+        {t: {h: list(q) for h, q in f.z.items()} for t, f in fitted.items() if f is not None},
+        card,
+    )
+    version, uri = log_and_register(garch, "garch", root / "garch")
+    registry.set_alias(client, "garch", "champion", version)
+    members = {"garch": {"run_id": "", "model_uri": uri}}
+    for family in NETWORKS:
+        module, scaler = fit_on_fold(family, CFG, panel, vocab, fold)
         bundle = ForecastBundle.from_module(module, panel.config, scaler, vocab, card)
         version, uri = log_and_register(bundle, family, root / family)
         registry.set_alias(client, family, "champion", version)
         members[family] = {"run_id": "", "model_uri": uri}
     challenger, _ = log_and_register(bundle, "hybrid", root / "hybrid-2")
     registry.set_alias(client, "hybrid", "challenger", challenger)
-    weights = {h: dict.fromkeys(MEMBERS, 1 / 3) for h in CFG.horizons}
+    weights = {h: dict.fromkeys(MEMBERS, 1 / len(MEMBERS)) for h in CFG.horizons}
     version, _ = log_and_register(EnsembleBundle(weights, members), "ensemble", root / "ensemble")
     registry.set_alias(client, "ensemble", "champion", version)
     return client

@@ -1,7 +1,9 @@
 """Everything a trained forecaster needs to predict, saved as one folder (and one MLflow model).
 
-A bundle holds the network weights *and* the feature config, fitted scaler and vocabulary from
-training, so serving builds inputs with exactly the code and parameters training used.
+A network bundle holds the weights *and* the feature config, fitted scaler and vocabulary from
+training, so serving builds inputs with exactly the code and parameters training used. A
+classical bundle holds each ticker's fitted GARCH parameters and standardised quantiles; an
+ensemble bundle holds weights and the exact members they were fitted with.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 
 from features.bars import ticker_frame
 from features.windows import FeatureConfig, FeatureScaler, latest_windows
+from training import classical
 from training.baselines import to_frame
 from training.data import Vocab, WindowSet, latest_sigma
 from training.ensemble import align, combine
@@ -212,3 +215,105 @@ class EnsembleBundle:
         meta = _read_meta(directory)
         weights = {int(h): {f: float(x) for f, x in w.items()} for h, w in meta["weights"].items()}
         return cls(weights, meta["members"], meta.get("card", {}))
+
+
+MIN_RETURNS = 60  # fewer daily returns than this: no classical forecast for the ticker
+
+
+@dataclass
+class ClassicalBundle:
+    """The served classical family: a GARCH-type model (`model`: garch or gjr, whichever was
+    stronger on validation) with each ticker's own fitted parameters and standardised
+    quantiles. A ticker it was not fitted on (a user import) gets the median dynamics of the
+    fitted ones, its own variance level (variance targeting) and the median quantiles."""
+
+    model: str
+    horizons: tuple[int, ...]
+    params: dict[str, dict[str, float]]  # ticker -> omega, alpha[1], gamma[1], beta[1], ...
+    z: dict[str, dict[int, list[float]]]  # ticker -> horizon -> standardised q10, q50, q90
+    card: dict[str, Any] = field(default_factory=dict)
+    family: str = "garch"
+
+    @cached_property
+    def _pooled(self) -> tuple[dict[str, float], dict[int, np.ndarray]]:
+        z = {
+            h: np.median(np.array([by[h] for by in self.z.values()]), axis=0) for h in self.horizons
+        }
+        return classical.pooled_params(self.params), z
+
+    def predict_closes(
+        self,
+        closes: dict[str, pd.Series],
+        sectors: dict[str, str | None] | None = None,
+    ) -> pd.DataFrame:
+        """Quantile forecasts after each ticker's last close (no sector is needed)."""
+        rows = []
+        for ticker, close in closes.items():
+            returns = np.diff(np.log(close.to_numpy(np.float64)))
+            returns = returns[np.isfinite(returns)]
+            if len(returns) < MIN_RETURNS:
+                continue
+            params, z = self.params.get(ticker), self.z.get(ticker)
+            if params is None or z is None:
+                pooled, pooled_z = self._pooled
+                params = {**pooled, "omega": classical.target_omega(returns, pooled)}
+                z = {h: list(pooled_z[h]) for h in self.horizons}
+            variance = classical.garch_cumulative_variance(returns, params, self.horizons)
+            sigma = np.sqrt(np.maximum(variance, classical.VARIANCE_FLOOR))
+            for h, s in zip(self.horizons, sigma, strict=True):
+                q10, q50, q90 = (float(s * level) for level in z[h])
+                rows.append((ticker, close.index[-1], h, q10, q50, q90))
+        return pd.DataFrame(rows, columns=["ticker", "date", "horizon", "q10", "q50", "q90"])
+
+    def predict_bars(
+        self,
+        bars: pd.DataFrame,
+        as_of: pd.Timestamp | None = None,
+        sectors: dict[str, str | None] | None = None,
+    ) -> pd.DataFrame:
+        if as_of is not None:
+            bars = bars[bars["date"] <= as_of]
+        closes = {
+            ticker: ticker_frame(bars, ticker)["close"].dropna()
+            for ticker in sorted(bars["ticker"].unique())
+        }
+        return self.predict_closes(closes, sectors)
+
+    def save(self, directory: Path) -> Path:
+        return _write_meta(
+            directory,
+            {
+                "family": self.family,
+                "model": self.model,
+                "horizons": list(self.horizons),
+                "params": self.params,
+                "z": {t: {str(h): list(q) for h, q in by.items()} for t, by in self.z.items()},
+                "card": self.card,
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        meta = _read_meta(directory)
+        z = {t: {int(h): list(q) for h, q in by.items()} for t, by in meta["z"].items()}
+        return cls(
+            meta["model"],
+            tuple(meta["horizons"]),
+            meta["params"],
+            z,
+            meta.get("card", {}),
+            meta["family"],
+        )
+
+
+Bundle = ForecastBundle | ClassicalBundle | EnsembleBundle
+
+
+def load_folder(directory: Path) -> Bundle:
+    """Whichever kind of bundle the folder holds."""
+    family = _read_meta(directory).get("family")
+    if family == "ensemble":
+        return EnsembleBundle.load(directory)
+    if family == "garch":
+        return ClassicalBundle.load(directory)
+    return ForecastBundle.load(directory)

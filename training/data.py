@@ -26,7 +26,6 @@ from features.windows import (
 from training.config import TrainConfig
 
 HORIZONS: tuple[int, ...] = (1, 5, 20)
-MEMBERS = ("lstm", "transformer", "hybrid")  # the network families; the ensemble combines them
 BARS_FILE = Path("data/bars.parquet")  # DVC `ingest` output
 FEATURES_FILE = Path("data/features.parquet")  # DVC `featurize` output
 SIGMA_LOOKBACK = 60

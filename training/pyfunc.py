@@ -12,14 +12,18 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from training.bundle import EnsembleBundle, ForecastBundle
+from training.bundle import ClassicalBundle, EnsembleBundle, ForecastBundle, load_folder
 
 
 class ForecasterModel(mlflow.pyfunc.PythonModel):
-    """A single-family forecaster: network + feature config + scaler + vocabulary."""
+    """A single-family forecaster: a network (weights, feature config, scaler, vocabulary) or
+    the classical family (per-ticker GARCH parameters)."""
 
     def load_context(self, context: Any) -> None:
-        self.bundle = ForecastBundle.load(Path(context.artifacts["bundle"]))
+        bundle = load_folder(Path(context.artifacts["bundle"]))
+        if not isinstance(bundle, ForecastBundle | ClassicalBundle):
+            raise TypeError(f"{context.artifacts['bundle']} holds no single-family forecaster")
+        self.bundle = bundle
 
     def predict(
         self,

@@ -6,7 +6,6 @@ alias moves; callers record each move in the alias audit trail (see pipelines.mo
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,9 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from api.predictor import model_name
-from training.bundle import BUNDLE_FILE, EnsembleBundle, ForecastBundle
+from contracts import ALIASES, model_name
+from training.bundle import Bundle, EnsembleBundle, load_folder
 
-FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
-ALIASES = ("champion", "challenger")
 MLRUNS = Path("mlruns")
 
 
@@ -51,7 +48,7 @@ def experiment(family: str) -> str:
     return exp_id
 
 
-def log_bundle(bundle: ForecastBundle | EnsembleBundle, directory: Path) -> str:
+def log_bundle(bundle: Bundle, directory: Path) -> str:
     """Log the bundle as a pyfunc model inside the active run; returns the model URI."""
     from training.pyfunc import EnsembleModel, ForecasterModel
 
@@ -126,7 +123,7 @@ def versions(client: MlflowClient, family: str) -> list[VersionInfo]:
     return out
 
 
-def load_bundle(uri: str) -> ForecastBundle | EnsembleBundle:
+def load_bundle(uri: str) -> Bundle:
     """Load a registered model (e.g. `models:/stockcopilot-lstm@champion`) as its bundle.
 
     Reads the bundle folder straight from the model's artefacts rather than through
@@ -137,7 +134,4 @@ def load_bundle(uri: str) -> ForecastBundle | EnsembleBundle:
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     directory = local / flavor["artifacts"]["bundle"]["path"]
-    meta = json.loads((directory / BUNDLE_FILE).read_text())
-    if meta.get("family") == "ensemble":
-        return EnsembleBundle.load(directory)
-    return ForecastBundle.load(directory)
+    return load_folder(directory)

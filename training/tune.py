@@ -35,10 +35,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from api.settings import absolute_tracking_uri
+from contracts import NETWORKS
 from training import registry
 from training.config import PARAMS_FILE, TrainConfig, load_config
 from training.data import (
-    MEMBERS,
     Fold,
     Panel,
     Vocab,
@@ -341,8 +341,8 @@ def tune_family(
     with its parameters and `val_loss` per epoch. Ray is started here (one CPU per concurrent
     trial) unless it is already running, and shut down again only if it was started here.
     """
-    if family not in MEMBERS:
-        raise ValueError(f"can tune {MEMBERS}, not {family!r}")
+    if family not in NETWORKS:
+        raise ValueError(f"can tune {NETWORKS}, not {family!r}")
     if trials < 1 or max_concurrent < 1:
         raise ValueError("trials and max_concurrent must be at least 1")
     started = time.perf_counter()

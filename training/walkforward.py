@@ -132,12 +132,12 @@ def _baselines(
     }
 
 
-def strongest_classical(result: WalkForward) -> str:
-    """The classical baseline with the lowest validation loss relative to the random walk
-    (averaged over horizons, on the rows they all forecast): picked on validation blocks only,
-    never on the test folds it is then compared on."""
+def strongest_classical(result: WalkForward, candidates: tuple[str, ...] = CLASSICAL) -> str:
+    """The classical baseline (of `candidates`) with the lowest validation loss relative to the
+    random walk (averaged over horizons, on the rows they all forecast): picked on validation
+    blocks only, never on the test folds it is then compared on."""
     val_rw = result.baseline_predictions("random_walk", "val")
-    frames = {name: result.baseline_predictions(name, "val") for name in CLASSICAL}
+    frames = {name: result.baseline_predictions(name, "val") for name in candidates}
     keys = ["date", "ticker", "horizon"]
     shared = val_rw[keys]
     for frame in frames.values():

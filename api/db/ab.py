@@ -16,7 +16,7 @@ from datetime import date, datetime
 
 import asyncpg
 
-from api.predictor import Forecast
+from contracts import Forecast
 
 type Db = asyncpg.Connection | asyncpg.Pool
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from api.db.models import AliasEventRepository
 from api.deps import PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError, problems
-from api.predictor import FAMILIES, ModelVersion, Predictor, model_name
+from contracts import FAMILIES, ModelVersion, Predictor, model_name
 
 router = APIRouter(
     prefix="/api/v1/models", tags=["models"], dependencies=[require_scope("read:predictions")]

@@ -12,13 +12,13 @@ from api.deps import CallerKeyDep, PredictionsDep, require_scope
 from api.errors import problems
 from api.routers.stocks import TickerPath
 from api.schemas import Day, RequestModel
+from contracts import DEFAULT_FAMILY, FAMILIES, Family
 
 router = APIRouter(
     prefix="/api/v1/predictions",
     tags=["predictions"],
     dependencies=[require_scope("read:predictions")],
 )
-Family = Literal["lstm", "transformer", "hybrid", "ensemble"]
 
 
 class PriceQuantiles(BaseModel):
@@ -72,12 +72,12 @@ class BatchRequest(RequestModel):
         min_length=1, max_length=100
     )
     horizon: Literal[1, 5, 20] = 5
-    model: Family = "ensemble"
+    model: Family = DEFAULT_FAMILY
     as_of: Day | None = None
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"tickers": ["AAPL", "KO", "XOM"], "horizon": 5, "model": "ensemble"}]
+            "examples": [{"tickers": ["AAPL", "KO", "XOM"], "horizon": 5, "model": DEFAULT_FAMILY}]
         }
     )
 
@@ -92,7 +92,7 @@ async def predict(
     caller: CallerKeyDep,
     ticker: TickerPath,
     horizon: Annotated[int, Query(description="trading days: 1, 5 or 20")] = 5,
-    model: Annotated[str, Query(description="lstm, transformer, hybrid or ensemble")] = "ensemble",
+    model: Annotated[str, Query(description=", ".join(FAMILIES))] = DEFAULT_FAMILY,
     as_of: Annotated[Day | None, Query(description="predict from bars up to this date")] = None,
 ) -> Prediction:
     """Forecast one ticker: 10/50/90 % price quantiles and P(up), naming the model version."""

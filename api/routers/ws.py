@@ -29,12 +29,12 @@ from api.db.alerts import NotificationRepository
 from api.db.market import InstrumentRepository
 from api.db.users import UserRepository
 from api.errors import ProblemError
-from api.predictor import FAMILIES, HORIZONS
 from api.realtime import SCOPE, Connection, Hub, Outbox, Stream, parse_tickers
 from api.security.tokens import API_KEY_PREFIX
 from api.services.auth import AuthService, Principal
 from api.services.preferences import preferences
 from api.settings import Settings
+from contracts import FAMILIES, HORIZONS
 
 router = APIRouter()
 log = structlog.get_logger(__name__)

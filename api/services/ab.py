@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+from contracts import CHALLENGER, CHAMPION
+
+__all__ = ["CHALLENGER", "CHAMPION", "assign", "bucket"]
 
 
 def bucket(user_key: str, family: str) -> float:

@@ -55,6 +55,7 @@ from api.services.performance import daily_returns
 from api.services.portfolios import PortfolioAnalytics
 from api.services.predictions import PredictionService
 from api.services.preferences import preferences
+from contracts import DEFAULT_FAMILY, Family
 from features import indicators
 
 log = structlog.get_logger(__name__)
@@ -98,7 +99,7 @@ class PredictionAlert(_AlertBase):
     kind: Literal["prediction"]
     ticker: Ticker
     horizon: Literal[1, 5, 20] = 5
-    model: Literal["lstm", "transformer", "hybrid", "ensemble"] = "ensemble"
+    model: Family = DEFAULT_FAMILY
     direction: Literal["above", "below"]
     prob_up: float = Field(gt=0, lt=1, description="probability of a rise over the horizon")
 
@@ -134,7 +135,7 @@ class AlertBody(RootModel[AlertIn]):
                     "kind": "prediction",
                     "ticker": "XOM",
                     "horizon": 5,
-                    "model": "ensemble",
+                    "model": DEFAULT_FAMILY,
                     "direction": "above",
                     "prob_up": 0.6,
                 },

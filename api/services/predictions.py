@@ -15,7 +15,9 @@ from api.cache import JsonCache
 from api.db.ab import LoggedPrediction, PredictionLogRepository
 from api.db.market import BarRepository
 from api.errors import NotFound, ProblemError, Unprocessable
-from api.predictor import (
+from api.services.ab import CHALLENGER, assign
+from api.services.market_data import MarketDataService
+from contracts import (
     FAMILIES,
     HORIZONS,
     ForecastBatch,
@@ -24,8 +26,6 @@ from api.predictor import (
     Predictor,
     SeriesInput,
 )
-from api.services.ab import CHALLENGER, assign
-from api.services.market_data import MarketDataService
 from features.bars import normalise_ticker
 
 LOOKBACK_BARS = 400  # covers the longest feature (200-day average) plus any model window ≤ 200

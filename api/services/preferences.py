@@ -8,8 +8,8 @@ from typing import Any, Literal
 import structlog
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from api.predictor import FAMILIES
 from api.schemas import RequestModel
+from contracts import DEFAULT_FAMILY, FAMILIES
 
 log = structlog.get_logger(__name__)
 
@@ -26,9 +26,7 @@ class UserSettings(RequestModel):
     """Preferences the frontend keeps for the user (stored as one JSON document)."""
 
     notifications: NotificationPrefs = Field(default_factory=NotificationPrefs)
-    default_model: str = Field(
-        default="ensemble", description="lstm, transformer, hybrid, ensemble"
-    )
+    default_model: str = Field(default=DEFAULT_FAMILY, description=", ".join(FAMILIES))
     risk_tolerance: Literal["low", "medium", "high"] = "medium"
 
     model_config = ConfigDict(
@@ -36,7 +34,7 @@ class UserSettings(RequestModel):
             "examples": [
                 {
                     "notifications": {"email": True, "push": False, "model_events": False},
-                    "default_model": "ensemble",
+                    "default_model": DEFAULT_FAMILY,
                     "risk_tolerance": "medium",
                 }
             ]

@@ -17,7 +17,7 @@ from redis.asyncio.client import PubSub
 from api import channels
 from api.db.ab import LoggedPrediction, PredictionLogRepository
 from api.feed import BarProcessor, FeedLeader, PollingFeed, ReplayFeed, run_feed
-from api.predictor import Forecast
+from contracts import Forecast
 from features.bars import ticker_frame
 from features.live import YFinanceProvider
 from tests.features.test_live import _recorded

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contracts import FAMILIES
+
 ROOT = Path(__file__).resolve().parents[2]
 COPY = ("features", "training", "pipelines", "api", "serving", "dvc.yaml", "params.yaml")
 
@@ -57,7 +59,9 @@ def test_quick_profile_dvc_repro_trains_evaluates_and_registers(tmp_path: Path) 
         assert f"| {model} |" in report
     assert "Strongest classical baseline (picked on validation blocks): **" in report
     versions = json.loads((tmp_path / "models" / "registry.json").read_text())
-    assert set(versions) == {"lstm", "transformer", "hybrid", "ensemble"}
+    assert set(versions) == set(FAMILIES)
+    garch = json.loads((tmp_path / "models" / "garch" / "card.json").read_text())
+    assert garch["notes"][1].startswith(("serves garch", "serves gjr"))
     card = json.loads((tmp_path / "models" / "ensemble" / "card.json").read_text())
     assert card["profile"] == "quick" and set(card["skill"]) == {"1", "5", "20"}
     assert card["skill"]["1"]["reference"] in ("ewma", "garch", "gjr", "har")

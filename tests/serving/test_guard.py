@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from redis.asyncio import Redis
 
 from api.db.ab import LoggedPrediction, PredictionLogRepository, ResolvedLoss
-from api.predictor import Forecast, ForecastRequest, SeriesInput
 from api.settings import Settings
+from contracts import Forecast, ForecastRequest, SeriesInput
 from serving.deployments import FamilyForecaster
 from serving.guard import Probation, RollbackPolicy, live_verdict
 from tests.model_registry import log_and_register

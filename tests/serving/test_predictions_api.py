@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from api.db.models import AliasEvent, AliasEventRepository
 from api.services.predictions import prob_up
 from api.settings import Settings
+from contracts import FAMILIES
 from tests.serving.conftest import Caller
 
 
@@ -31,9 +32,10 @@ async def test_prediction_names_model_and_gives_ordered_price_bands(api: httpx.A
     assert "random walk" in body["skill"]["verdict"]
 
 
-async def test_ensemble_is_the_default_model(api: httpx.AsyncClient) -> None:
+async def test_the_classical_family_is_the_default_model(api: httpx.AsyncClient) -> None:
+    """No network has beaten GARCH on the yardstick, so it serves a request naming no model."""
     body = (await api.get("/api/v1/predictions/KO")).json()
-    assert body["model"]["family"] == "ensemble" and body["horizon"] == 5
+    assert body["model"]["family"] == "garch" and body["horizon"] == 5
 
 
 async def test_as_of_predicts_from_bars_up_to_that_date(api: httpx.AsyncClient) -> None:
@@ -206,7 +208,7 @@ async def test_models_lists_versions_aliases_weights_and_history(
     response = await api.get("/api/v1/models")
     assert response.status_code == 200
     families = {f["family"]: f for f in response.json()}
-    assert set(families) == {"lstm", "transformer", "hybrid", "ensemble"}
+    assert set(families) == set(FAMILIES)
     hybrid = families["hybrid"]
     assert (hybrid["champion"], hybrid["challenger"]) == ("1", "2")
     assert hybrid["challenger_weight"] == 0.5

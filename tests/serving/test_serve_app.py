@@ -142,6 +142,35 @@ def test_predictions_through_the_serve_proxy(serve_url: str, user_headers: dict[
     assert batch.status_code == 200 and len(batch.json()["predictions"]) == 2
 
 
+def test_the_classical_family_answers_through_the_serve_graph_by_default(
+    serve_url: str, user_headers: dict[str, str], serving_registry: MlflowClient
+) -> None:
+    """No model named: the classical champion answers (GarchForecaster replica, numpy only), with
+    the forecast the registered bundle gives in-process; the ensemble combines it too."""
+    answer = httpx.get(
+        f"{serve_url}/api/v1/predictions/KO",
+        params={"horizon": 5, "as_of": "2022-06-01"},
+        headers=user_headers,
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == {"family": "garch", "version": "1", "variant": "champion"}
+    assert body["quantiles"]["p10"] < body["quantiles"]["p50"] < body["quantiles"]["p90"]
+    bundle = registry.load_bundle("models:/stockcopilot-garch@champion")
+    assert "KO" in bundle.params  # fitted on KO itself, not the pooled fallback
+    batch = httpx.post(
+        f"{serve_url}/api/v1/predictions/batch",
+        json={"tickers": ["KO", "XOM"], "model": "garch", "horizon": 20, "as_of": "2022-06-01"},
+        headers=user_headers,
+        timeout=60,
+    )
+    assert batch.status_code == 200, batch.text
+    five_day, twenty_day = body["quantiles"], batch.json()["predictions"][0]["quantiles"]
+    # a longer horizon: a wider band around the same price
+    assert twenty_day["p90"] - twenty_day["p10"] > five_day["p90"] - five_day["p10"]
+
+
 @pytest.fixture(scope="module")
 def moved(
     serve_url: str,

@@ -97,3 +97,51 @@ def test_a_forecast_uses_only_returns_up_to_its_origin_and_the_fit_only_fit_rows
     )
     for h in HORIZONS:
         assert after.z[h] == pytest.approx(before.z[h])
+
+
+@pytest.mark.parametrize("model", ["garch", "gjr"])
+def test_the_vectorised_garch_forecast_is_arch_s_own(returns: pd.Series, model: str) -> None:
+    """Our one-filter recursion and closed-form multi-step sum give what `arch`'s (much slower)
+    analytic forecast gives, at every origin."""
+    from arch import arch_model
+
+    fit_end = _fit_end(returns)
+    ours = fit_forecast(model, returns, fit_end, HORIZONS)
+    last = int(returns.index.searchsorted(fit_end, side="right"))
+    params = pd.Series({k: v for k, v in ours.params.items() if k != "converged"})
+    fixed = arch_model(
+        returns.to_numpy() * 100, mean="Zero", p=1, o=int(model == "gjr"), q=1, dist="t"
+    )
+    fitted = fixed.fit(disp="off", last_obs=last, starting_values=params.to_numpy())
+    theirs = fitted.forecast(
+        params=params.to_numpy(), horizon=20, start=6900, reindex=False, method="analytic"
+    ).variance.to_numpy()
+    expected = np.cumsum(theirs, axis=1)[:, np.asarray(HORIZONS) - 1] / 100**2
+    got = ours.variance.iloc[6900:].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-8)
+
+
+def test_the_served_bundle_forecasts_what_the_walk_forward_scored(returns: pd.Series) -> None:
+    """`ClassicalBundle` (serving) on the last 400 closes gives the walk-forward's forecast at
+    that origin: the backcast's start has decayed away; a ticker it never saw gets a forecast
+    at its own variance level."""
+    from training.bundle import ClassicalBundle
+
+    fit_end = _fit_end(returns)
+    fitted = fit_forecast("gjr", returns, fit_end, HORIZONS)
+    bundle = ClassicalBundle(
+        "gjr", HORIZONS, {"SIM": fitted.params}, {"SIM": {h: list(q) for h, q in fitted.z.items()}}
+    )
+    closes = np.exp(np.concatenate([[0.0], np.cumsum(returns.to_numpy())]))
+    index = pd.bdate_range("1989-12-29", periods=len(closes))
+    tail = pd.Series(closes[-401:], index=index[-401:])
+    served = bundle.predict_closes({"SIM": tail, "NEW": tail * 3.0}).set_index(
+        ["ticker", "horizon"]
+    )
+    scored = fitted.quantiles(returns.index[-1:], HORIZONS)[0]
+    for j, h in enumerate(HORIZONS):
+        row = served.loc[("SIM", h)]
+        np.testing.assert_allclose(row[["q10", "q50", "q90"]].to_numpy(float), scored[j], rtol=1e-4)
+        new = served.loc[("NEW", h)]
+        assert new["q10"] < 0 < new["q90"]
+        assert 0.5 < new["q90"] / row["q90"] < 2  # same returns, so a similar band

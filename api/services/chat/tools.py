@@ -28,6 +28,7 @@ from api.services.market import MarketService
 from api.services.market_data import DateRange, MarketDataService
 from api.services.portfolios import PortfolioService
 from api.services.predictions import PredictionService
+from contracts import DEFAULT_FAMILY, Family
 from features import indicators
 
 log = structlog.get_logger(__name__)
@@ -60,7 +61,7 @@ class PatternArgs(TickerArgs):
 
 class PredictionArgs(TickerArgs):
     horizon: Literal[1, 5, 20] = Field(default=5, description="trading days ahead")
-    model: Literal["lstm", "transformer", "hybrid", "ensemble"] = "ensemble"
+    model: Family = DEFAULT_FAMILY
 
 
 class PortfolioArgs(BaseModel):

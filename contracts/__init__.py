@@ -1,6 +1,11 @@
-"""The seam between the API and model serving.
+"""The contract every layer shares: model families, horizons, aliases, registered-model names,
+and the forecast request/response types with the `Predictor` protocol. Nothing of ours is
+imported here; everything else imports from here.
 
-`api` never imports Ray: the serving layer passes a Ray-handle implementation, tests and
+Adding a model family is one entry in `Family` (and `FAMILY_KINDS`) plus its model code: every
+list of families, every `Literal` in the API and every CLI choice derives from these.
+
+`api` never imports Ray: the serving layer passes a Ray-handle `Predictor`, tests and
 `stockcopilot up --no-ray` pass an in-process one built from the same registered models. Inputs
 travel as plain closes so model replicas need no database access of their own.
 """
@@ -8,13 +13,38 @@ travel as plain closes so model replicas need no database access of their own.
 from __future__ import annotations
 
 from datetime import date
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field
 
 EPOCH = date(1970, 1, 1).toordinal()
-FAMILIES = ("lstm", "transformer", "hybrid", "ensemble")
-HORIZONS = (1, 5, 20)
+
+Family = Literal["garch", "lstm", "transformer", "hybrid", "ensemble"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+# classical: fitted per ticker in seconds (training.classical); network: a Lightning model
+# (training.models); ensemble: a weighted combination of the other families' quantiles
+FAMILY_KINDS: dict[str, Literal["classical", "network", "ensemble"]] = {
+    "garch": "classical",
+    "lstm": "network",
+    "transformer": "network",
+    "hybrid": "network",
+    "ensemble": "ensemble",
+}
+NETWORKS: tuple[str, ...] = tuple(f for f in FAMILIES if FAMILY_KINDS[f] == "network")
+MEMBERS: tuple[str, ...] = tuple(f for f in FAMILIES if FAMILY_KINDS[f] != "ensemble")
+# What a request that names no model gets: the family the walk-forward yardstick ranks first
+# (reports/walkforward.md). No network has beaten the classical family, so GARCH serves.
+DEFAULT_FAMILY: Family = "garch"
+
+Horizon = Literal[1, 5, 20]
+HORIZONS: tuple[int, ...] = get_args(Horizon)
+
+Alias = Literal["champion", "challenger"]
+ALIASES: tuple[str, ...] = get_args(Alias)
+CHAMPION, CHALLENGER = ALIASES
+
+if set(FAMILY_KINDS) != set(FAMILIES):
+    raise RuntimeError("every family needs its kind in FAMILY_KINDS")
 
 
 def model_name(family: str) -> str:
