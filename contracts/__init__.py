@@ -36,6 +36,8 @@ MEMBERS: tuple[str, ...] = tuple(f for f in FAMILIES if FAMILY_KINDS[f] != "ense
 # (reports/walkforward.md). No network has beaten the classical family, so GARCH serves.
 DEFAULT_FAMILY: Family = "garch"
 
+MARKET_TICKER = "SPX"  # the market every market-context feature is measured against
+
 Horizon = Literal[1, 5, 20]
 HORIZONS: tuple[int, ...] = get_args(Horizon)
 
@@ -77,6 +79,11 @@ class ForecastRequest(BaseModel):
     family: str
     variant: str = Field(description="champion or challenger, chosen by the A/B router")
     series: list[SeriesInput]
+    market: SeriesInput | None = Field(
+        default=None,
+        description=f"the market's ({MARKET_TICKER}) closes up to the newest as-of date, for "
+        "models with market-context features",
+    )
 
 
 class Forecast(BaseModel):

@@ -83,6 +83,14 @@ def pmdarima_msft_ohlcv() -> pd.DataFrame:
     return frame[["Open", "High", "Low", "Close", "Volume"]].rename(columns=str.lower)
 
 
+def arch_sp500_ohlcv() -> pd.DataFrame:
+    """S&P 500 index daily OHLCV 1999-2018 from arch, date-indexed, lower-case columns."""
+    from arch.data import sp500  # arch.data.nasdaq is reserved as untouched out-of-sample data
+
+    raw = sp500.load().rename_axis("date")
+    return raw[["Open", "High", "Low", "Close", "Volume"]].rename(columns=str.lower)
+
+
 def enrich_with_ohlc(close_only: pd.DataFrame, ohlcv: pd.DataFrame, source: str) -> pd.DataFrame:
     """Add open/high/low/volume from a second real source, scaled to the adjusted close.
 
@@ -106,7 +114,10 @@ _LOADERS: dict[str, Callable[[list[str]], pd.DataFrame]] = {
     "skfolio.factors": _skfolio_factors,
     "backtesting.goog": _backtesting_goog,
 }
-_OHLC_LOADERS: dict[str, Callable[[], pd.DataFrame]] = {"pmdarima.msft": pmdarima_msft_ohlcv}
+_OHLC_LOADERS: dict[str, Callable[[], pd.DataFrame]] = {
+    "pmdarima.msft": pmdarima_msft_ohlcv,
+    "arch.sp500": arch_sp500_ohlcv,
+}
 
 
 def load_bundled_bars(universe: Universe | None = None) -> pd.DataFrame:

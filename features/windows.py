@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import talib
 
-FEATURE_SET_VERSION = 1
+from contracts import MARKET_TICKER
+
+FEATURE_SET_VERSION = 2
 # Close-only features, so every series in the universe (including close-only ones) qualifies.
-DEFAULT_FEATURES: tuple[str, ...] = (
+OWN_FEATURES: tuple[str, ...] = (
     "log_ret_1",
     "log_ret_5",
     "log_ret_20",
@@ -33,7 +35,16 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "dist_sma_200",
     "bb_pct_b",
     "drawdown_252",
+    # Corsi's HAR components: mean absolute return over a day, a week, a month and a quarter
+    "abs_ret_1",
+    "abs_ret_5",
+    "abs_ret_22",
+    "abs_ret_66",
 )
+# Market context (needs the market's closes on the same dates): the S&P 500's own return and
+# volatility, the stock's volatility relative to it, and its rolling beta.
+MARKET_FEATURES: tuple[str, ...] = ("mkt_ret_1", "mkt_vol_22", "rel_vol_22", "beta_60")
+DEFAULT_FEATURES: tuple[str, ...] = (*OWN_FEATURES, *MARKET_FEATURES)
 
 
 class _SeriesOps:
@@ -131,14 +142,16 @@ def _rsi_14(values: np.ndarray) -> np.ndarray:
     return talib.RSI(values, 14)
 
 
-def _feature_columns(close: Any, ops: Any = _SeriesOps) -> dict[str, Any]:
+def _feature_columns(close: Any, ops: Any = _SeriesOps, market: Any = None) -> dict[str, Any]:
     """Every feature, defined once: on one ticker's pandas series (`_SeriesOps`), or on a
-    [bars, tickers] array with NaN before each ticker's first bar (`_TailOps`)."""
+    [bars, tickers] array with NaN before each ticker's first bar (`_TailOps`). `market`: the
+    market's closes on the same rows (the market features are left out without it)."""
     log_close = ops.log(close)
     ret = ops.diff(log_close, 1)
     sma20 = ops.mean(close, 20)
     std20 = ops.std(close, 20, ddof=0)
-    return {
+    absolute = abs(ret)
+    columns = {
         "log_ret_1": ret,
         "log_ret_5": ops.diff(log_close, 5),
         "log_ret_20": ops.diff(log_close, 20),
@@ -152,6 +165,23 @@ def _feature_columns(close: Any, ops: Any = _SeriesOps) -> dict[str, Any]:
         "dist_sma_200": close / ops.mean(close, 200) - 1.0,
         "bb_pct_b": (close - (sma20 - 2 * std20)) / ops.zero_to_nan(4 * std20),
         "drawdown_252": close / ops.running_max(close, 252) - 1.0,
+        "abs_ret_1": absolute,
+        "abs_ret_5": ops.mean(absolute, 5),
+        "abs_ret_22": ops.mean(absolute, 22),
+        "abs_ret_66": ops.mean(absolute, 66),
+    }
+    if market is None:
+        return columns
+    mret = ops.diff(ops.log(market), 1)
+    mvol = ops.std(mret, 22)
+    m_mean = ops.mean(mret, 60)
+    m_var = ops.mean(mret * mret, 60) - m_mean * m_mean
+    covariance = ops.mean(ret * mret, 60) - ops.mean(ret, 60) * m_mean
+    return columns | {
+        "mkt_ret_1": mret,
+        "mkt_vol_22": mvol,
+        "rel_vol_22": ops.std(ret, 22) / ops.zero_to_nan(mvol),
+        "beta_60": covariance / ops.zero_to_nan(m_var),
     }
 
 
@@ -170,6 +200,10 @@ class FeatureConfig:
         if not 1 <= self.window <= 1000:
             raise ValueError("window must be 1..1000 bars")
 
+    @property
+    def needs_market(self) -> bool:
+        return any(name in MARKET_FEATURES for name in self.features)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "features": list(self.features)}
 
@@ -178,16 +212,31 @@ class FeatureConfig:
         return cls(tuple(raw["features"]), int(raw["window"]), int(raw["version"]))
 
 
-def build_features(close: pd.Series, config: FeatureConfig) -> pd.DataFrame:
-    """Date-indexed feature frame from one ticker's closes; row t uses closes up to t only."""
+def market_on(dates: pd.DatetimeIndex, market: pd.Series) -> pd.Series:
+    """The market's closes on a ticker's own dates (the last known close on a day the market
+    series lacks; NaN before it starts)."""
+    return market.reindex(market.index.union(dates)).ffill().reindex(dates)
+
+
+def build_features(
+    close: pd.Series, config: FeatureConfig, market: pd.Series | None = None
+) -> pd.DataFrame:
+    """Date-indexed feature frame from one ticker's closes (and the market's, for the market
+    features); row t uses closes up to t only."""
     if close.isna().any() or (close <= 0).any():
         raise ValueError("closes must be positive and complete to build features")
-    columns = _feature_columns(close)
+    if config.needs_market and market is None:
+        raise ValueError(f"the market features need {MARKET_TICKER}'s closes")
+    aligned = None if market is None else market_on(close.index, market)
+    columns = _feature_columns(close, market=aligned)
     return pd.DataFrame({name: columns[name] for name in config.features}, index=close.index)
 
 
 def latest_windows(
-    closes: dict[str, pd.Series], config: FeatureConfig, scaler: FeatureScaler
+    closes: dict[str, pd.Series],
+    config: FeatureConfig,
+    scaler: FeatureScaler,
+    market: pd.Series | None = None,
 ) -> dict[str, np.ndarray]:
     """The newest scaled window of each ticker, all tickers at once.
 
@@ -196,7 +245,8 @@ def latest_windows(
     whole batch in one numpy expression, rolling statistics only over the newest `window` rows.
     The feature definitions are the ones training uses (`_feature_columns`), and a test checks
     each ticker's window against its own series built the training way. Tickers whose newest
-    window is incomplete (too little history) are left out.
+    window is incomplete (too little history) are left out. `market`: the market's closes,
+    aligned to each ticker's dates the way training aligns them (`market_on`).
     """
     usable = {t: c for t, c in closes.items() if len(c) >= config.window + 1}
     if not usable:
@@ -204,15 +254,21 @@ def latest_windows(
     for ticker, close in usable.items():
         if close.isna().any() or (close <= 0).any():
             raise ValueError(f"{ticker}: closes must be positive and complete to build features")
+    if config.needs_market and market is None:
+        raise ValueError(f"the market features need {MARKET_TICKER}'s closes")
     length = max(len(c) for c in usable.values())
     tickers = list(usable)
     wide = np.full((length, len(tickers)), np.nan)
+    wide_market = None if market is None else np.full_like(wide, np.nan)
     for i, ticker in enumerate(tickers):
         values = usable[ticker].to_numpy(np.float64)
         wide[length - len(values) :, i] = values
+        if wide_market is not None and market is not None:
+            on = market_on(usable[ticker].index, market)
+            wide_market[length - len(values) :, i] = on.to_numpy(np.float64)
     if list(config.features) != scaler.features:
         raise ValueError(f"scaler was fitted on {scaler.features}, got {list(config.features)}")
-    columns = _feature_columns(wide, _TailOps(config.window))
+    columns = _feature_columns(wide, _TailOps(config.window), wide_market)
     mean = np.asarray(scaler.mean)
     std = np.asarray(scaler.std)
     tail = np.stack([columns[name][-config.window :] for name in config.features], axis=-1)

@@ -18,10 +18,10 @@ import pandas as pd
 
 from contracts import FAMILY_KINDS, MEMBERS
 from features.windows import FeatureConfig
-from training import registry
+from training import conformal, registry
 from training import walkforward as wf
 from training.baselines import BASELINES, ClassicalFits, baseline, to_frame
-from training.bundle import Bundle, ClassicalBundle, EnsembleBundle, ForecastBundle
+from training.bundle import Bundle, EnsembleBundle, ForecastBundle
 from training.card import ModelCard
 from training.classical import SERVED
 from training.config import TrainConfig, load_config
@@ -119,7 +119,7 @@ def train_member(
     walk_seconds = time.perf_counter() - started
     report(f"{family}: final fit on all labelled history")
     started = time.perf_counter()
-    module, scaler, final_val, _ = wf.fit_final(family, cfg, panel, vocab, progress)
+    final = wf.fit_final(family, cfg, panel, vocab, progress)
     final_seconds = time.perf_counter() - started
     card = _card(
         family,
@@ -129,10 +129,16 @@ def train_member(
         result.predictions("test"),
         {"walk_forward": walk_seconds, "final_fit": final_seconds},
     )
-    splits = (result.predictions("test"), result.predictions("val"), final_val)
+    splits = (result.predictions("test"), result.predictions("val"), final.val)
     out = _write_outputs(family, result, splits, models_dir)
     bundle = ForecastBundle.from_module(
-        module, panel.config, scaler, vocab, {"skill": card.skill(), "profile": profile}
+        final.module,
+        panel.config,
+        final.scaler,
+        vocab,
+        {"skill": card.skill(), "profile": profile},
+        calibration=final.offsets,
+        scale=final.scale,
     )
     _log_run(family, profile, cfg, card, bundle, out)
     return card
@@ -158,7 +164,7 @@ def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR)
         panel, fit_scaler(panel, fold.fit_end), vocab, fold.val_start, fold.val_end
     ).labelled()
     final_val = to_frame(val, baseline(chosen, val, panel, fold.fit_end, fits), cfg.horizons)
-    fitted = {t: fits.fitted(chosen, t, fold.fit_end) for t in panel.series}
+    bundle = wf.classical_bundle(fits, chosen, fold.fit_end)
     final_seconds = time.perf_counter() - started
     test = result.baseline_predictions(chosen)
     card = _card(
@@ -170,19 +176,13 @@ def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR)
         {"walk_forward": walk_seconds, "final_fit": final_seconds},
         notes=[
             f"serves {chosen}: {_CLASSICAL_NAMES[chosen]} with Student-t innovations, fitted "
-            f"per ticker ({sum(f is not None for f in fitted.values())} of {len(fitted)} "
-            "tickers; the others get the median dynamics at their own variance level)"
+            f"per ticker ({len(bundle.params)} of {len(panel.series)} tickers; the others get "
+            "the median dynamics at their own variance level)"
         ],
     )
     splits = (test, result.baseline_predictions(chosen, "val"), final_val)
     out = _write_outputs(family, result, splits, models_dir)
-    bundle = ClassicalBundle(
-        chosen,
-        cfg.horizons,
-        {t: f.params for t, f in fitted.items() if f is not None},
-        {t: {h: list(map(float, q)) for h, q in f.z.items()} for t, f in fitted.items() if f},
-        {"skill": card.skill(), "profile": profile},
-    )
+    bundle.card = {"skill": card.skill(), "profile": profile}
     _log_run(family, profile, cfg, card, bundle, out)
     return card
 
@@ -214,8 +214,35 @@ def _card(
         _fold_rows([r.fold for r in result.folds]),
         metrics,
         seconds,
-        notes=[_reference_note(strongest), *(notes or []), *_profile_notes(family, profile)],
+        notes=[
+            _reference_note(strongest),
+            *(notes or []),
+            *_profile_notes(family, profile),
+            *_standing(family, metrics[family]["all"]),
+        ],
     )
+
+
+def _standing(family: str, rows: list) -> list[str]:
+    """Whether this model has earned the default place the classical family holds."""
+    if FAMILY_KINDS[family] == "classical":
+        return [
+            "the default model (requests that name none get it) until a network or the "
+            "ensemble beats the strongest classical baseline on this yardstick"
+        ]
+    beaten = [
+        m.horizon for m in rows if m.skill_vs_reference > 0 and m.dm_pvalue_vs_reference < 0.05
+    ]
+    if len(beaten) == len(rows):
+        return [
+            f"beats {rows[0].reference} at every horizon (one-sided DM p < 0.05, before the "
+            "report's Holm correction): a candidate to replace garch as the default model"
+        ]
+    return [
+        f"does not beat the strongest classical baseline ({rows[0].reference}) at every horizon"
+        f"{f' (only at h={beaten})' if beaten else ''}: a challenger, and garch stays the "
+        "default model"
+    ]
 
 
 def _profile_notes(family: str, profile: str) -> list[str]:
@@ -269,17 +296,18 @@ def _member_predictions(split: str, models_dir: Path) -> dict[str, pd.DataFrame]
 
 
 def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) -> ModelCard:
-    """Weights fitted on each fold's validation predictions, scored on that fold's test block."""
+    """Weights fitted on each fold's validation predictions, and the combined bands calibrated
+    on them, then scored on that fold's test block."""
     cfg = load_config("ensemble", profile)
     val, test = _member_predictions("val", models_dir), _member_predictions("test", models_dir)
     combined = []
     for fold in sorted(test[MEMBERS[0]]["fold"].unique()):
         report(f"ensemble: fold {fold + 1}: fitting weights on validation predictions")
-        weights = fit_weights(
-            align({f: v[v["fold"] == fold] for f, v in val.items()}), list(MEMBERS)
-        )
+        fold_val = align({f: v[v["fold"] == fold] for f, v in val.items()})
+        weights = fit_weights(fold_val, list(MEMBERS))
+        offsets = wf.calibration(cfg, combine(fold_val, weights))
         part = combine(align({f: t[t["fold"] == fold] for f, t in test.items()}), weights)
-        combined.append(part.assign(fold=fold))
+        combined.append(conformal.apply(part, offsets).assign(fold=fold))
     predictions = pd.concat(combined, ignore_index=True)
     first = models_dir / MEMBERS[0]
     rw = pd.read_parquet(first / "baseline_random_walk.parquet")
@@ -290,7 +318,9 @@ def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) 
         metrics[family] = wf.score(test[family], rw, cfg, reference)
     for name in BASELINES:
         metrics[name] = wf.score(pd.read_parquet(first / f"baseline_{name}.parquet"), rw, cfg)
-    final = fit_weights(align(_member_predictions("final_val", models_dir)), list(MEMBERS))
+    final_val = align(_member_predictions("final_val", models_dir))
+    final = fit_weights(final_val, list(MEMBERS))
+    final_offsets = wf.calibration(cfg, combine(final_val, final))
     runs = {f: json.loads((models_dir / f / "run.json").read_text()) for f in MEMBERS}
     folds = json.loads((models_dir / MEMBERS[0] / "card.json").read_text())["folds"]
     card = ModelCard(
@@ -304,13 +334,16 @@ def train_ensemble(profile: str, report: Report, models_dir: Path = MODELS_DIR) 
             f"final weights: {final}",
             "members: " + ", ".join(f"{f} run {r['run_id']}" for f, r in runs.items()),
             *_profile_notes("ensemble", profile),
+            *_standing("ensemble", metrics["ensemble"]["all"]),
         ],
     )
     out = models_dir / "ensemble"
     out.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(out / "predictions.parquet", index=False)
     members = {f: {"run_id": r["run_id"], "model_uri": r["model_uri"]} for f, r in runs.items()}
-    bundle = EnsembleBundle(final, members, {"skill": card.skill(), "profile": profile})
+    bundle = EnsembleBundle(
+        final, members, {"skill": card.skill(), "profile": profile}, calibration=final_offsets
+    )
     _log_run("ensemble", profile, cfg, card, bundle, out)
     return card
 

@@ -21,6 +21,7 @@ from api.db.pool import create_pool
 from api.services.ab import CHALLENGER, CHAMPION
 from api.settings import Settings
 from contracts import (
+    MARKET_TICKER,
     FamilyCatalogue,
     Forecast,
     ForecastBatch,
@@ -33,7 +34,7 @@ from contracts import (
 )
 from serving.ttl import TtlCache
 from training import registry
-from training.bundle import Bundle, EnsembleBundle
+from training.bundle import Bundle, ClassicalBundle, EnsembleBundle, ForecastBundle
 
 WeightSource = Callable[[str], Awaitable[float]]
 # (member family, exact model URI, request) -> prediction records
@@ -80,6 +81,19 @@ def series_to_closes(series: list[SeriesInput]) -> dict[str, pd.Series]:
 
 def _sectors(series: list[SeriesInput]) -> dict[str, str | None]:
     return {s.ticker: s.sector for s in series if s.sector is not None}
+
+
+def _predict(bundle: ForecastBundle | ClassicalBundle, request: ForecastRequest) -> pd.DataFrame:
+    """One single-family bundle's forecasts for the request's series."""
+    closes = series_to_closes(request.series)
+    if isinstance(bundle, ClassicalBundle):
+        return bundle.predict_closes(closes)
+    market = None if request.market is None else series_to_closes([request.market])
+    if market is None and bundle.feature_config.needs_market and MARKET_TICKER not in closes:
+        raise ModelUnavailable(f"this model needs {MARKET_TICKER}'s closes in the request")
+    return bundle.predict_closes(
+        closes, _sectors(request.series), None if market is None else next(iter(market.values()))
+    )
 
 
 def to_batch(
@@ -181,9 +195,7 @@ class LocalPredictor:
         bundle = await self._bundle(model_uri)
         if isinstance(bundle, EnsembleBundle):
             raise ModelUnavailable(f"{model_uri} is not a single-family forecaster")
-        frame = await asyncio.to_thread(
-            bundle.predict_closes, series_to_closes(request.series), _sectors(request.series)
-        )
+        frame = await asyncio.to_thread(_predict, bundle, request)
         return frame.to_dict("records")
 
     def shadow(self, family: str, version: str | None) -> None:
@@ -234,9 +246,7 @@ class LocalPredictor:
             frames = {f: pd.DataFrame(r) for f, r in zip(bundle.families, records, strict=True)}
             predictions = bundle.combine(frames)
         else:
-            predictions = await asyncio.to_thread(
-                bundle.predict_closes, series_to_closes(request.series), _sectors(request.series)
-            )
+            predictions = await asyncio.to_thread(_predict, bundle, request)
         return to_batch(
             request.family, version, request.variant, predictions, bundle.card.get("skill", {})
         )

@@ -61,13 +61,15 @@ def serving_registry(
     from training import registry
     from training.baselines import ClassicalFits
     from training.bundle import ClassicalBundle, EnsembleBundle, ForecastBundle
-    from training.data import Vocab, build_panel
+    from training.data import Vocab, build_panel, market_close
     from training.walkforward import fit_on_fold, folds_for
 
     root = registry_root
     client = registry.configure(registry_uri, root / "artifacts")
     bars = bundled_bars[bundled_bars["ticker"].isin(TICKERS) & (bundled_bars["date"] >= "2019")]
-    panel = build_panel(bars, FeatureConfig(window=CFG.window), CFG.horizons)
+    panel = build_panel(
+        bars, FeatureConfig(window=CFG.window), CFG.horizons, market=market_close(bundled_bars)
+    )
     vocab = Vocab.build(
         {
             "AAPL": "Information Technology",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.classical import CLASSICAL, VolatilityForecast, fit_forecast
-from training.data import Panel, WindowSet
+from training.classical import CLASSICAL, VARIANCE_FLOOR, VolatilityForecast, fit_forecast
+from training.data import Panel, Scale, WindowSet, static_scale
 from training.metrics import QUANTILE_COLUMNS
 
 Z = np.array([-1.2815515655446004, 0.0, 1.2815515655446004])
@@ -55,6 +55,7 @@ class ClassicalFits:
     test rows share the fits."""
 
     def __init__(self, panel: Panel) -> None:
+        self.panel = panel
         self._panel = panel
         self._fits: dict[tuple[str, str, pd.Timestamp], VolatilityForecast | None] = {}
 
@@ -78,6 +79,22 @@ class ClassicalFits:
                 origins = pd.DatetimeIndex(ws.dates[mask])
                 out[mask] = found.quantiles(origins, self._panel.horizons)
         return out
+
+
+def classical_scale(fits: ClassicalFits, model: str, fit_end: pd.Timestamp) -> Scale:
+    """A network's per-horizon scale: `model`'s h-day volatility forecast, fitted on returns up
+    to `fit_end` (a ticker it cannot be fitted on keeps the trailing σ × √h)."""
+    horizons = fits.panel.horizons
+
+    def scale(ticker: str, dates: pd.DatetimeIndex) -> np.ndarray:
+        found = fits.fitted(model, ticker, fit_end)
+        if found is None:
+            sigma = fits.panel.series[ticker].sigma.reindex(dates).to_numpy(np.float32)
+            return static_scale(sigma, horizons)
+        variance = found.variance.reindex(dates)[list(horizons)].to_numpy(float)
+        return np.sqrt(np.maximum(variance, VARIANCE_FLOOR))
+
+    return scale
 
 
 def baseline(

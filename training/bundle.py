@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from features.bars import ticker_frame
-from features.windows import FeatureConfig, FeatureScaler, latest_windows
-from training import classical
+from features.windows import MARKET_TICKER, FeatureConfig, FeatureScaler, latest_windows
+from training import classical, conformal
 from training.baselines import to_frame
-from training.data import Vocab, WindowSet, latest_sigma
+from training.data import Vocab, WindowSet, latest_sigma, static_scale
 from training.ensemble import align, combine
 
 if TYPE_CHECKING:  # torch is imported only where a network is built or run: an ensemble-only
@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # torch is imported only where a network is built or run: an 
 
 WEIGHTS_FILE = "weights.pt"
 BUNDLE_FILE = "bundle.json"
+SCALE_DIR = "scale"  # a network's GARCH fits, a classical bundle of their own
 
 
 def _write_meta(directory: Path, meta: dict[str, Any]) -> Path:
@@ -52,6 +53,8 @@ class ForecastBundle:
     scaler: FeatureScaler
     vocab: Vocab
     card: dict[str, Any] = field(default_factory=dict)
+    calibration: conformal.Offsets | None = None  # per-tail band offsets from validation
+    scale: ClassicalBundle | None = None  # GARCH fits giving the scale (None: trailing σ × √h)
 
     @property
     def horizons(self) -> tuple[int, ...]:
@@ -73,11 +76,15 @@ class ForecastBundle:
         scaler: FeatureScaler,
         vocab: Vocab,
         card: dict[str, Any] | None = None,
+        calibration: conformal.Offsets | None = None,
+        scale: ClassicalBundle | None = None,
     ) -> Self:
         hparams = dict(module.hparams)
         hparams["horizons"] = list(hparams["horizons"])
         state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        return cls(module.family, hparams, state, config, scaler, vocab, card or {})
+        return cls(
+            module.family, hparams, state, config, scaler, vocab, card or {}, calibration, scale
+        )
 
     def save(self, directory: Path) -> Path:
         _write_meta(
@@ -89,11 +96,14 @@ class ForecastBundle:
                 "scaler": self.scaler.to_dict(),
                 "vocab": self.vocab.to_dict(),
                 "card": self.card,
+                "calibration": self.calibration.to_dict() if self.calibration else None,
             },
         )
         import torch
 
         torch.save(self.state_dict, directory / WEIGHTS_FILE)
+        if self.scale is not None:
+            self.scale.save(directory / SCALE_DIR)
         return directory
 
     @classmethod
@@ -102,6 +112,7 @@ class ForecastBundle:
 
         meta = _read_meta(directory)
         state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
+        scale_dir = directory / SCALE_DIR
         return cls(
             meta["family"],
             meta["hparams"],
@@ -110,6 +121,8 @@ class ForecastBundle:
             FeatureScaler.from_dict(meta["scaler"]),
             Vocab.from_dict(meta["vocab"]),
             meta.get("card", {}),
+            conformal.Offsets.from_dict(meta.get("calibration")),
+            ClassicalBundle.load(scale_dir) if scale_dir.exists() else None,
         )
 
     def window_set(
@@ -128,13 +141,20 @@ class ForecastBundle:
         self,
         closes: dict[str, pd.Series],
         sectors: dict[str, str | None] | None = None,
+        market: pd.Series | None = None,
     ) -> WindowSet:
         """The newest window of each ticker's date-indexed closes (ascending, complete), built
-        for all tickers at once (see features.windows.latest_windows)."""
+        for all tickers at once (see features.windows.latest_windows); `market`: the market's
+        closes (default: the market's own entry in `closes`), for the market features."""
         sectors = {**self.vocab.ticker_sector, **(sectors or {})}
-        windows = latest_windows(closes, self.feature_config, self.scaler)
+        if market is None and self.feature_config.needs_market:
+            market = closes.get(MARKET_TICKER)
+            if market is None:
+                raise ValueError(f"this model's features need {MARKET_TICKER}'s closes")
+        windows = latest_windows(closes, self.feature_config, self.scaler, market)
         sigma = latest_sigma({t: closes[t] for t in windows})
-        kept = [t for t in windows if np.isfinite(sigma[t])]
+        scales = self._scales({t: closes[t] for t in windows}, sigma)
+        kept = [t for t in windows if np.isfinite(sigma[t]) and np.all(scales[t] > 0)]
         if not kept:
             cfg = self.feature_config
             x = np.empty((0, cfg.window, len(cfg.features)), np.float32)
@@ -148,7 +168,18 @@ class ForecastBundle:
             y=np.full((len(kept), len(self.horizons)), np.nan, np.float32),
             dates=np.array([closes[t].index[-1] for t in kept], "datetime64[ns]"),
             tickers=np.array(kept, object),
+            scale=np.array([scales[t] for t in kept], np.float32).reshape(-1, len(self.horizons)),
         )
+
+    def _scales(self, closes: dict[str, pd.Series], sigma: dict[str, float]) -> dict[str, Any]:
+        """Per ticker, the [horizons] scale the network predicts in units of."""
+        if self.scale is None:
+            return {
+                t: static_scale(np.array([s], np.float32), self.horizons)[0]
+                for t, s in sigma.items()
+            }
+        variance = self.scale.variances(closes)
+        return {t: np.sqrt(variance[t]) if t in variance else np.zeros(1) for t in closes}
 
     def predict_bars(
         self,
@@ -165,14 +196,16 @@ class ForecastBundle:
         self,
         closes: dict[str, pd.Series],
         sectors: dict[str, str | None] | None = None,
+        market: pd.Series | None = None,
     ) -> pd.DataFrame:
         """Quantile forecasts from each ticker's closes (serving's path: no bar frame)."""
-        return self._predict(self.window_set_closes(closes, sectors))
+        return self._predict(self.window_set_closes(closes, sectors, market))
 
     def _predict(self, ws: WindowSet) -> pd.DataFrame:
         from training.fit import predict
 
-        return to_frame(ws, predict(self.module, ws), self.horizons).drop(columns="y")
+        frame = to_frame(ws, predict(self.module, ws), self.horizons).drop(columns="y")
+        return conformal.apply(frame, self.calibration)
 
 
 @dataclass
@@ -183,6 +216,7 @@ class EnsembleBundle:
     members: dict[str, dict[str, Any]]  # family -> {"run_id": ..., "version": ...}
     card: dict[str, Any] = field(default_factory=dict)
     family: str = "ensemble"
+    calibration: conformal.Offsets | None = None  # per-tail band offsets from validation
 
     def combine(self, member_predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
         missing = set(self.families) - set(member_predictions)
@@ -193,7 +227,7 @@ class EnsembleBundle:
             f: member_predictions[f].assign(y=member_predictions[f].get("y", np.nan))
             for f in self.families
         }
-        return combine(align(frames), self.weights)
+        return conformal.apply(combine(align(frames), self.weights), self.calibration)
 
     @property
     def families(self) -> list[str]:
@@ -207,6 +241,7 @@ class EnsembleBundle:
                 "weights": {str(h): w for h, w in self.weights.items()},
                 "members": self.members,
                 "card": self.card,
+                "calibration": self.calibration.to_dict() if self.calibration else None,
             },
         )
 
@@ -214,7 +249,8 @@ class EnsembleBundle:
     def load(cls, directory: Path) -> Self:
         meta = _read_meta(directory)
         weights = {int(h): {f: float(x) for f, x in w.items()} for h, w in meta["weights"].items()}
-        return cls(weights, meta["members"], meta.get("card", {}))
+        calibration = conformal.Offsets.from_dict(meta.get("calibration"))
+        return cls(weights, meta["members"], meta.get("card", {}), calibration=calibration)
 
 
 MIN_RETURNS = 60  # fewer daily returns than this: no classical forecast for the ticker
@@ -247,23 +283,31 @@ class ClassicalBundle:
         sectors: dict[str, str | None] | None = None,
     ) -> pd.DataFrame:
         """Quantile forecasts after each ticker's last close (no sector is needed)."""
+        _, pooled_z = self._pooled
         rows = []
+        for ticker, variance in self.variances(closes).items():
+            z = self.z.get(ticker) or {h: list(pooled_z[h]) for h in self.horizons}
+            for h, s in zip(self.horizons, np.sqrt(variance), strict=True):
+                q10, q50, q90 = (float(s * level) for level in z[h])
+                rows.append((ticker, closes[ticker].index[-1], h, q10, q50, q90))
+        return pd.DataFrame(rows, columns=["ticker", "date", "horizon", "q10", "q50", "q90"])
+
+    def variances(self, closes: dict[str, pd.Series]) -> dict[str, np.ndarray]:
+        """Per ticker with enough history, the [horizons] variance forecasts after its last
+        close."""
+        out = {}
         for ticker, close in closes.items():
             returns = np.diff(np.log(close.to_numpy(np.float64)))
             returns = returns[np.isfinite(returns)]
             if len(returns) < MIN_RETURNS:
                 continue
-            params, z = self.params.get(ticker), self.z.get(ticker)
-            if params is None or z is None:
-                pooled, pooled_z = self._pooled
+            params = self.params.get(ticker)
+            if params is None:
+                pooled, _ = self._pooled
                 params = {**pooled, "omega": classical.target_omega(returns, pooled)}
-                z = {h: list(pooled_z[h]) for h in self.horizons}
             variance = classical.garch_cumulative_variance(returns, params, self.horizons)
-            sigma = np.sqrt(np.maximum(variance, classical.VARIANCE_FLOOR))
-            for h, s in zip(self.horizons, sigma, strict=True):
-                q10, q50, q90 = (float(s * level) for level in z[h])
-                rows.append((ticker, close.index[-1], h, q10, q50, q90))
-        return pd.DataFrame(rows, columns=["ticker", "date", "horizon", "q10", "q50", "q90"])
+            out[ticker] = np.maximum(variance, classical.VARIANCE_FLOOR)
+        return out
 
     def predict_bars(
         self,

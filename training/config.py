@@ -44,11 +44,17 @@ class TrainConfig:
     embargo: int = 20
     cost_bps: float = 5.0
     horizons: tuple[int, ...] = (1, 5, 20)
+    # what networks predict in units of: a classical model's h-day volatility forecast fitted
+    # on each fold's fit rows (garch, gjr), or the trailing 60-day σ × √h (static)
+    scale: str = "garch"
+    calibrate: bool = True  # per-tail conformal offsets from each fold's validation block
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.embargo < max(self.horizons):
             raise ValueError("embargo must be at least the longest horizon")
+        if self.scale not in ("static", "garch", "gjr"):
+            raise ValueError("scale must be static, garch or gjr")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -7,6 +7,7 @@ The scaler is fitted on training rows only (`fit_scaler(panel, until=...)`); win
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -17,6 +18,7 @@ import pandas as pd
 from features.bars import ticker_frame
 from features.datasets import load_bundled_bars, load_universe
 from features.windows import (
+    MARKET_TICKER,
     FeatureConfig,
     FeatureScaler,
     build_features,
@@ -120,21 +122,31 @@ class Panel:
         )
 
 
+def market_close(bars: pd.DataFrame) -> pd.Series | None:
+    """The market's (S&P 500's) closes in `bars`, or None when they hold none."""
+    if not (bars["ticker"] == MARKET_TICKER).any():
+        return None
+    return ticker_frame(bars, MARKET_TICKER)["close"].dropna()
+
+
 def build_panel(
     bars: pd.DataFrame,
     config: FeatureConfig,
     horizons: tuple[int, ...] = HORIZONS,
     min_bars: int | None = None,
+    market: pd.Series | None = None,
 ) -> Panel:
-    """Features and forward targets for every ticker with enough history."""
+    """Features and forward targets for every ticker with enough history; the market features
+    against `market` (default: the market's own rows in `bars`)."""
     needed = min_bars or config.window + 250
     panel = Panel(config, horizons)
+    market = market if market is not None else market_close(bars)
     for ticker in sorted(bars["ticker"].unique()):
         close = ticker_frame(bars, ticker)["close"]
         if len(close) < needed:
             continue
         panel.series[ticker] = TickerSeries(
-            build_features(close, config),
+            build_features(close, config, market),
             forward_log_returns(close, horizons),
             trailing_sigma(close),
             trailing_drift(close),
@@ -150,7 +162,12 @@ def fit_scaler(panel: Panel, until: pd.Timestamp) -> FeatureScaler:
 
 @dataclass
 class WindowSet:
-    """Arrays for one split: inputs, ids, volatility scale, targets and where each came from."""
+    """Arrays for one split: inputs, ids, volatility scales, targets and where each came from.
+
+    `sigma` is the trailing 60-day volatility (the random walk's); `scale` is what a network
+    predicts in units of, per horizon: by default sigma × √h, in training the classical
+    family's own h-day volatility forecast (see `Scale`).
+    """
 
     x: np.ndarray  # [n, window, features] float32
     ticker: np.ndarray  # [n] int64
@@ -159,6 +176,7 @@ class WindowSet:
     y: np.ndarray  # [n, horizons] float32, NaN where the horizon runs past the data
     dates: np.ndarray  # [n] datetime64
     tickers: np.ndarray  # [n] object
+    scale: np.ndarray  # [n, horizons] float32
 
     def __len__(self) -> int:
         return len(self.x)
@@ -171,6 +189,15 @@ class WindowSet:
         return self.subset(np.isfinite(self.y).all(axis=1))
 
 
+# (ticker, window end dates) -> [dates, horizons] h-day volatility, NaN where unknown
+Scale = Callable[[str, pd.DatetimeIndex], np.ndarray]
+
+
+def static_scale(sigma: np.ndarray, horizons: tuple[int, ...]) -> np.ndarray:
+    """The random walk's h-day scale: σ × √h."""
+    return (sigma[:, None] * np.sqrt(np.asarray(horizons, np.float32))[None, :]).astype(np.float32)
+
+
 def window_set(
     panel: Panel,
     scaler: FeatureScaler,
@@ -179,8 +206,11 @@ def window_set(
     end: pd.Timestamp | None = None,
     stride: int = 1,
     tickers: list[str] | None = None,
+    scale: Scale | None = None,
 ) -> WindowSet:
-    """Windows whose end date lies in [start, end], every `stride`-th per ticker."""
+    """Windows whose end date lies in [start, end], every `stride`-th per ticker; `scale` gives
+    the networks' per-horizon volatility scale (default: the trailing σ × √h). Windows without
+    a scale are left out."""
     parts: list[dict[str, np.ndarray]] = []
     for ticker in tickers or list(panel.series):
         series = panel.series[ticker]
@@ -195,7 +225,11 @@ def window_set(
             continue
         chosen = ends[idx]
         sigma = series.sigma.reindex(chosen).to_numpy(np.float32)
-        ok = np.isfinite(sigma)
+        if scale is None:
+            scales = static_scale(sigma, panel.horizons)
+        else:
+            scales = np.asarray(scale(ticker, chosen), np.float32)
+        ok = np.isfinite(sigma) & np.isfinite(scales).all(axis=1) & (scales > 0).all(axis=1)
         parts.append(
             {
                 "x": x[idx][ok],
@@ -207,6 +241,7 @@ def window_set(
                 "y": series.targets.reindex(chosen).to_numpy(np.float32)[ok],
                 "dates": chosen.to_numpy()[ok],
                 "tickers": np.full(ok.sum(), ticker, object),
+                "scale": scales[ok],
             }
         )
     if not parts:
@@ -217,6 +252,7 @@ def window_set(
             np.empty((0, len(panel.horizons)), np.float32),
             np.empty(0, "datetime64[ns]"),
             np.empty(0, object),
+            np.empty((0, len(panel.horizons)), np.float32),
         )
         return empty
     return WindowSet(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
@@ -307,11 +343,10 @@ def read_bars(path: Path = BARS_FILE) -> pd.DataFrame:
 
 def load_panel(cfg: TrainConfig, features: Path = FEATURES_FILE) -> Panel:
     """The featurize output (or features computed now), cut to the profile's tickers and dates."""
-    frame = (
-        pd.read_parquet(features)
-        if features.exists()
-        else panel_to_frame(build_panel(read_bars(), FeatureConfig()))
-    )
+    frame = pd.read_parquet(features) if features.exists() else None
+    if frame is None or not set(FeatureConfig().features) <= set(frame.columns):
+        # no featurize output yet, or one from an older feature set: compute the features now
+        frame = panel_to_frame(build_panel(read_bars(), FeatureConfig()))
     if cfg.tickers:
         frame = frame[frame["ticker"].isin(cfg.tickers)]
     if cfg.start:

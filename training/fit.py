@@ -16,12 +16,12 @@ from training.models import FAMILIES, QuantileForecaster
 
 
 def tensors(ws: WindowSet) -> TensorDataset:
-    """The five tensors a forecaster trains on: x, ticker, sector, sigma, y."""
+    """The five tensors a forecaster trains on: x, ticker, sector, per-horizon scale, y."""
     return TensorDataset(
         torch.from_numpy(ws.x),
         torch.from_numpy(ws.ticker),
         torch.from_numpy(ws.sector),
-        torch.from_numpy(ws.sigma),
+        torch.from_numpy(ws.scale),
         torch.from_numpy(np.nan_to_num(ws.y)),
     )
 
@@ -100,7 +100,7 @@ def predict(module: QuantileForecaster, ws: WindowSet, batch_size: int = 4096) -
                 torch.from_numpy(ws.x[part]),
                 torch.from_numpy(ws.ticker[part]),
                 torch.from_numpy(ws.sector[part]),
-                torch.from_numpy(ws.sigma[part]),
+                torch.from_numpy(ws.scale[part]),
             )
         )
     if not out:

@@ -97,11 +97,18 @@ def rank_ic(
     h − 1 lags (the plain standard error at h = 1)."""
     if names is not None:
         frame = frame[frame["ticker"].isin(list(names))]
-    per_date = []
-    for _, day in frame.groupby("date"):
-        if len(day) >= min_names and day["q50"].nunique() > 1 and day["y"].nunique() > 1:
-            per_date.append(stats.spearmanr(day["q50"], day["y"]).statistic)
-    ics = np.asarray(per_date, float)
+    # Spearman per date = Pearson of the (average, tie-aware) ranks, all dates at once
+    ranks = frame[["q50", "y"]].groupby(frame["date"]).rank(method="average")
+    ranks["qy"] = ranks["q50"] * ranks["y"]
+    ranks["qq"], ranks["yy"] = ranks["q50"] ** 2, ranks["y"] ** 2
+    day = ranks.groupby(frame["date"]).agg(["sum", "count"])
+    n_names = day[("q50", "count")].to_numpy(float)
+    sums = {c: day[(c, "sum")].to_numpy(float) for c in ("q50", "y", "qy", "qq", "yy")}
+    covariance = sums["qy"] - sums["q50"] * sums["y"] / n_names
+    spread_q = sums["qq"] - sums["q50"] ** 2 / n_names
+    spread_y = sums["yy"] - sums["y"] ** 2 / n_names
+    usable = (n_names >= min_names) & (spread_q > 1e-9) & (spread_y > 1e-9)  # not all tied
+    ics = covariance[usable] / np.sqrt(spread_q[usable] * spread_y[usable])
     n = len(ics)
     if n < 2:
         return float("nan"), float("nan"), n
@@ -169,19 +176,22 @@ class Backtest:
     periods: int
 
 
-def _long_short(q50: pd.Series, fraction: float) -> pd.Series:
-    """+0.5 spread over the top `fraction` of names, −0.5 over the bottom. A name tied with one
-    outside its side is left out, since only an arbitrary order could choose between them; a
-    day with either side empty takes no position (all-equal forecasts never trade)."""
-    k = max(1, int(len(q50) * fraction))
-    ordered = q50.sort_values().to_numpy()
+def _long_short(q50: np.ndarray, fraction: float) -> np.ndarray:
+    """Weights for one day's forecasts (NaN: no forecast, weight 0): +0.5 spread over the top
+    `fraction` of names, −0.5 over the bottom. A name tied with one outside its side is left
+    out, since only an arbitrary order could choose between them; a day with either side empty
+    takes no position (all-equal forecasts never trade)."""
+    present = np.isfinite(q50)
+    values = q50[present]
+    k = max(1, int(len(values) * fraction))
+    ordered = np.sort(values)
     low, high = ordered[k - 1], ordered[-k]
-    short = q50[q50 <= low] if (q50 <= low).sum() <= k else q50[q50 < low]
-    long = q50[q50 >= high] if (q50 >= high).sum() <= k else q50[q50 > high]
-    weights = pd.Series(0.0, index=q50.index)
-    if len(long) and len(short) and not set(long.index) & set(short.index):
-        weights[long.index] = 0.5 / len(long)
-        weights[short.index] = -0.5 / len(short)
+    short = q50 <= low if (values <= low).sum() <= k else q50 < low
+    long = q50 >= high if (values >= high).sum() <= k else q50 > high
+    weights = np.zeros(len(q50))
+    if long.any() and short.any() and not (long & short).any():
+        weights[long] = 0.5 / long.sum()
+        weights[short] = -0.5 / short.sum()
     return weights
 
 
@@ -193,20 +203,22 @@ def backtest(
     position, so a forecast that does not rank (the random walk) earns exactly nothing.
     """
     dates = np.sort(frame["date"].unique())[::horizon]
-    weights_prev: pd.Series = pd.Series(dtype=float)
+    chosen = frame[frame["date"].isin(dates)]
+    forecasts = chosen.pivot_table(index="date", columns="ticker", values="q50", aggfunc="first")
+    outcomes = chosen.pivot_table(index="date", columns="ticker", values="y", aggfunc="first")
+    outcomes = outcomes.reindex_like(forecasts)
+    q50, realised = forecasts.to_numpy(float), np.expm1(outcomes.to_numpy(float))
+    held = np.zeros(q50.shape[1])
     returns, turnovers = [], []
-    for date in dates:
-        day = frame[frame["date"] == date]
-        if len(day) < min_names:
+    for row in range(len(q50)):  # one rebalance per non-overlapping date
+        if np.isfinite(q50[row]).sum() < min_names:
             continue
-        weights = _long_short(day.set_index("ticker")["q50"], fraction)
-        realised = np.expm1(day.set_index("ticker")["y"])  # simple return over the horizon
-        aligned = weights_prev.reindex(weights.index.union(weights_prev.index), fill_value=0.0)
-        turnover = float((weights.reindex(aligned.index, fill_value=0.0) - aligned).abs().sum())
-        gross = float((weights * realised.reindex(weights.index)).sum())
+        weights = _long_short(q50[row], fraction)
+        turnover = float(np.abs(weights - held).sum())
+        gross = float(np.nansum(weights * realised[row]))
         returns.append(gross - turnover * cost_bps / 10_000)
         turnovers.append(turnover)
-        weights_prev = weights
+        held = weights
     if len(returns) < 2:
         return Backtest(float("nan"), float("nan"), float("nan"), float("nan"), len(returns))
     r = np.asarray(returns)

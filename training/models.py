@@ -1,9 +1,10 @@
 """One Lightning base module for every forecaster; each architecture adds only its encoder.
 
-All forecasters predict quantiles 0.1/0.5/0.9 of the log return at each horizon, in units of
-the ticker's trailing volatility × √horizon: a network that outputs zeros is a zero-drift random
-walk, so everything learned is a deviation from that baseline. Quantiles cannot cross: the
-network emits a median and two positive gaps.
+All forecasters predict quantiles 0.1/0.5/0.9 of the log return at each horizon, in units of a
+per-horizon volatility scale: the classical family's own h-day GARCH forecast (or, for models
+trained before it, the trailing volatility × √horizon). A network whose head outputs its
+starting values is that volatility model with Gaussian bands, so everything learned is a
+correction to it. Quantiles cannot cross: the network emits a median and two positive gaps.
 """
 
 from __future__ import annotations
@@ -81,14 +82,17 @@ class QuantileForecaster(L.LightningModule):
         upper = median + F.softplus(z[..., 2])
         return torch.stack([lower, median, upper], dim=-1)
 
+    def _scale(self, sigma: Tensor) -> Tensor:
+        """[batch, horizons] scale: given per horizon, or a daily σ (older bundles) × √h."""
+        return sigma if sigma.dim() == 2 else sigma[:, None] * self.sqrt_h[None, :]
+
     def forward(self, x: Tensor, ticker: Tensor, sector: Tensor, sigma: Tensor) -> Tensor:
         """Log-return quantiles [batch, horizons, 3]."""
-        scale = sigma[:, None] * self.sqrt_h[None, :]
-        return self.standardised(x, ticker, sector) * scale[..., None]
+        return self.standardised(x, ticker, sector) * self._scale(sigma)[..., None]
 
     def _loss(self, batch: tuple[Tensor, ...]) -> Tensor:
         x, ticker, sector, sigma, y = batch
-        scale = sigma[:, None] * self.sqrt_h[None, :]
+        scale = self._scale(sigma)
         pred = self.standardised(x, ticker, sector)
         diff = (y / scale)[..., None] - pred
         return torch.maximum(self.taus * diff, (self.taus - 1) * diff).mean()

@@ -2,7 +2,8 @@
 
 Models and baselines are scored on exactly the same (date, ticker, horizon) rows by
 `training.metrics.evaluate`. Validation predictions are kept too: the ensemble fits its weights
-on them, never on test folds.
+on them, and each network's bands are calibrated on them (`training.conformal`), never on test
+folds. A network predicts in units of the GARCH forecast fitted on the fold's fit rows.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from training.baselines import BASELINES, ClassicalFits, baseline, to_frame
+from features.windows import FeatureScaler
+from training import conformal
+from training.baselines import BASELINES, ClassicalFits, baseline, classical_scale, to_frame
+from training.bundle import ClassicalBundle
 from training.classical import CLASSICAL
 from training.config import TrainConfig
 from training.data import (
     Fold,
     Panel,
+    Scale,
     Vocab,
     WindowSet,
     final_fold,
@@ -72,13 +77,36 @@ def folds_for(panel: Panel, cfg: TrainConfig) -> list[Fold]:
     return walk_forward_folds(panel.dates, cfg.n_folds, cfg.test_days, cfg.val_days, cfg.embargo)
 
 
-def fit_on_fold(
-    family: str, cfg: TrainConfig, panel: Panel, vocab: Vocab, fold: Fold, progress: bool = False
-) -> tuple[QuantileForecaster, object]:
-    """Scaler and network fitted on rows up to `fold.fit_end` only."""
+def network_scale(cfg: TrainConfig, fits: ClassicalFits, fold: Fold) -> Scale | None:
+    """What the networks predict in units of: GARCH's h-day volatility fitted on the fold's fit
+    rows (`scale: garch`), or the trailing σ × √h (`scale: static`)."""
+    if cfg.scale == "static":
+        return None
+    return classical_scale(fits, cfg.scale, fold.fit_end)
+
+
+def fold_windows(
+    cfg: TrainConfig, panel: Panel, vocab: Vocab, fold: Fold, fits: ClassicalFits
+) -> tuple[FeatureScaler, WindowSet, WindowSet]:
+    """The fold's scaler (fit rows only), training windows and validation windows."""
     scaler = fit_scaler(panel, fold.fit_end)
-    train = window_set(panel, scaler, vocab, end=fold.fit_end, stride=cfg.train_stride)
-    val = window_set(panel, scaler, vocab, start=fold.val_start, end=fold.val_end)
+    scale = network_scale(cfg, fits, fold)
+    train = window_set(panel, scaler, vocab, end=fold.fit_end, stride=cfg.train_stride, scale=scale)
+    val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end, scale=scale)
+    return scaler, train, val
+
+
+def fit_on_fold(
+    family: str,
+    cfg: TrainConfig,
+    panel: Panel,
+    vocab: Vocab,
+    fold: Fold,
+    progress: bool = False,
+    fits: ClassicalFits | None = None,
+) -> tuple[QuantileForecaster, FeatureScaler]:
+    """Scaler and network fitted on rows up to `fold.fit_end` only."""
+    scaler, train, val = fold_windows(cfg, panel, vocab, fold, fits or ClassicalFits(panel))
     return fit(family, cfg, train, val, vocab, progress), scaler
 
 
@@ -101,22 +129,31 @@ def run(
             f"{fold.test_start.date()} → {fold.test_end.date()})"
         )
         if family is None:
-            module, scaler = None, fit_scaler(panel, fold.fit_end)
+            module, scaler, scale = None, fit_scaler(panel, fold.fit_end), None
         else:
-            module, scaler = fit_on_fold(family, cfg, panel, vocab, fold, progress)
-        test = window_set(panel, scaler, vocab, fold.test_start, fold.test_end).labelled()
-        val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end).labelled()
+            module, scaler = fit_on_fold(family, cfg, panel, vocab, fold, progress, fits)
+            scale = network_scale(cfg, fits, fold)
+        test = window_set(panel, scaler, vocab, fold.test_start, fold.test_end, scale=scale)
+        val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end, scale=scale)
+        test, val = test.labelled(), val.labelled()
+        val_predicted = _predicted(module, val, cfg)
+        offsets = calibration(cfg, val_predicted)
         result.folds.append(
             FoldResult(
                 fold,
                 time.perf_counter() - started,
-                test=_predicted(module, test, cfg),
-                val=_predicted(module, val, cfg),
+                test=conformal.apply(_predicted(module, test, cfg), offsets),
+                val=conformal.apply(val_predicted, offsets),
                 baselines=_baselines(test, BASELINES, panel, fold, fits),
                 val_baselines=_baselines(val, ("random_walk", *CLASSICAL), panel, fold, fits),
             )
         )
     return result
+
+
+def calibration(cfg: TrainConfig, val: pd.DataFrame) -> conformal.Offsets | None:
+    """Per-tail conformal offsets from validation predictions (`calibrate: false`: none)."""
+    return conformal.fit(val) if cfg.calibrate and not val.empty else None
 
 
 def _predicted(module: QuantileForecaster | None, ws: WindowSet, cfg: TrainConfig) -> pd.DataFrame:
@@ -156,14 +193,47 @@ def strongest_classical(result: WalkForward, candidates: tuple[str, ...] = CLASS
     return min(frames, key=lambda name: relative(frames[name]))
 
 
+def classical_bundle(
+    fits: ClassicalFits, model: str, fit_end: pd.Timestamp, card: dict | None = None
+) -> ClassicalBundle:
+    """`model` fitted per ticker of the panel on returns up to `fit_end`, as served."""
+    fitted = {t: fits.fitted(model, t, fit_end) for t in fits.panel.series}
+    found = {t: f for t, f in fitted.items() if f is not None}
+    return ClassicalBundle(
+        model,
+        fits.panel.horizons,
+        {t: f.params for t, f in found.items()},
+        {t: {h: [float(v) for v in q] for h, q in f.z.items()} for t, f in found.items()},
+        card or {},
+    )
+
+
+@dataclass
+class FinalFit:
+    """The production model and what serving needs beside it."""
+
+    module: QuantileForecaster
+    scaler: FeatureScaler
+    val: pd.DataFrame  # its (calibrated) predictions on the held-out validation block
+    fold: Fold
+    offsets: conformal.Offsets | None
+    scale: ClassicalBundle | None  # the GARCH fits its scale comes from (None: static)
+
+
 def fit_final(
     family: str, cfg: TrainConfig, panel: Panel, vocab: Vocab, progress: bool = False
-) -> tuple[QuantileForecaster, object, pd.DataFrame, Fold]:
-    """The production model: fitted on all labelled history; returns its validation predictions."""
+) -> FinalFit:
+    """The production model: fitted on all labelled history but the newest validation block,
+    which early stopping and the band calibration use."""
     fold = final_fold(panel.dates, cfg.val_days, cfg.embargo)
-    module, scaler = fit_on_fold(family, cfg, panel, vocab, fold, progress)
-    val = window_set(panel, scaler, vocab, fold.val_start, fold.val_end).labelled()
-    return module, scaler, to_frame(val, predict(module, val), cfg.horizons), fold
+    fits = ClassicalFits(panel)
+    scaler, train, val = fold_windows(cfg, panel, vocab, fold, fits)
+    module = fit(family, cfg, train, val, vocab, progress)
+    val = val.labelled()
+    predicted = to_frame(val, predict(module, val), cfg.horizons)
+    offsets = calibration(cfg, predicted)
+    scale = None if cfg.scale == "static" else classical_bundle(fits, cfg.scale, fold.fit_end)
+    return FinalFit(module, scaler, conformal.apply(predicted, offsets), fold, offsets, scale)
 
 
 def score(

@@ -20,6 +20,7 @@ from api.services.market_data import MarketDataService
 from contracts import (
     FAMILIES,
     HORIZONS,
+    MARKET_TICKER,
     ForecastBatch,
     ForecastRequest,
     ModelUnavailable,
@@ -208,10 +209,15 @@ class PredictionService:
     ) -> dict[tuple[str, int], dict[str, Any]]:
         """Read the closes and call the predictor once; log and cache every horizon it returned
         under its version."""
+        newest, oldest = max(t.as_of for t in targets), min(t.as_of for t in targets)
         async with self._pool.acquire() as conn:
-            closes = await BarRepository(conn).recent_closes_many(
+            bars = BarRepository(conn)
+            closes = await bars.recent_closes_many(
                 {t.ticker: t.as_of for t in targets}, LOOKBACK_BARS
             )
+            # the market over every target's lookback, for the market-context features
+            reach = LOOKBACK_BARS + (newest - oldest).days
+            market = (await bars.recent_closes_many({MARKET_TICKER: newest}, reach))[MARKET_TICKER]
         request = ForecastRequest(
             family=family,
             variant=variant,
@@ -224,6 +230,9 @@ class PredictionService:
                 )
                 for t in targets
             ],
+            market=SeriesInput(ticker=MARKET_TICKER, days=market[0], closes=market[1])
+            if market[0]
+            else None,
         )
         try:
             batch = await self._predictor.forecast(request)  # type: ignore[union-attr]

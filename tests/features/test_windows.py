@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from features.bars import ticker_frame
 from features.windows import (
+    OWN_FEATURES,
     FeatureConfig,
     FeatureScaler,
     build_features,
@@ -18,7 +19,7 @@ from features.windows import (
     make_windows,
 )
 
-CONFIG = FeatureConfig(window=10)
+CONFIG = FeatureConfig(window=10)  # every feature, the market context included
 
 
 @st.composite
@@ -41,12 +42,15 @@ def test_features_and_windows_at_t_ignore_every_bar_after_t(
     case: tuple[pd.Series, int], shock: float
 ) -> None:
     close, cut = case
-    # Rewrite the future after `cut`: nothing at or before `cut` may change.
-    future_changed = close.copy()
+    market = (close * 0.3 + 50).iloc[::-1].set_axis(close.index)  # a different path
+    # Rewrite the future after `cut`, of the stock and the market: nothing at or before `cut`
+    # may change.
+    future_changed, market_changed = close.copy(), market.copy()
     future_changed.iloc[cut + 1 :] *= shock
-    full = build_features(close, CONFIG)
-    altered = build_features(future_changed, CONFIG)
-    prefix = build_features(close.iloc[: cut + 1], CONFIG)
+    market_changed.iloc[cut + 1 :] /= shock
+    full = build_features(close, CONFIG, market)
+    altered = build_features(future_changed, CONFIG, market_changed)
+    prefix = build_features(close.iloc[: cut + 1], CONFIG, market.iloc[: cut + 1])
     pd.testing.assert_frame_equal(full.iloc[: cut + 1], altered.iloc[: cut + 1])
     pd.testing.assert_frame_equal(full.iloc[: cut + 1], prefix)
     x_full, ends_full = make_windows(full, CONFIG.window)
@@ -60,7 +64,7 @@ def test_features_and_windows_at_t_ignore_every_bar_after_t(
 
 def test_window_rows_are_the_trailing_bars(bundled_bars: pd.DataFrame) -> None:
     close = ticker_frame(bundled_bars, "KO")["close"].iloc[:600]
-    features = build_features(close, CONFIG)
+    features = build_features(close, CONFIG, ticker_frame(bundled_bars, "SPX")["close"])
     x, ends = make_windows(features, CONFIG.window)
     assert x.shape[1:] == (CONFIG.window, len(CONFIG.features)) and x.dtype == np.float32
     t = features.index.get_loc(ends[5])
@@ -79,7 +83,11 @@ def test_targets_look_forward_and_are_nan_at_the_edge() -> None:
 
 
 def test_scaler_uses_training_rows_only_and_round_trips(bundled_bars: pd.DataFrame) -> None:
-    features = build_features(ticker_frame(bundled_bars, "PG")["close"], CONFIG)
+    features = build_features(
+        ticker_frame(bundled_bars, "PG")["close"],
+        CONFIG,
+        ticker_frame(bundled_bars, "SPX")["close"],
+    )
     train, test = features.loc[:"2015"], features.loc["2016":]
     scaler = FeatureScaler.fit(train)
     assert scaler.mean == pytest.approx(train.dropna().mean().tolist())
@@ -97,6 +105,10 @@ def test_bad_inputs_are_refused() -> None:
         FeatureConfig(features=("log_ret_1", "tomorrow_close"))
     with pytest.raises(ValueError, match="positive"):
         build_features(pd.Series([1.0, -1.0, 2.0]), CONFIG)
+    with pytest.raises(ValueError, match="market features need SPX"):
+        build_features(pd.Series([1.0, 1.5, 2.0]), CONFIG)
+    own = FeatureConfig(features=OWN_FEATURES, window=10)
+    assert not own.needs_market and CONFIG.needs_market
 
 
 def test_batched_latest_windows_equal_each_ticker_built_alone(bundled_bars: pd.DataFrame) -> None:
@@ -110,14 +122,19 @@ def test_batched_latest_windows_equal_each_ticker_built_alone(bundled_bars: pd.D
         "MSFT": ticker_frame(bundled_bars, "MSFT")["close"].iloc[-300:],
         "JPM": ticker_frame(bundled_bars, "JPM")["close"].iloc[-20:],  # shorter than a window
     }
-    scaler = FeatureScaler.fit(build_features(closes["AAPL"], config))
-    batched = latest_windows(closes, config, scaler)
+    market = ticker_frame(bundled_bars, "SPX")["close"]
+    scaler = FeatureScaler.fit(build_features(closes["AAPL"], config, market))
+    batched = latest_windows(closes, config, scaler, market)
     assert set(batched) == {"AAPL", "KO", "MSFT"}
     for ticker, window in batched.items():
-        x, ends = make_windows(scaler.transform(build_features(closes[ticker], config)), 30)
+        own = build_features(closes[ticker], config, market)
+        x, ends = make_windows(scaler.transform(own), 30)
         assert ends[-1] == closes[ticker].index[-1]
         np.testing.assert_allclose(window, x[-1], rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="positive and complete"):
         latest_windows(
-            {"KO": closes["KO"].where(closes["KO"].index != closes["KO"].index[5])}, config, scaler
+            {"KO": closes["KO"].where(closes["KO"].index != closes["KO"].index[5])},
+            config,
+            scaler,
+            market,
         )

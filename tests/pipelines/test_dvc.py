@@ -15,7 +15,16 @@ import yaml
 from contracts import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
-COPY = ("features", "training", "pipelines", "api", "serving", "dvc.yaml", "params.yaml")
+COPY = (
+    "contracts",
+    "features",
+    "training",
+    "pipelines",
+    "api",
+    "serving",
+    "dvc.yaml",
+    "params.yaml",
+)
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:

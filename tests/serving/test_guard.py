@@ -145,21 +145,24 @@ async def _until(check, seconds: float = 20) -> None:
     raise AssertionError("condition not met in time")
 
 
-def _request(pool_rows: list[asyncpg.Record]) -> ForecastRequest:
+def _request(rows: tuple[list[asyncpg.Record], list[asyncpg.Record]]) -> ForecastRequest:
+    ko, market = rows
     return ForecastRequest(
         family="lstm",
         variant="champion",
-        series=[
-            SeriesInput.of("KO", [r["date"] for r in pool_rows], [r["close"] for r in pool_rows])
-        ],
+        series=[SeriesInput.of("KO", [r["date"] for r in ko], [r["close"] for r in ko])],
+        market=SeriesInput.of("SPX", [r["date"] for r in market], [r["close"] for r in market]),
     )
 
 
-async def _ko(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    return await pool.fetch(
-        "SELECT date, close FROM bars WHERE ticker = 'KO' AND date <= '2022-06-01' "
+async def _ko(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """KO's and the market's newest 300 closes up to 2022-06-01, oldest first."""
+    query = (
+        "SELECT date, close FROM bars WHERE ticker = $1 AND date <= '2022-06-01' "
         "ORDER BY date DESC LIMIT 300"
     )
+    ko, market = await pool.fetch(query, "KO"), await pool.fetch(query, "SPX")
+    return list(reversed(ko)), list(reversed(market))
 
 
 async def _promote(client: MlflowClient, bundle_change: dict, root: Path, name: str) -> str:
@@ -190,7 +193,7 @@ async def test_a_promoted_version_that_fails_its_calls_is_rolled_back_while_all_
     notifications = redis.pubsub()
     await notifications.subscribe("notifications:models")
 
-    request = _request(list(reversed(await _ko(pool))))
+    request = _request(await _ko(pool))
     answered = [await lstm_deployment.forecast(request) for _ in range(8)]
     assert all(batch.version == good and batch.forecasts for batch in answered)  # the fallback
     await _until(lambda: registry.alias_version(serving_registry, "lstm", "champion") == good)
@@ -215,8 +218,8 @@ async def test_a_champion_losing_to_the_shadowed_previous_one_on_live_outcomes_i
     candidate = await _promote(serving_registry, {}, registry_root, "lstm-candidate")
     trial = lstm_deployment._trials
     await _until(lambda: "champion" in trial and trial["champion"].candidate == candidate)
-    ko = list(reversed(await _ko(pool)))
-    batch = await lstm_deployment.forecast(_request(ko))
+    ko, market = await _ko(pool)
+    batch = await lstm_deployment.forecast(_request((ko, market)))
     assert batch.version == candidate
     assert batch.shadow is not None and batch.shadow.version == good  # scored alongside
 

@@ -22,12 +22,13 @@ def tiny_cfg() -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def tiny_bars(bundled_bars: pd.DataFrame) -> pd.DataFrame:
-    keep = bundled_bars["ticker"].isin(TICKERS) & (bundled_bars["date"] >= "2019-01-01")
+    # the market's own bars too: the market-context features are measured against them
+    keep = bundled_bars["ticker"].isin((*TICKERS, "SPX")) & (bundled_bars["date"] >= "2019-01-01")
     return bundled_bars[keep].reset_index(drop=True)
 
 
 @pytest.fixture(scope="session")
-def tiny_panel(tiny_bars: pd.DataFrame, tiny_cfg: TrainConfig) -> Panel:
+def tiny_panel(tiny_bars: pd.DataFrame, tiny_cfg: TrainConfig, bundled_bars: pd.DataFrame) -> Panel:
     return build_panel(tiny_bars, FeatureConfig(window=tiny_cfg.window), tiny_cfg.horizons)
 
 

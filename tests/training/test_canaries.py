@@ -8,14 +8,18 @@ import numpy as np
 import pandas as pd
 
 from features.windows import FeatureConfig
-from tests.training.test_behaviour import CONFIG, TICKERS, _synthetic_bars
+from tests.training.test_behaviour import CONFIG, FEATURES, TICKERS, _synthetic_bars
 from training import walkforward as wf
 from training.data import Vocab, build_panel
 from training.metrics import HorizonMetrics, evaluate
 
 
 def _h1(panel_changes: str) -> HorizonMetrics:
-    panel = build_panel(_synthetic_bars(0.0, 4), FeatureConfig(window=CONFIG.window), (1, 5, 20))
+    panel = build_panel(
+        _synthetic_bars(0.0, 4),
+        FeatureConfig(features=FEATURES, window=CONFIG.window),
+        (1, 5, 20),
+    )
     rng = np.random.default_rng(9)
     for series in panel.series.values():
         if panel_changes == "leak":  # today's row carries tomorrow's return

@@ -448,6 +448,7 @@ def _window_set() -> WindowSet:
         y=np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], np.float32),
         dates=np.array(["2024-01-02", "2024-01-03"], "datetime64[ns]"),
         tickers=np.array(["AAA", "BBB"], object),
+        scale=np.full((n, 3), 0.05, np.float32),  # a network's scale: never the random walk's
     )
 
 

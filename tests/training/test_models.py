@@ -65,11 +65,15 @@ def test_prediction_at_t_ignores_bars_after_t(
     future_changed.loc[later, "close"] *= 3.0
     a = bundle.predict_bars(tiny_bars, as_of=as_of)
     b = bundle.predict_bars(future_changed, as_of=as_of)
-    assert (a["date"] == as_of).all() and len(a) == 4 * 3
+    assert (a["date"] == as_of).all() and len(a) == 5 * 3  # four stocks and the market
     pd.testing.assert_frame_equal(a, b)
-    # an imported ticker (unknown to the vocabulary) is predicted too
+    # an imported ticker (unknown to the vocabulary) is predicted too, against the market
     newco = tiny_bars[tiny_bars["ticker"] == "KO"].assign(ticker="NEWCO")
-    assert len(bundle.predict_bars(newco, as_of=as_of)) == 3
+    market = tiny_bars[tiny_bars["ticker"] == "SPX"]
+    predicted = bundle.predict_bars(pd.concat([newco, market]), as_of=as_of)
+    assert (predicted["ticker"] == "NEWCO").sum() == 3
+    with pytest.raises(ValueError, match="need SPX"):
+        bundle.predict_bars(newco, as_of=as_of)
 
 
 def test_bundle_round_trips_through_disk(
