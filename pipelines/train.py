@@ -174,6 +174,7 @@ def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR)
         result,
         test,
         {"walk_forward": walk_seconds, "final_fit": final_seconds},
+        serves=chosen,
         notes=[
             f"serves {chosen}: {_CLASSICAL_NAMES[chosen]} with Student-t innovations, fitted "
             f"per ticker ({len(bundle.params)} of {len(panel.series)} tickers; the others get "
@@ -198,12 +199,16 @@ def _card(
     test: pd.DataFrame,
     seconds: dict[str, float],
     notes: list[str] | None = None,
+    serves: str | None = None,
 ) -> ModelCard:
     """Metrics of `test` against the random walk and the strongest classical baseline (picked
-    on validation), with every baseline's own, on the same folds."""
+    on validation), with every baseline's own, on the same folds. A classical family that
+    `serves` the strongest baseline itself is not compared with itself."""
     rw = result.baseline_predictions("random_walk")
     strongest = wf.strongest_classical(result)
-    reference = (strongest, result.baseline_predictions(strongest))
+    reference = None
+    if strongest != serves:
+        reference = (strongest, result.baseline_predictions(strongest))
     metrics = {name: wf.score(result.baseline_predictions(name), rw, cfg) for name in BASELINES}
     # after the baselines: the classical family's own entry replaces its namesake baseline's
     metrics[family] = wf.score(test, rw, cfg, reference)
