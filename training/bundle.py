@@ -44,6 +44,16 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     return json.loads((directory / BUNDLE_FILE).read_text())
 
 
+def bars_to_closes(bars: pd.DataFrame, as_of: pd.Timestamp | None = None) -> dict[str, pd.Series]:
+    """Each ticker's date-indexed closes from canonical bars, up to `as_of` when given."""
+    if as_of is not None:
+        bars = bars[bars["date"] <= as_of]
+    return {
+        ticker: ticker_frame(bars, ticker)["close"].dropna()
+        for ticker in sorted(bars["ticker"].unique())
+    }
+
+
 @dataclass
 class ForecastBundle:
     family: str
@@ -131,11 +141,7 @@ class ForecastBundle:
         sectors: dict[str, str | None] | None = None,
     ) -> WindowSet:
         """The newest window of every ticker in `bars` (canonical rows, already cut at as_of)."""
-        closes = {
-            ticker: ticker_frame(bars, ticker)["close"].dropna()
-            for ticker in sorted(bars["ticker"].unique())
-        }
-        return self.window_set_closes(closes, sectors)
+        return self.window_set_closes(bars_to_closes(bars), sectors)
 
     def window_set_closes(
         self,
@@ -188,9 +194,7 @@ class ForecastBundle:
         sectors: dict[str, str | None] | None = None,
     ) -> pd.DataFrame:
         """Quantile forecasts from each ticker's bars up to `as_of` (default: its last bar)."""
-        if as_of is not None:
-            bars = bars[bars["date"] <= as_of]
-        return self._predict(self.window_set(bars, sectors))
+        return self.predict_closes(bars_to_closes(bars, as_of), sectors)
 
     def predict_closes(
         self,
@@ -315,13 +319,8 @@ class ClassicalBundle:
         as_of: pd.Timestamp | None = None,
         sectors: dict[str, str | None] | None = None,
     ) -> pd.DataFrame:
-        if as_of is not None:
-            bars = bars[bars["date"] <= as_of]
-        closes = {
-            ticker: ticker_frame(bars, ticker)["close"].dropna()
-            for ticker in sorted(bars["ticker"].unique())
-        }
-        return self.predict_closes(closes, sectors)
+        """Quantile forecasts from each ticker's bars up to `as_of` (default: its last bar)."""
+        return self.predict_closes(bars_to_closes(bars, as_of), sectors)
 
     def save(self, directory: Path) -> Path:
         return _write_meta(

@@ -20,6 +20,7 @@ from api.app import create_app
 from api.security.crypto import Keyring, email_context
 from api.security.tokens import AUDIENCE, ISSUER
 from api.settings import Settings
+from contracts import DEFAULT_FAMILY
 from tests.conftest import ANONYMOUS, PASSWORD, sign_up
 
 
@@ -299,7 +300,7 @@ async def test_admin_lists_users_and_profile_and_settings_round_trip(
     bad_zone = await client.patch("/api/v1/users/me", json={"timezone": "Mars/Base"}, headers=user)
     assert bad_zone.status_code == 422
     defaults = (await client.get("/api/v1/users/me/settings", headers=user)).json()
-    assert defaults["default_model"] == "ensemble"
+    assert defaults["default_model"] == DEFAULT_FAMILY
     wanted = {**defaults, "default_model": "lstm", "risk_tolerance": "high"}
     assert (
         await client.put("/api/v1/users/me/settings", json=wanted, headers=user)

@@ -62,7 +62,8 @@ def test_quick_profile_dvc_repro_trains_evaluates_and_registers(tmp_path: Path) 
     _run(["dvc", "repro"], tmp_path, env)
 
     report = (tmp_path / "reports" / "walkforward.md").read_text()
-    for model in ("lstm", "transformer", "hybrid", "ensemble", "random_walk", "historical_drift"):
+    models = ("garch (family)", "lstm", "transformer", "hybrid", "ensemble")
+    for model in (*models, "random_walk", "historical_drift"):
         assert f"| {model} |" in report
     for model in ("ewma", "garch", "gjr", "har"):  # the classical baselines, fitted per fold
         assert f"| {model} |" in report
