@@ -25,9 +25,10 @@ from api import channels
 from api.db.ab import PredictionLogRepository
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
-from api.services.ab import CHALLENGER, CHAMPION
 from api.settings import Settings
 from contracts import (
+    ALIASES,
+    CHAMPION,
     FamilyCatalogue,
     ForecastBatch,
     ForecastRequest,
@@ -39,7 +40,6 @@ from serving.guard import Probation, RollbackPolicy, live_verdict
 from serving.local import DbWeights, LocalPredictor, MemberPredictions
 from serving.ttl import TtlCache
 
-ALIASES = (CHAMPION, CHALLENGER)
 ROLLBACK_ACTOR = "auto-rollback"
 ANNOUNCE_ONCE_S = 600  # one announcement per alias move across replicas within this window
 

@@ -26,10 +26,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from api.db.ab import ResolvedLoss
-from api.services.ab import CHALLENGER, CHAMPION
 from api.services.outcomes import ab_report
 from api.settings import Settings
-from contracts import HORIZONS
+from contracts import CHALLENGER, CHAMPION, HORIZONS
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from mlflow import MlflowClient
 
 from api.db.ab import challenger_weight
 from api.db.pool import create_pool
-from api.services.ab import CHALLENGER, CHAMPION
 from api.settings import Settings
 from contracts import (
+    CHALLENGER,
+    CHAMPION,
     MARKET_TICKER,
     FamilyCatalogue,
     Forecast,
