@@ -11,15 +11,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
-def absolute_tracking_uri(uri: str) -> str:
-    """A sqlite URI with an absolute path, resolved against this process's working directory:
-    Ray workers and trials run in other directories, where a relative path names another file."""
-    if not uri.startswith("sqlite:///"):
-        return uri
-    path = Path(uri.removeprefix("sqlite:///"))
-    return uri if path.is_absolute() else f"sqlite:///{path.resolve()}"
-
+from contracts import absolute_tracking_uri
 
 MIN_SECRET_CHARS = 32
 

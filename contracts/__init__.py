@@ -13,6 +13,7 @@ travel as plain closes so model replicas need no database access of their own.
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Literal, Protocol, get_args
 
 from pydantic import BaseModel, Field
@@ -52,6 +53,16 @@ if set(FAMILY_KINDS) != set(FAMILIES):
 def model_name(family: str) -> str:
     """The registered MLflow model serving a family."""
     return f"stockcopilot-{family}"
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """The registry's location as every process must name it: a sqlite URI with an absolute
+    path, resolved against this process's working directory (Ray workers and trials run in
+    other directories, where a relative path names another file)."""
+    if not uri.startswith("sqlite:///"):
+        return uri
+    path = Path(uri.removeprefix("sqlite:///"))
+    return uri if path.is_absolute() else f"sqlite:///{path.resolve()}"
 
 
 class SeriesInput(BaseModel):

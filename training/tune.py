@@ -34,8 +34,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
-from api.settings import absolute_tracking_uri
-from contracts import NETWORKS
+from contracts import NETWORKS, absolute_tracking_uri
 from training import registry
 from training.config import PARAMS_FILE, TrainConfig, load_config
 from training.data import (
