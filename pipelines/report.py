@@ -17,6 +17,7 @@ from pathlib import Path
 from contracts import FAMILIES
 from features.stats import holm
 from training.baselines import BASELINES
+from training.card import tail
 from training.classical import CLASSICAL
 
 
@@ -35,6 +36,15 @@ def _pct(value: float | None) -> str:
 
 def _p(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _tail(m: dict, side: str) -> str:
+    nan = float("nan")
+    return tail(
+        m.get(f"coverage_{side}", nan),
+        m.get(f"kupiec_p_{side}", nan),
+        m.get(f"christoffersen_p_{side}", nan),
+    )
 
 
 def write_walkforward_report(models_dir: Path, out: Path) -> Path:
@@ -71,8 +81,8 @@ def write_walkforward_report(models_dir: Path, out: Path) -> Path:
         f"the {len(tested)} model × horizon tests below.",
         "",
         "| model | h | pinball | skill vs RW | p | skill vs classical | p (Holm) | dir. acc (p) "
-        "| rank IC | cover 80 | below / above | Sharpe |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rank IC | cover 80 | below q10 (Kupiec, Chr.) | above q90 (Kupiec, Chr.) | Sharpe |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in [n for n in ORDER if n in rows] + sorted(set(rows) - set(ORDER)):
         for m in rows[name]:
@@ -82,8 +92,7 @@ def write_walkforward_report(models_dir: Path, out: Path) -> Path:
                 f"{_p(m.get('dm_pvalue_vs_reference_holm'))} | "
                 f"{m['directional_accuracy']:.3f} ({_p(m['directional_pvalue'])}) | "
                 f"{m['rank_ic']:+.3f} | {m['coverage_80']:.3f} | "
-                f"{m.get('coverage_below', float('nan')):.3f} / "
-                f"{m.get('coverage_above', float('nan')):.3f} | "
+                f"{_tail(m, 'below')} | {_tail(m, 'above')} | "
                 f"{m['backtest']['sharpe']:+.2f} |"
             )
     lines += ["", *_robustness(splits)]

@@ -8,12 +8,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contracts import FAMILY_KINDS
 from training.config import fingerprint
 from training.metrics import HorizonMetrics, verdict
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def tail(rate: float, kupiec: float, christoffersen: float) -> str:
+    """One tail of the 80 % band: its hit rate (0.10 nominal), with the p-values of Kupiec's
+    test of that rate and Christoffersen's test that hits do not cluster."""
+    return f"{rate:.3f} ({kupiec:.2f}, {christoffersen:.2f})"
+
+
+DESCRIPTIONS = {
+    "classical": "a GARCH-type model fitted per ticker, its own h-day variance forecast times "
+    "its own standardised quantiles.",
+    "network": "one global network across tickers (ticker and sector embeddings), predicting "
+    "a correction to GARCH's h-day volatility, its tails calibrated on validation blocks.",
+    "ensemble": "a weighted average of the members' quantiles, weights per horizon fitted on "
+    "validation blocks, its tails calibrated on them.",
+}
 
 
 @dataclass
@@ -84,7 +101,8 @@ class ModelCard:
     def table(self) -> list[str]:
         rows = [
             "| model | h | pinball | skill vs RW (p) | skill vs classical (p) | dir. acc (p) "
-            "| base up | rank IC (t) | cover 80 | below q10 | above q90 | Sharpe | turnover |",
+            "| base up | rank IC (t) | cover 80 | below q10 (Kupiec, Chr.) "
+            "| above q90 (Kupiec, Chr.) | Sharpe | turnover |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, by in self.metrics.items():
@@ -95,12 +113,14 @@ class ModelCard:
                     if m.reference
                     else "—"
                 )
+                below = tail(m.coverage_below, m.kupiec_p_below, m.christoffersen_p_below)
+                above = tail(m.coverage_above, m.kupiec_p_above, m.christoffersen_p_above)
                 rows.append(
                     f"| {name} | {m.horizon} | {m.pinball:.5f} | "
                     f"{m.skill_vs_rw:+.2%} ({m.dm_pvalue_vs_rw:.3f}) | {versus} | "
                     f"{m.directional_accuracy:.3f} ({m.directional_pvalue:.3f}) | "
                     f"{m.base_rate_up:.3f} | {m.rank_ic:+.3f} ({m.rank_ic_tstat:+.1f}) | "
-                    f"{m.coverage_80:.3f} | {m.coverage_below:.3f} | {m.coverage_above:.3f} | "
+                    f"{m.coverage_80:.3f} | {below} | {above} | "
                     f"{b.sharpe:+.2f} | {b.turnover:.2f} |"
                 )
         return rows
@@ -131,8 +151,8 @@ class ModelCard:
             "",
             f"Configuration hash `{self.config_hash}` (frozen before the run).",
             "",
-            "Quantiles 0.1/0.5/0.9 of the log return at 1, 5 and 20 trading days; one global "
-            "model across tickers with ticker and sector embeddings.",
+            "Quantiles 0.1/0.5/0.9 of the log return at 1, 5 and 20 trading days; "
+            + DESCRIPTIONS.get(FAMILY_KINDS.get(self.family, "network"), ""),
             "",
             "## What the evaluation says",
             "",
@@ -150,7 +170,9 @@ class ModelCard:
             "blocks (see Notes). Directional accuracy is tested against the base rate of up "
             "moves (always calling the likelier direction), on non-overlapping outcomes; rank IC "
             "ranks single stocks only, its t-stat with h − 1 Newey-West lags; below/above are "
-            "the tails of the 80 % band (0.10 each, nominal). Backtest: long top third / short "
+            "the tails of the 80 % band (0.10 each, nominal), with the p-values of Kupiec's "
+            "test of the rate and Christoffersen's independence test, on non-overlapping "
+            "outcomes. Backtest: long top third / short "
             f"bottom third by predicted median, tied forecasts untraded, "
             f"{self.params.get('cost_bps')} bps per unit turnover, rebalanced every h days.",
             "",
