@@ -113,6 +113,8 @@ def _robustness(splits: dict[str, dict[str, list[dict]]]) -> list[str]:
         "|---|---|---|---|",
     ]
     for name in (n for n in MODELS if n in splits):
+        if not any(m.get("reference") for m in splits[name]["all"]):
+            continue  # the classical family serving the strongest baseline itself
         folds = [s for s in splits[name] if s.startswith("fold")]
         for i, m in enumerate(splits[name]["all"]):
             ahead = sum(
