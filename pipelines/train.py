@@ -121,16 +121,18 @@ def train_member(
     started = time.perf_counter()
     final = wf.fit_final(family, cfg, panel, vocab, progress)
     final_seconds = time.perf_counter() - started
+    strongest = wf.strongest_classical(result)
     card = _card(
         family,
         profile,
         cfg,
         result,
+        strongest,
         result.predictions("test"),
         {"walk_forward": walk_seconds, "final_fit": final_seconds},
     )
     splits = (result.predictions("test"), result.predictions("val"), final.val)
-    out = _write_outputs(family, result, splits, models_dir)
+    out = _write_outputs(family, result, strongest, splits, models_dir)
     bundle = ForecastBundle.from_module(
         final.module,
         panel.config,
@@ -167,11 +169,13 @@ def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR)
     bundle = wf.classical_bundle(fits, chosen, fold.fit_end)
     final_seconds = time.perf_counter() - started
     test = result.baseline_predictions(chosen)
+    strongest = wf.strongest_classical(result)
     card = _card(
         family,
         profile,
         cfg,
         result,
+        strongest,
         test,
         {"walk_forward": walk_seconds, "final_fit": final_seconds},
         serves=chosen,
@@ -182,7 +186,7 @@ def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR)
         ],
     )
     splits = (test, result.baseline_predictions(chosen, "val"), final_val)
-    out = _write_outputs(family, result, splits, models_dir)
+    out = _write_outputs(family, result, strongest, splits, models_dir)
     bundle.card = {"skill": card.skill(), "profile": profile}
     _log_run(family, profile, cfg, card, bundle, out)
     return card
@@ -196,16 +200,16 @@ def _card(
     profile: str,
     cfg: TrainConfig,
     result: wf.WalkForward,
+    strongest: str,
     test: pd.DataFrame,
     seconds: dict[str, float],
     notes: list[str] | None = None,
     serves: str | None = None,
 ) -> ModelCard:
-    """Metrics of `test` against the random walk and the strongest classical baseline (picked
-    on validation), with every baseline's own, on the same folds. A classical family that
-    `serves` the strongest baseline itself is not compared with itself."""
+    """Metrics of `test` against the random walk and `strongest`, the strongest classical
+    baseline (picked on validation), with every baseline's own, on the same folds. A classical
+    family that `serves` the strongest baseline itself is not compared with itself."""
     rw = result.baseline_predictions("random_walk")
-    strongest = wf.strongest_classical(result)
     reference = None
     if strongest != serves:
         reference = (strongest, result.baseline_predictions(strongest))
@@ -262,6 +266,7 @@ def _profile_notes(family: str, profile: str) -> list[str]:
 def _write_outputs(
     family: str,
     result: wf.WalkForward,
+    strongest: str,
     splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
     models_dir: Path,
 ) -> Path:
@@ -280,8 +285,7 @@ def _write_outputs(
     ).to_parquet(out / "predictions.parquet", index=False)
     for name in BASELINES:
         result.baseline_predictions(name).to_parquet(out / f"baseline_{name}.parquet", index=False)
-    reference = wf.strongest_classical(result)
-    (out / "reference.json").write_text(json.dumps({"strongest_classical": reference}))
+    (out / "reference.json").write_text(json.dumps({"strongest_classical": strongest}))
     return out
 
 

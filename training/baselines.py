@@ -56,28 +56,27 @@ class ClassicalFits:
 
     def __init__(self, panel: Panel) -> None:
         self.panel = panel
-        self._panel = panel
         self._fits: dict[tuple[str, str, pd.Timestamp], VolatilityForecast | None] = {}
 
     def fitted(self, name: str, ticker: str, fit_end: pd.Timestamp) -> VolatilityForecast | None:
         key = (name, ticker, fit_end)
         if key not in self._fits:
             try:
-                returns = daily_returns(self._panel, ticker)
-                self._fits[key] = fit_forecast(name, returns, fit_end, self._panel.horizons)
+                returns = daily_returns(self.panel, ticker)
+                self._fits[key] = fit_forecast(name, returns, fit_end, self.panel.horizons)
             except ValueError:  # too little history before fit_end (a young ETF): no forecast
                 self._fits[key] = None
         return self._fits[key]
 
     def quantiles(self, name: str, ws: WindowSet, fit_end: pd.Timestamp) -> np.ndarray:
         """[n, horizons, 3]; NaN for rows of tickers the model could not be fitted on."""
-        out = np.full((len(ws), len(self._panel.horizons), 3), np.nan)
+        out = np.full((len(ws), len(self.panel.horizons), 3), np.nan)
         for ticker in np.unique(ws.tickers):
             mask = ws.tickers == ticker
             found = self.fitted(name, str(ticker), fit_end)
             if found is not None:
                 origins = pd.DatetimeIndex(ws.dates[mask])
-                out[mask] = found.quantiles(origins, self._panel.horizons)
+                out[mask] = found.quantiles(origins, self.panel.horizons)
         return out
 
 

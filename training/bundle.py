@@ -9,6 +9,7 @@ ensemble bundle holds weights and the exact members they were fitted with.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -54,8 +55,27 @@ def bars_to_closes(bars: pd.DataFrame, as_of: pd.Timestamp | None = None) -> dic
     }
 
 
+class FromBars(ABC):
+    """`predict_bars` for a bundle that predicts from closes (the pyfunc's input is bars)."""
+
+    @abstractmethod
+    def predict_closes(
+        self, closes: dict[str, pd.Series], sectors: dict[str, str | None] | None = None
+    ) -> pd.DataFrame:
+        """Quantile forecasts after each ticker's last close."""
+
+    def predict_bars(
+        self,
+        bars: pd.DataFrame,
+        as_of: pd.Timestamp | None = None,
+        sectors: dict[str, str | None] | None = None,
+    ) -> pd.DataFrame:
+        """Quantile forecasts from each ticker's bars up to `as_of` (default: its last bar)."""
+        return self.predict_closes(bars_to_closes(bars, as_of), sectors)
+
+
 @dataclass
-class ForecastBundle:
+class ForecastBundle(FromBars):
     family: str
     hparams: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
@@ -187,15 +207,6 @@ class ForecastBundle:
         variance = self.scale.variances(closes)
         return {t: np.sqrt(variance[t]) if t in variance else np.zeros(1) for t in closes}
 
-    def predict_bars(
-        self,
-        bars: pd.DataFrame,
-        as_of: pd.Timestamp | None = None,
-        sectors: dict[str, str | None] | None = None,
-    ) -> pd.DataFrame:
-        """Quantile forecasts from each ticker's bars up to `as_of` (default: its last bar)."""
-        return self.predict_closes(bars_to_closes(bars, as_of), sectors)
-
     def predict_closes(
         self,
         closes: dict[str, pd.Series],
@@ -261,7 +272,7 @@ MIN_RETURNS = 60  # fewer daily returns than this: no classical forecast for the
 
 
 @dataclass
-class ClassicalBundle:
+class ClassicalBundle(FromBars):
     """The served classical family: a GARCH-type model (`model`: garch or gjr, whichever was
     stronger on validation) with each ticker's own fitted parameters and standardised
     quantiles. A ticker it was not fitted on (a user import) gets the median dynamics of the
@@ -312,15 +323,6 @@ class ClassicalBundle:
             variance = classical.garch_cumulative_variance(returns, params, self.horizons)
             out[ticker] = np.maximum(variance, classical.VARIANCE_FLOOR)
         return out
-
-    def predict_bars(
-        self,
-        bars: pd.DataFrame,
-        as_of: pd.Timestamp | None = None,
-        sectors: dict[str, str | None] | None = None,
-    ) -> pd.DataFrame:
-        """Quantile forecasts from each ticker's bars up to `as_of` (default: its last bar)."""
-        return self.predict_closes(bars_to_closes(bars, as_of), sectors)
 
     def save(self, directory: Path) -> Path:
         return _write_meta(
