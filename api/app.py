@@ -40,6 +40,7 @@ from api.routers import (
     predictions,
     stocks,
     users,
+    watchlists,
     ws,
 )
 from api.security.access import PUBLIC
@@ -49,9 +50,12 @@ from api.security.input_guard import InputGuardMiddleware
 from api.security.keyfile import with_secrets
 from api.security.mail import email_sender
 from api.security.ratelimit import RateLimiter
-from api.services.alerts import AlertEvaluator, AlertMailer, Notifier
+from api.services.ab import ChallengerWeights
+from api.services.alert_evaluator import AlertEvaluator
 from api.services.chat.providers import ProviderChain
 from api.services.chat.service import purge_expired
+from api.services.notifications import AlertMailer, Notifier
+from api.services.prediction_log import PredictionLog
 from api.settings import Settings
 from contracts import Predictor
 from features.live import YFinanceProvider
@@ -114,6 +118,9 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         app.state.pool = await create_pool(settings)
         app.state.redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         app.state.rate_limiter = RateLimiter(app.state.redis)
+        app.state.challenger_weights = ChallengerWeights(app.state.pool)
+        app.state.prediction_log = PredictionLog(app.state.pool)
+        app.state.prediction_log.start()
         app.state.hub = Hub(app.state.redis, predictions_of(app.state))
         await app.state.hub.start()
         background = [asyncio.create_task(_purge_chats(app), name="chat-retention")]
@@ -127,6 +134,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await app.state.hub.stop()
+            await app.state.prediction_log.close()  # every queued row, before the pool goes
             await app.state.email_sender.aclose()
             await app.state.chat.aclose()
             await app.state.redis.aclose()
@@ -189,7 +197,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     for router in (
         alerts.router,
         users.router,
-        portfolio.watchlists,
+        watchlists.router,  # before `portfolio`: `/watchlists` is never a portfolio id
         portfolio.router,
         stocks.router,
         market.router,

@@ -1,4 +1,8 @@
-"""Annotated dependency aliases so routes read like sentences."""
+"""Annotated dependency aliases so routes read like sentences.
+
+Every dependency here is `async def`, even those that only read `app.state`: FastAPI runs a plain
+`def` dependency in a worker thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -16,35 +20,42 @@ from api.errors import ProblemError, answers
 from api.security.access import ADMIN, SESSION, Access, scoped
 from api.security.mail import EmailSender
 from api.security.ratelimit import Limit
-from api.services.alerts import Notifier
 from api.services.auth import AuthService, Principal, unauthorized
 from api.services.market_data import MarketDataService
+from api.services.notifications import Notifier
 from api.services.oauth import OAuthService
 from api.services.predictions import PredictionService
 from api.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 # A route reaching the database answers 503 `database_unavailable` while it cannot be reached.
 @answers(503)
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
 def predictions_of(state: Any) -> PredictionService:
     """The prediction service of an app (its `app.state`): routes, sockets and alerts share it."""
     cache = JsonCache(state.redis, "pred:v1", state.settings.prediction_cache_ttl_s)
-    return PredictionService(state.pool, state.predictor, cache, state.metrics.forecasts_served)
+    return PredictionService(
+        state.pool,
+        state.predictor,
+        cache,
+        state.prediction_log,
+        state.challenger_weights,
+        state.metrics.forecasts_served,
+    )
 
 
-def get_predictions(request: Request) -> PredictionService:
+async def get_predictions(request: Request) -> PredictionService:
     return predictions_of(request.app.state)
 
 
@@ -54,7 +65,7 @@ async def caller_key(principal: Annotated[Principal, Depends(current_principal)]
     return f"user:{principal.user_id}"
 
 
-def get_market_data(pool: Annotated[asyncpg.Pool, Depends(get_pool)]) -> MarketDataService:
+async def get_market_data(pool: Annotated[asyncpg.Pool, Depends(get_pool)]) -> MarketDataService:
     return MarketDataService(pool)
 
 
@@ -70,7 +81,7 @@ def client_ip(request: Request) -> str | None:
 
 
 @answers(503)
-def get_auth(request: Request) -> AuthService:
+async def get_auth(request: Request) -> AuthService:
     state = request.app.state
     return AuthService(state.pool, state.redis, state.settings, state.keyring, state.rate_limiter)
 
@@ -184,8 +195,7 @@ async def spend_rate(
 ) -> None:
     """Spend one request of each (limit, subject); RateLimit-* headers for the tightest, 429
     when any is spent."""
-    limiter = request.app.state.rate_limiter
-    decisions = [await limiter.hit(limit, key) for limit, key in checks]
+    decisions = await request.app.state.rate_limiter.hit_many(checks)
     refused = [d for d in decisions if not d.allowed]
     tightest = min(refused or decisions, key=lambda d: (d.remaining, -d.retry_after_s))
     if refused:
@@ -237,24 +247,30 @@ AuthDep = Annotated[AuthService, Depends(get_auth)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 SessionPrincipalDep = Annotated[Principal, require(SESSION)]
 AdminPrincipalDep = Annotated[Principal, require(ADMIN)]
-ClientIpDep = Annotated[str | None, Depends(client_ip)]
 
 
-def get_notifier(request: Request) -> Notifier:
+async def _client_ip(request: Request) -> str | None:
+    return client_ip(request)
+
+
+ClientIpDep = Annotated[str | None, Depends(_client_ip)]
+
+
+async def get_notifier(request: Request) -> Notifier:
     return Notifier(request.app.state.pool, request.app.state.redis)
 
 
 NotifierDep = Annotated[Notifier, Depends(get_notifier)]
 
 
-def get_email_sender(request: Request) -> EmailSender:
+async def get_email_sender(request: Request) -> EmailSender:
     return request.app.state.email_sender
 
 
 EmailSenderDep = Annotated[EmailSender, Depends(get_email_sender)]
 
 
-def get_oauth(request: Request, auth: AuthDep) -> OAuthService:
+async def get_oauth(request: Request, auth: AuthDep) -> OAuthService:
     state = request.app.state
     return OAuthService(state.pool, state.redis, state.settings, state.keyring, auth)
 

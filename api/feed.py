@@ -41,15 +41,17 @@ from redis.exceptions import RedisError
 
 from api import channels
 from api.db.ab import PredictionLogRepository
-from api.db.market import BarRepository
-from api.services.alerts import AlertEvaluator, DayQuote
+from api.db.market import BarRepository, InstrumentRepository
+from api.services.alert_evaluator import AlertEvaluator, DayQuote
 from features.live import LiveProvider, ProviderError
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class Quote:
+class LiveQuote:
+    """A close as the feed pushes it (`quote` messages); the REST quote is `api.schemas.Quote`."""
+
     ticker: str
     date: date
     close: float
@@ -76,12 +78,8 @@ class MarketFeed(Protocol):
 
 async def stored_day(pool: asyncpg.Pool, day: date) -> pd.DataFrame:
     """Every stored bar of one trading day, as a feed yields it."""
-    rows = await pool.fetch(
-        """SELECT ticker, date, open, high, low, close, volume, source FROM bars
-           WHERE date = $1 ORDER BY ticker""",
-        day,
-    )
-    return pd.DataFrame([dict(r) for r in rows])
+    async with pool.acquire() as conn:
+        return await BarRepository(conn).of_day(day)
 
 
 class ReplayFeed:
@@ -103,22 +101,18 @@ class ReplayFeed:
         self._interval = interval_s
 
     async def days(self) -> AsyncIterator[tuple[date, pd.DataFrame]]:
-        start = self._start
-        if start is None:  # a year before the newest bar
-            newest = await self._pool.fetchval("SELECT max(date) FROM bars")
-            start = (newest or date.today()) - timedelta(days=365)
-        if self._after is not None and self._after >= start:
-            start = self._after + timedelta(days=1)
-        sessions = await self._pool.fetch(
-            """SELECT DISTINCT date FROM bars WHERE date >= $1 AND ($2::date IS NULL OR date <= $2)
-               ORDER BY date""",
-            start,
-            self._end,
-        )
-        for i, row in enumerate(sessions):
+        async with self._pool.acquire() as conn:
+            bars = BarRepository(conn)
+            start = self._start
+            if start is None:  # a year before the newest bar
+                start = (await bars.newest_date() or date.today()) - timedelta(days=365)
+            if self._after is not None and self._after >= start:
+                start = self._after + timedelta(days=1)
+            sessions = await bars.trading_days(start, self._end)
+        for i, day in enumerate(sessions):
             if i:
                 await asyncio.sleep(self._interval)
-            yield row["date"], await stored_day(self._pool, row["date"])
+            yield day, await stored_day(self._pool, day)
 
 
 class PollingFeed:
@@ -146,16 +140,11 @@ class PollingFeed:
                 await asyncio.sleep(self._interval)
             done += 1
             frames = []
-            tickers = self._tickers or [
-                r["ticker"]
-                for r in await self._pool.fetch(
-                    "SELECT ticker FROM instruments WHERE asset_type = 'equity' ORDER BY ticker"
-                )
-            ]
+            tickers = self._tickers or await InstrumentRepository(self._pool).equities()
+            async with self._pool.acquire() as conn:
+                lasts = {t: await BarRepository(conn).last_date(t) for t in tickers}
             for ticker in tickers:
-                last = await self._pool.fetchval(
-                    "SELECT max(date) FROM bars WHERE ticker = $1", ticker
-                )
+                last = lasts[ticker]
                 start = (last or date.today() - timedelta(days=30)) + timedelta(days=1)
                 if start > date.today():
                     continue
@@ -189,7 +178,7 @@ class BarProcessor:
         self._alerts = alerts
         self._on_day = on_day  # e.g. a metrics counter
 
-    async def process(self, day: date, bars: pd.DataFrame) -> list[Quote]:
+    async def process(self, day: date, bars: pd.DataFrame) -> list[LiveQuote]:
         if bars.empty:
             return []
         frame = bars.assign(date=pd.to_datetime(bars["date"])).astype(
@@ -198,18 +187,12 @@ class BarProcessor:
         async with self._pool.acquire() as conn:
             async with conn.transaction():  # the staging table empties on commit
                 await BarRepository(conn).insert_new(frame)
-            previous = {
-                r["ticker"]: r["close"]
-                for r in await conn.fetch(
-                    """SELECT DISTINCT ON (ticker) ticker, close FROM bars
-                       WHERE ticker = ANY($1::text[]) AND date < $2
-                       ORDER BY ticker, date DESC""",
-                    sorted(frame["ticker"].unique()),
-                    day,
-                )
-            }
+            previous = await BarRepository(conn).previous_closes(
+                sorted(frame["ticker"].unique()), day
+            )
         quotes = [
-            Quote(r.ticker, day, float(r.close), previous.get(r.ticker)) for r in frame.itertuples()
+            LiveQuote(r.ticker, day, float(r.close), previous.get(r.ticker))
+            for r in frame.itertuples()
         ]
         await self._announce(quotes)
         resolved = await PredictionLogRepository(self._pool).resolve_due()
@@ -228,7 +211,7 @@ class BarProcessor:
         )
         return quotes
 
-    async def _announce(self, quotes: list[Quote]) -> None:
+    async def _announce(self, quotes: list[LiveQuote]) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for quote in quotes:

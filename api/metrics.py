@@ -24,7 +24,6 @@ scanner cannot blow up the label space; unmatched paths share the label `unmatch
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import asyncpg
 import structlog
@@ -34,6 +33,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import channels
+from api.db.gauges import GaugeRepository
 
 log = structlog.get_logger(__name__)
 
@@ -99,12 +99,12 @@ class Metrics:
         self.conversations = Gauge("stockcopilot_conversations", "Chat conversations", registry=r)
         self._totals_read_at = 0.0
 
-    def forecasts_served(self, forecasts: list[dict[str, Any]], hits: int) -> None:
-        for forecast in forecasts:
-            model = forecast["model"]
-            self.predictions.labels(model["family"], model["version"], model["variant"]).inc()
+    def forecasts_served(
+        self, family: str, version: str, variant: str, served: int, hits: int
+    ) -> None:
+        self.predictions.labels(family, version, variant).inc(served)
         self.cache.labels("hit").inc(hits)
-        self.cache.labels("miss").inc(len(forecasts) - hits)
+        self.cache.labels("miss").inc(served - hits)
 
     async def render(self, pool: asyncpg.Pool, redis: Redis) -> bytes:
         """The exposition text, with the scrape-time gauges brought up to date."""
@@ -124,22 +124,13 @@ class Metrics:
         return generate_latest(self.registry)
 
     async def _read_totals(self, pool: asyncpg.Pool) -> None:
-        row = await pool.fetchrow(
-            """SELECT (SELECT count(*) FROM users) AS users,
-                      (SELECT count(*) FROM portfolios) AS portfolios,
-                      (SELECT count(*) FROM conversations) AS conversations"""
-        )
-        self.users.set(row["users"])
-        self.portfolios.set(row["portfolios"])
-        self.conversations.set(row["conversations"])
-        losses = await pool.fetch(
-            """SELECT p.family, p.variant, avg(o.pinball_loss) AS loss
-               FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.live AND o.resolved_at >= now() - interval '7 days'
-               GROUP BY p.family, p.variant"""
-        )
-        for r in losses:
-            self.live_loss.labels(r["family"], r["variant"]).set(float(r["loss"]))
+        gauges = GaugeRepository(pool)
+        totals = await gauges.totals()
+        self.users.set(totals.users)
+        self.portfolios.set(totals.portfolios)
+        self.conversations.set(totals.conversations)
+        for r in await gauges.live_losses():
+            self.live_loss.labels(r.family, r.variant).set(r.loss)
 
 
 class MetricsMiddleware:

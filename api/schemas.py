@@ -104,6 +104,21 @@ class History(BaseModel):
     bars: list[Bar]
 
 
+class Quote(BaseModel):
+    ticker: str
+    date: date
+    close: float
+    previous_close: float | None
+    change: float | None
+    change_pct: float | None
+    open: float | None
+    high: float | None
+    low: float | None
+    volume: float | None
+    week52_high: float = Field(description="highest high (close where no high) in 52 weeks")
+    week52_low: float
+
+
 class IndicatorSeries(BaseModel):
     name: str
     category: str | None = Field(description="overlap, momentum, trend, volatility, volume, ...")

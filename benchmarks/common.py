@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing
 import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from api.settings import Settings
 
 
 def free_port() -> int:
@@ -16,3 +24,48 @@ def free_port() -> int:
 def percentile(ordered: list[float], q: float) -> float:
     """The nearest-rank `q` quantile of sorted, non-empty values."""
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _serve_in_process(settings: Settings, port: int) -> None:
+    """The `--no-ray` server (API and models in one process), as `stockcopilot up --no-ray`."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.logging import configure_logging
+    from serving.local import LocalPredictor
+    from training import registry
+
+    configure_logging(settings.log_level, settings.log_json)
+    predictor = LocalPredictor(registry.configure(settings.mlflow_tracking_uri))
+    app = create_app(settings, predictor)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+@contextlib.contextmanager
+def in_process_server(settings: Settings) -> Iterator[tuple[str, int]]:
+    """The in-process API in a process of its own (a client in the same process would share its
+    interpreter lock and slow it down); yields its base URL and pid once it answers, and stops
+    it afterwards."""
+    port = free_port()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_in_process, args=(settings, port), daemon=True
+    )
+    process.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or not process.is_alive():
+                process.kill()
+                raise RuntimeError("the in-process server did not start") from None
+            time.sleep(0.1)
+    try:
+        yield base, process.pid or 0
+    finally:
+        process.terminate()  # uvicorn shuts down on SIGTERM: the app's pools close
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +29,14 @@ import httpx
 import pandas as pd
 import psutil
 
-from api.app import create_app
 from api.settings import Settings
-from benchmarks.common import free_port, percentile
-from contracts import ForecastRequest, SeriesInput
+from benchmarks.common import free_port, in_process_server, percentile
+from contracts import MARKET_TICKER, NETWORKS, ForecastRequest, SeriesInput
 from features.datasets import load_universe
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import bars_stored, ingest_bundled
 from pipelines.up import ensure_champions
-from serving.local import LocalPredictor
+from serving.app import SERVE_ENV
 from training import registry
 from training.fit import predict
 
@@ -97,67 +96,66 @@ def _uncached(ticker_base: int) -> Callable[[int], tuple[str, str]]:
     return pick
 
 
-async def run(args: argparse.Namespace, settings: Settings, prepared: tuple) -> list[Row]:
-    import ray
-    import uvicorn
-    from ray import serve
+Get = Callable[[str, Callable[[int], tuple[str, str]], int], Awaitable[None]]
 
+
+async def uncached_and_cached(
+    name: str, base: str, get: Get, offset: Iterator[int], concurrency: int, seconds: float
+) -> list[Row]:
+    """One prediction route behind `base`: distinct (ticker, as-of) per call, then one answer
+    over and over from the cache."""
+    pick = _uncached(next(offset))
+    uncached = await measure(
+        f"{name}, uncached", lambda i: get(base, pick, i), concurrency, seconds
+    )
+    fixed = _uncached(0)
+    await get(base, fixed, 0)  # warm the cache entry
+    cached = await measure(f"{name}, cached", lambda _: get(base, fixed, 0), concurrency, seconds)
+    return [uncached, cached]
+
+
+INGRESSES = {
+    # Serve's Python HTTP proxy and Ray's default replica data plane
+    "proxy": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+    # what `make up` runs (serving.app.SERVE_ENV): HAProxy ingress, gRPC between replicas
+    "haproxy": SERVE_ENV,
+}
+
+
+async def run(args: argparse.Namespace, settings: Settings, prepared: tuple) -> list[Row]:
     from api.logging import configure_logging
-    from serving.app import build_app, start_local_ray
-    from serving.config import ServeAppConfig
 
     configure_logging(settings.log_level, settings.log_json)  # as the Serve ingress does
+    rows: list[Row] = []
+    # 2. plain FastAPI in-process (the --no-ray path) on loopback, in a process of its own
+    with in_process_server(settings) as (local, pid):
+        rows += await _measure_all(args, settings, prepared, local, pid)
+    return rows
 
+
+async def _measure_all(
+    args: argparse.Namespace, settings: Settings, prepared: tuple, local: str, local_pid: int
+) -> list[Row]:
     rows: list[Row] = []
     family, seconds = args.family, args.seconds
-    predictor = LocalPredictor(registry.configure(settings.mlflow_tracking_uri))
     # 1. raw forward: the network on one prepared window, no I/O
     bundle, bars = prepared
-    window = bundle.window_set(bars[bars["ticker"] == "AAPL"])
+    closes = {t: bars[bars["ticker"] == t].tail(400) for t in ("AAPL", MARKET_TICKER)}
+    by_date = {t: frame.set_index("date")["close"] for t, frame in closes.items()}
+    window = bundle.window_set_closes({"AAPL": by_date["AAPL"]}, None, by_date[MARKET_TICKER])
 
     async def raw(_: int) -> object:
         return predict(bundle.module, window)
 
     rows.append(await measure("raw model forward", raw, 1, seconds))
 
-    # 2. plain FastAPI in-process (the --no-ray path) on loopback
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, predictor),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:  # noqa: ASYNC110 - polls uvicorn's flag in another thread
-        await asyncio.sleep(0.1)
-    local = f"http://127.0.0.1:{port}"
-
-    # 3-5. Ray Serve
-    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve_port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-    serve.run(build_app(ServeAppConfig(settings=settings)), name="stockcopilot", route_prefix="/")
-    full = f"http://127.0.0.1:{serve_port}"
-    handle = serve.get_deployment_handle(
-        {
-            "lstm": "LSTMForecaster",
-            "transformer": "TransformerForecaster",
-            "hybrid": "HybridForecaster",
-        }[family],
-        app_name="stockcopilot",
-    )
-    closes = bars[bars["ticker"] == "AAPL"].tail(400)
+    series = {
+        t: SeriesInput.of(t, [d.date() for d in frame["date"]], list(frame["close"]))
+        for t, frame in closes.items()
+    }
     request = ForecastRequest(
-        family=family,
-        variant="champion",
-        series=[SeriesInput.of("AAPL", [d.date() for d in closes["date"]], list(closes["close"]))],
+        family=family, variant="champion", series=[series["AAPL"]], market=series[MARKET_TICKER]
     )
-
     headers = await signed_in(settings)
     async with httpx.AsyncClient(
         timeout=120, limits=httpx.Limits(max_connections=128), headers=headers
@@ -170,59 +168,85 @@ async def run(args: argparse.Namespace, settings: Settings, prepared: tuple) -> 
             )
             response.raise_for_status()
 
-        async def bare(_: int) -> object:
-            return await handle.forecast.remote(request)
-
         offset = itertools.count(step=100_000)
         for concurrency in (1, 16, 64):
-            for name, base in (("in-process FastAPI", local), ("full stack (proxy)", full)):
-                pick = _uncached(next(offset))
-                rows.append(
-                    await measure(
-                        f"{name}, uncached",
-                        lambda i, b=base, p=pick: get(b, p, i),
-                        concurrency,
-                        seconds,
-                    )
-                )
-                fixed = _uncached(0)
-                await get(base, fixed, 0)  # warm the cache entry
-                rows.append(
-                    await measure(
-                        f"{name}, cached",
-                        lambda i, b=base, f=fixed: get(b, f, 0),
-                        concurrency,
-                        seconds,
-                    )
-                )
-            rows.append(await measure("bare Serve handle", bare, concurrency, seconds))
-
-        async def batch(size: int, i: int) -> None:
-            response = await client.post(
-                f"{full}/api/v1/predictions/batch",
-                json={
-                    "tickers": (TICKERS + IMPORTED)[:size],
-                    "model": family,
-                    "as_of": DATES[-1 - i % 500],
-                },
+            rows += await uncached_and_cached(
+                "in-process FastAPI", local, get, offset, concurrency, seconds
             )
-            response.raise_for_status()
+        # 3-5. the Ray Serve stack, once per ingress, each on a cluster of its own
+        for ingress in args.ingress:
+            rows += await _serve_stack(
+                ingress, args, settings, request, get, offset, client, local_pid
+            )
+    return rows
 
-        rows.append(await measure("batch of 1 (proxy)", lambda i: batch(1, i), 1, seconds))
-        rows.append(
-            await measure(f"batch of {BATCH} (proxy)", lambda i: batch(BATCH, i), 1, seconds)
+
+async def _serve_stack(
+    ingress: str,
+    args: argparse.Namespace,
+    settings: Settings,
+    request: ForecastRequest,
+    get: Get,
+    offset: Iterator[int],
+    client: httpx.AsyncClient,
+    local_pid: int,
+) -> list[Row]:
+    import os
+
+    import ray
+    from ray import serve
+
+    from serving.app import build_app, start_local_ray
+    from serving.config import ServeAppConfig
+    from serving.replicas import deployment_name
+
+    family, seconds = args.family, args.seconds
+    os.environ.update(INGRESSES[ingress])  # read by every process of the cluster started next
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    serve.run(build_app(ServeAppConfig(settings=settings)), name="stockcopilot", route_prefix="/")
+    full = f"http://127.0.0.1:{serve_port}"
+    handle = serve.get_deployment_handle(deployment_name(family), app_name="stockcopilot")
+    rows: list[Row] = []
+
+    async def bare(_: int) -> object:
+        return await handle.forecast.remote(request)
+
+    for concurrency in (1, 16, 64):
+        rows += await uncached_and_cached(
+            f"full stack ({ingress})", full, get, offset, concurrency, seconds
         )
-    rss, pss, harness = _stack_memory_gib()
+        rows.append(await measure(f"bare Serve handle ({ingress})", bare, concurrency, seconds))
+
+    async def batch(size: int, i: int) -> None:
+        response = await client.post(
+            f"{full}/api/v1/predictions/batch",
+            json={
+                "tickers": (TICKERS + IMPORTED)[:size],
+                "model": family,
+                "as_of": DATES[-1 - i % 500],
+            },
+        )
+        response.raise_for_status()
+
+    rows.append(await measure(f"batch of 1 ({ingress})", lambda i: batch(1, i), 1, seconds))
+    rows.append(
+        await measure(f"batch of {BATCH} ({ingress})", lambda i: batch(BATCH, i), 1, seconds)
+    )
+    rss, pss, harness = _stack_memory_gib(exclude=local_pid)
+    MEMORY[ingress] = (rss, pss)
     serve.shutdown()
     ray.shutdown()
-    server.should_exit = True
-    thread.join(timeout=30)  # let the in-process app close its pools before Postgres stops
     print(
-        f"\nstack memory (Ray + Serve replicas + Postgres + Redis): RSS {rss:.2f} GiB, "
-        f"PSS {pss:.2f} GiB (shared pages counted once); benchmark harness itself (client, "
-        f"in-process app, raw model) RSS {harness:.2f} GiB, not included"
+        f"\nstack memory with the {ingress} ingress (Ray + Serve replicas + Postgres + Redis): "
+        f"RSS {rss:.2f} GiB, PSS {pss:.2f} GiB (shared pages counted once); benchmark harness "
+        f"itself (client, in-process app, raw model) RSS {harness:.2f} GiB, not included"
     )
     return rows
+
+
+MEMORY: dict[str, tuple[float, float]] = {}
 
 
 def prepare(settings: Settings, family: str) -> tuple:
@@ -234,32 +258,27 @@ def prepare(settings: Settings, family: str) -> tuple:
     return bundle, load_bundled_bars()
 
 
-def _stack_memory_gib() -> tuple[float, float, float]:
-    """(RSS sum, PSS sum) of the serving stack's processes, and this harness's own RSS."""
+def _stack_memory_gib(exclude: int) -> tuple[float, float, float]:
+    """(RSS sum, PSS sum) of the serving stack's processes — this benchmark's descendants: Ray
+    and its replicas, HAProxy, the embedded Postgres and Redis, never another cluster on the
+    machine, nor the in-process server `exclude` — and this harness's own RSS. Prints the
+    biggest processes."""
     me = psutil.Process()
     rss = pss = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if proc.pid == me.pid or not any(
-            k in cmd
-            for k in (
-                "ray::",
-                "raylet",
-                "gcs_server",
-                "ray/dashboard",
-                "ray/_private",
-                "ray/autoscaler",
-                "postgres",
-                "redis-server",
-            )
-        ):
+    sizes = []
+    for proc in me.children(recursive=True):
+        if proc.pid == exclude:
             continue
         try:
             memory = proc.memory_full_info()
+            name = " ".join(proc.cmdline()[:1] or [proc.name()])[:60]
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         rss += memory.rss
         pss += memory.pss
+        sizes.append((memory.pss, memory.rss, name))
+    for p, r, name in sorted(sizes, reverse=True)[:10]:
+        print(f"    PSS {p / 2**30:5.2f} GiB  RSS {r / 2**30:5.2f} GiB  {name}")
     return rss / 2**30, pss / 2**30, me.memory_info().rss / 2**30
 
 
@@ -305,35 +324,81 @@ async def add_imported_tickers(settings: Settings, bars: pd.DataFrame) -> None:
         await pool.close()
 
 
-def report(rows: list[Row]) -> None:
+def ratios(rows: list[Row], ingress: str) -> dict[str, float]:
+    """The targets' ratios for one ingress, all from this run's rows."""
+    by = {(r.name, r.concurrency): r for r in rows}
+
+    def p50(name: str, c: int = 1) -> float:
+        return by[(name, c)].p50_ms
+
+    out = {}
+    for c in (1, 16):
+        out[f"cached_ratio_c{c}"] = p50(f"full stack ({ingress}), cached", c) / p50(
+            "in-process FastAPI, cached", c
+        )
+    for c in (1, 16, 64):
+        out[f"uncached_ratio_c{c}"] = (
+            by[(f"full stack ({ingress}), uncached", c)].rps
+            / by[(f"bare Serve handle ({ingress})", c)].rps
+        )
+    out["batch_ratio"] = p50(f"batch of {BATCH} ({ingress})") / p50(f"batch of 1 ({ingress})")
+    raw = p50("raw model forward")
+    out["inprocess_uncached_vs_raw"] = p50("in-process FastAPI, uncached") / raw
+    out["inprocess_cached_vs_raw"] = p50("in-process FastAPI, cached") / raw
+    out["stack_rss_gib"], out["stack_pss_gib"] = MEMORY[ingress]
+    return out
+
+
+TARGETS = {
+    "cached_ratio_c1": ("≤", 1.5),
+    "cached_ratio_c16": ("≤", 1.5),
+    "uncached_ratio_c1": ("≥", 0.7),
+    "uncached_ratio_c16": ("≥", 0.7),
+    "uncached_ratio_c64": ("≥", 0.7),
+    "batch_ratio": ("≤", 3.0),
+    "inprocess_uncached_vs_raw": ("≤", 12.0),
+    "inprocess_cached_vs_raw": ("≤", 5.0),
+    "stack_rss_gib": ("≤", 6.0),
+    "stack_pss_gib": ("≤", 4.0),
+}
+
+
+def report(rows: list[Row], ingresses: list[str], as_json: bool) -> None:
     print(f"\n{'path':34} {'conc':>4} {'n':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for r in rows:
         print(
             f"{r.name:34} {r.concurrency:>4} {r.requests:>6} {r.rps:>8.1f} {r.p50_ms:>8.1f} "
             f"{r.p99_ms:>8.1f}"
         )
-    by = {(r.name, r.concurrency): r for r in rows}
+    found = {ingress: ratios(rows, ingress) for ingress in ingresses}
     print("\nratios (same run):")
-    for c in (1, 16, 64):
-        cached = (
-            by[("full stack (proxy), cached", c)].p50_ms
-            / by[("in-process FastAPI, cached", c)].p50_ms
-        )
-        uncached = by[("full stack (proxy), uncached", c)].rps / by[("bare Serve handle", c)].rps
-        print(
-            f"  c={c:>2}: cached full-stack p50 / in-process FastAPI p50 = {cached:.2f} "
-            f"(target ≤ 1.5); uncached full-stack req/s / bare handle req/s = {uncached:.2f} "
-            f"(target ≥ 0.5)"
-        )
-    one = by[("batch of 1 (proxy)", 1)].p50_ms
-    many = by[(f"batch of {BATCH} (proxy)", 1)]
-    print(f"  {many.name} p50 / batch of 1 p50 = {many.p50_ms / one:.2f} (target ≤ 3)")
+    print(f"  {'ratio':28} " + " ".join(f"{i:>9}" for i in ingresses) + "   target")
+    for key, (sign, bound) in TARGETS.items():
+        values = " ".join(f"{found[i][key]:>9.2f}" for i in ingresses)
+        print(f"  {key:28} {values}   {sign} {bound}")
+    if as_json:  # the ingress `make up` runs, last line
+        main_ingress = "haproxy" if "haproxy" in found else ingresses[-1]
+        others = {
+            f"{i}_{k}": round(v, 3)
+            for i in ingresses
+            if i != main_ingress
+            for k, v in found[i].items()
+        }
+        print(json.dumps({k: round(v, 3) for k, v in found[main_ingress].items()} | others))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
-    parser.add_argument("--family", default="lstm", choices=["lstm", "transformer", "hybrid"])
+    parser.add_argument("--family", default="lstm", choices=list(NETWORKS))
+    parser.add_argument(
+        "--ingress",
+        nargs="+",
+        default=["proxy", "haproxy"],
+        choices=list(INGRESSES),
+        help="Serve ingresses to measure side by side (each on a fresh cluster)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the ratios as JSON, last")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         base = Settings(
@@ -354,7 +419,7 @@ def main() -> None:
             ensure_champions(settings, Console(stderr=True))
             prepared = prepare(settings, args.family)
             asyncio.run(add_imported_tickers(settings, prepared[1]))
-            report(asyncio.run(run(args, settings, prepared)))
+            report(asyncio.run(run(args, settings, prepared)), args.ingress, args.json)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,13 @@ class SeriesInput(BaseModel):
 
 
 class ForecastRequest(BaseModel):
-    family: str
-    variant: str = Field(description="champion or challenger, chosen by the A/B router")
+    family: Family
+    variant: Alias = Field(description="champion or challenger, chosen where routing is decided")
+    version: str | None = Field(
+        default=None,
+        description="the registered version routing chose (and the cache keyed on); replicas "
+        "serve exactly it and never re-read the routing. None: whatever the variant serves now",
+    )
     series: list[SeriesInput]
     market: SeriesInput | None = Field(
         default=None,
@@ -134,15 +139,15 @@ class ForecastBatch(BaseModel):
 
 
 class Routing(BaseModel):
-    """Who serves a family now: versions per variant and the challenger's traffic share."""
+    """Which version serves each variant of a family now (as the serving replicas have vetted
+    it). The challenger's traffic share is an API setting, read where the variant is chosen."""
 
     family: str
     champion: str | None
     challenger: str | None = None
-    challenger_weight: float = 0.0
 
     def version_of(self, variant: str) -> str | None:
-        return self.challenger if variant == "challenger" else self.champion
+        return self.challenger if variant == CHALLENGER else self.champion
 
 
 class ModelVersion(BaseModel):

@@ -35,6 +35,8 @@ def shorten(value: Any) -> Any:
 
 
 async def _record(client: Any, out: dict[str, Any], pool: Any, redis_url: str) -> None:
+    from api.db.users import UserRepository
+
     async def call(method: str, template: str, path: str | None = None, **kwargs: Any) -> Any:
         response = await client.request(method, path or template, **kwargs)
         assert response.is_success, (template, response.status_code, response.text)
@@ -199,7 +201,9 @@ async def _record(client: Any, out: dict[str, Any], pool: Any, redis_url: str) -
     )
     password = new_password
 
-    await pool.execute("UPDATE users SET role = 'admin'")  # the scratch database's only user
+    users = UserRepository(pool)
+    for user in await users.list(10, 0):  # the scratch database's only user
+        await users.set_role(user.id, "admin")
     tokens = await call("POST", "/api/v1/auth/login", json={"email": email, "password": password})
     client.headers["Authorization"] = f"Bearer {tokens['access_token']}"
     await call("GET", "/api/v1/users")
@@ -220,11 +224,11 @@ async def _record_alerts(call: Any, pool: Any, redis_url: str, portfolio_id: str
     notifications they leave."""
     from datetime import date
 
-    import pandas as pd
     from redis.asyncio import Redis
 
-    from api.feed import BarProcessor
-    from api.services.alerts import AlertEvaluator, Notifier
+    from api.feed import BarProcessor, stored_day
+    from api.services.alert_evaluator import AlertEvaluator
+    from api.services.notifications import Notifier
 
     base = "/api/v1/users/me/alerts"
     price = await call(
@@ -254,12 +258,8 @@ async def _record_alerts(call: Any, pool: Any, redis_url: str, portfolio_id: str
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
         day = date(2022, 12, 28)
-        rows = await pool.fetch(
-            "SELECT ticker, date, open, high, low, close, volume, source FROM bars WHERE date = $1",
-            day,
-        )
         processor = BarProcessor(pool, redis, AlertEvaluator(pool, Notifier(pool, redis), None))
-        await processor.process(day, pd.DataFrame([dict(r) for r in rows]))
+        await processor.process(day, await stored_day(pool, day))
     finally:
         await redis.aclose()
     page = await call("GET", "/api/v1/users/me/notifications")

@@ -72,15 +72,14 @@ def reseal_retired_key(settings: Settings, console: Console) -> None:
 
 def ensure_similarity_index(settings: Settings, console: Console, window: int = 30) -> None:
     """Embed every ticker's return windows once, so similarity search works on first start."""
+    from api.db.similarity import ReturnWindowRepository
     from api.services.similarity import build
     from pipelines.models import connect
 
     async def run() -> None:
         conn = await connect(settings.database_url or "")
         try:
-            if await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM return_windows WHERE window_len = $1)", window
-            ):
+            if await ReturnWindowRepository(conn).built(window):
                 return
             with console.status(f"first run: indexing {window}-bar return windows (pgvector) ..."):
                 report = await build(conn, window)
@@ -93,13 +92,11 @@ def ensure_similarity_index(settings: Settings, console: Console, window: int = 
 
 def _serve_in_process(ready: Settings, console: Console) -> None:
     """`--no-ray`: the same API and models in this process, behind uvicorn."""
-    from serving.local import DbWeights, LocalPredictor
+    from serving.local import LocalPredictor
     from training import registry
 
     predictor = LocalPredictor(
-        registry.configure(ready.mlflow_tracking_uri),
-        DbWeights(ready),
-        alias_ttl_s=ready.alias_poll_s,
+        registry.configure(ready.mlflow_tracking_uri), alias_ttl_s=ready.alias_poll_s
     )
     server = uvicorn.Server(
         uvicorn.Config(

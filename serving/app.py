@@ -1,52 +1,68 @@
-"""The whole Serve graph in one typed builder: Ingress → ABRouter → family deployments.
+"""The whole Serve graph in one typed builder: the ingress calls every family deployment directly.
 
 ```
-StockCopilotIngress (FastAPI from api.create_app)
-  └─ ABRouter (sticky variant chosen by the ingress; dispatch + routing table)
-       ├─ GarchForecaster ─┐
-       ├─ LSTMForecaster ─┤
-       ├─ TransformerForecaster ─┤◄── EnsembleForecaster (members through handles)
-       ├─ HybridForecaster ─┘
-       └─ EnsembleForecaster
+StockCopilotIngress (FastAPI from api.create_app; routing and A/B choice, serving.router)
+  ├─ GarchForecaster ─────┐
+  ├─ LstmForecaster ──────┤
+  ├─ TransformerForecaster ┤◄── EnsembleForecaster (members through handles)
+  ├─ HybridForecaster ────┘
+  └─ EnsembleForecaster
 ```
+
+The deployments come from `contracts.FAMILY_KINDS` (serving.replicas): a new family needs no
+change here.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 from ray.serve import Application
 
+from contracts import FAMILIES, FAMILY_KINDS, MEMBERS
 from serving.config import ServeAppConfig
-from serving.deployments import (
-    ABRouter,
-    EnsembleForecaster,
-    GarchForecaster,
-    HybridForecaster,
-    LSTMForecaster,
-    StockCopilotIngress,
-    TransformerForecaster,
-)
+from serving.ingress import StockCopilotIngress
+from serving.replicas import DEPLOYMENTS
 from training.local_ray import init_local_ray
 
-# Request-path settings for a small single-node cluster: replica user code and the handle
-# router run on the replica's own event loop instead of a thread hop each (two of the settings
-# Ray Serve's RAY_SERVE_THROUGHPUT_OPTIMIZED profile changes). Safe here because every blocking
-# call in our deployments (model forward, registry, file I/O) already runs in a worker thread.
+# Ray Serve's fast path, set for every process of the cluster (the controller reads them too):
+# HAProxy as the HTTP ingress on each node, forwarding straight to the ingress replicas (which
+# serve HTTP themselves), and the throughput-optimised profile: gRPC between replicas, user code
+# and the handle router on each replica's own event loop. Safe here because every blocking call
+# in our deployments (model forward, registry, file I/O) already runs in a worker thread.
 SERVE_ENV = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
 
 
+def haproxy_ports() -> dict[str, str]:
+    """Free ports for this cluster's HAProxy stats page and metrics exporter (by default 8404
+    and 9101 on every cluster), so several clusters on one machine — tests, a benchmark beside
+    `make up` — never collide. Its files already live in a folder per Ray node."""
+    return {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def start_local_ray(trusted_proxies: Sequence[str] = (), **options: Any) -> Any:
-    """`init_local_ray` with SERVE_ENV in every worker, and Serve's HTTP proxy believing
-    X-Forwarded-For only from `trusted_proxies` (uvicorn's FORWARDED_ALLOW_IPS, which otherwise
-    trusts loopback: any local client could pick its own rate-limit address)."""
+    """`init_local_ray` with SERVE_ENV (and HAProxy ports of its own) in every process of the
+    cluster, and the ingress replicas believing X-Forwarded-For only from `trusted_proxies`
+    (uvicorn's FORWARDED_ALLOW_IPS, which otherwise trusts loopback: any local client could pick
+    its own rate-limit address)."""
     for name, value in SERVE_ENV.items():
-        os.environ.setdefault(name, value)  # workers inherit the driver's environment
+        os.environ.setdefault(name, value)  # the cluster inherits the driver's environment
+    os.environ.update(haproxy_ports())  # fresh for each cluster
     os.environ["FORWARDED_ALLOW_IPS"] = ",".join(trusted_proxies)  # empty: trust no one
     return init_local_ray(**options)
 
@@ -54,21 +70,21 @@ def start_local_ray(trusted_proxies: Sequence[str] = (), **options: Any) -> Any:
 def build_app(config: ServeAppConfig) -> Application:
     settings = config.settings
     members = {
-        family: deployment.options(**config.family(family).deployment_options()).bind(settings)
-        for family, deployment in (
-            ("garch", GarchForecaster),
-            ("lstm", LSTMForecaster),
-            ("transformer", TransformerForecaster),
-            ("hybrid", HybridForecaster),
-        )
+        family: DEPLOYMENTS[family]
+        .options(**config.family(family).deployment_options())
+        .bind(settings)
+        for family in MEMBERS
     }
-    ensemble = EnsembleForecaster.options(**config.ensemble.deployment_options()).bind(
-        settings, members
+    ensembles = {
+        family: DEPLOYMENTS[family]
+        .options(**config.family(family).deployment_options())
+        .bind(settings, members)
+        for family in FAMILIES
+        if FAMILY_KINDS[family] == "ensemble"
+    }
+    return StockCopilotIngress.options(**config.ingress.deployment_options()).bind(
+        settings, {**members, **ensembles}
     )
-    router = ABRouter.options(**config.router.deployment_options()).bind(
-        settings, {**members, "ensemble": ensemble}
-    )
-    return StockCopilotIngress.options(**config.ingress.deployment_options()).bind(settings, router)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -2,13 +2,14 @@
 
 Sizing for the 2-core, 24 GiB development machine: every network replica imports torch
 (~0.7 GiB RSS), so each network family scales 1 → 3 replicas; the classical family (numpy only,
-microseconds a ticker), the ensemble, router and ingress 1 → 2. CPU shares are scheduling
+microseconds a ticker), the ensemble and the ingress 1 → 2. There is no router deployment: the
+ingress calls the family deployments directly (serving.router). CPU shares are scheduling
 weights, sized so that even every deployment at its maximum fits two cores
-(3×3×0.15 + 2×0.05 + 2×0.1 + 2×0.05 + 2×0.1 = 1.95): a replica that cannot be placed would sit
+(3×3×0.15 + 2×0.05 + 2×0.1 + 2×0.1 = 1.85): a replica that cannot be placed would sit
 pending, and the single-threaded forward pass of these small networks takes milliseconds, so
 the shares rarely bind. `max_ongoing_requests` bounds the queue inside one replica (back-pressure
-goes to the router instead), and `target_ongoing_requests=2` makes the autoscaler add a model
-replica as soon as two requests wait on average.
+goes to the ingress's handles instead), and `target_ongoing_requests=2` makes the autoscaler add
+a model replica as soon as two requests wait on average.
 """
 
 from __future__ import annotations
@@ -50,11 +51,6 @@ class ServeAppConfig(BaseModel):
     model: Scaling = Field(default_factory=lambda: Scaling(max_replicas=3))
     classical: Scaling = Field(default_factory=lambda: Scaling(num_cpus=0.05))
     ensemble: Scaling = Field(default_factory=lambda: Scaling(num_cpus=0.1))
-    router: Scaling = Field(
-        default_factory=lambda: Scaling(
-            num_cpus=0.05, max_ongoing_requests=64, target_ongoing_requests=16
-        )
-    )
     ingress: Scaling = Field(
         default_factory=lambda: Scaling(
             num_cpus=0.1, max_ongoing_requests=64, target_ongoing_requests=16
@@ -65,5 +61,6 @@ class ServeAppConfig(BaseModel):
     )
 
     def family(self, name: str) -> Scaling:
-        default = self.classical if FAMILY_KINDS[name] == "classical" else self.model
-        return self.overrides.get(name, default)
+        kind = FAMILY_KINDS[name]
+        default = {"classical": self.classical, "network": self.model, "ensemble": self.ensemble}
+        return self.overrides.get(name, default[kind])

@@ -31,14 +31,19 @@ from api.settings import Settings
 from contracts import CHALLENGER, CHAMPION, HORIZONS
 
 
+def _default(setting: str) -> object:
+    """A rollback setting's default: the settings hold the only copy of each number."""
+    return Settings.model_fields[f"rollback_{setting}"].default
+
+
 @dataclass(frozen=True)
 class RollbackPolicy:
-    max_error_rate: float = 0.2
-    latency_slo_ms: float = 2_000.0
-    min_requests: int = 20
-    probation_requests: int = 500
-    live_window_s: float = 14 * 86_400.0
-    live_alpha: float = 0.05
+    max_error_rate: float = _default("error_rate")  # type: ignore[assignment]
+    latency_slo_ms: float = _default("latency_slo_ms")  # type: ignore[assignment]
+    min_requests: int = _default("min_requests")  # type: ignore[assignment]
+    probation_requests: int = _default("probation_requests")  # type: ignore[assignment]
+    live_window_s: float = _default("live_window_s")  # type: ignore[assignment]
+    live_alpha: float = _default("live_alpha")  # type: ignore[assignment]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RollbackPolicy:

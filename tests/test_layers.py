@@ -1,6 +1,7 @@
 """The layers of DESIGN.md, as import-linter contracts (`[tool.importlinter]` in pyproject.toml):
 contracts at the bottom, features, training, then serving; api never imports serving, training
-or pipelines; only the CLI imports pipelines."""
+or pipelines; inside api, routers above services above repositories (api.db, the only SQL);
+only the CLI imports pipelines; no import cycles inside any package."""
 
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from datetime import date
 
 import asyncpg
@@ -11,7 +14,8 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner, Result
 
 from api.feed import BarProcessor, stored_day
-from api.services.alerts import AlertEvaluator, AlertMailer, Notifier
+from api.services.alert_evaluator import AlertEvaluator
+from api.services.notifications import AlertMailer, Notifier
 from api.services.predictions import PredictionService
 from training.config import TrainConfig
 
@@ -33,6 +37,22 @@ TINY = TrainConfig(
 )
 
 _runner = CliRunner()
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], seconds: float = 15.0, every: float = 0.05
+) -> bool:
+    """Whether `check` (plain or async) comes to hold within `seconds` of wall-clock time: asked
+    every `every` seconds and once more at the deadline (a bound in time, not in tries, so a slow
+    check does not stretch it)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        held = check()
+        if inspect.isawaitable(held):
+            held = await held
+        if held or time.monotonic() >= deadline:
+            return bool(held)
+        await asyncio.sleep(min(every, max(deadline - time.monotonic(), 0)))
 
 
 async def invoke(*args: str) -> Result:

@@ -13,6 +13,9 @@ import asyncpg
 
 type Db = asyncpg.Connection | asyncpg.Pool
 
+type NewNotification = tuple[uuid.UUID, str, str, dict[str, Any], uuid.UUID | None]
+"""(user, kind, title, data, alert) of a notification to store."""
+
 
 @dataclass(frozen=True)
 class AlertRow:
@@ -191,9 +194,7 @@ class NotificationRepository:
     def __init__(self, db: Db) -> None:
         self._db = db
 
-    async def add_many(
-        self, notes: Sequence[tuple[uuid.UUID, str, str, dict[str, Any], uuid.UUID | None]]
-    ) -> list[NotificationRow]:
+    async def add_many(self, notes: Sequence[NewNotification]) -> list[NotificationRow]:
         """Store (user, kind, title, data, alert) tuples; returns the rows in the same order."""
         if not notes:
             return []
@@ -225,6 +226,13 @@ class NotificationRepository:
             unread_only,
             limit,
             before,
+        )
+        return [NotificationRow.of(r) for r in rows]
+
+    async def of_user(self, user_id: uuid.UUID) -> list[NotificationRow]:
+        """Every notification of the user, oldest first."""
+        rows = await self._db.fetch(
+            f"SELECT {_NOTE} FROM notifications WHERE user_id = $1 ORDER BY created_at", user_id
         )
         return [NotificationRow.of(r) for r in rows]
 

@@ -100,6 +100,24 @@ class InstrumentRepository:
             limit,
         )
 
+    async def tickers(self) -> list[str]:
+        """Every instrument's ticker."""
+        return [r["ticker"] for r in await self._db.fetch("SELECT ticker FROM instruments")]
+
+    async def equities(self) -> list[str]:
+        """The equities' tickers, in order (users' imports are `user`, not `equity`)."""
+        rows = await self._db.fetch(
+            "SELECT ticker FROM instruments WHERE asset_type = 'equity' ORDER BY ticker"
+        )
+        return [r["ticker"] for r in rows]
+
+    async def sectors(self, tickers: list[str]) -> dict[str, str | None]:
+        """The GICS sector of each known ticker (None where it has none)."""
+        rows = await self._db.fetch(
+            "SELECT ticker, sector FROM instruments WHERE ticker = ANY($1::text[])", tickers
+        )
+        return {r["ticker"]: r["sector"] for r in rows}
+
 
 @dataclass(frozen=True)
 class BarDates:
@@ -109,6 +127,9 @@ class BarDates:
 
 
 class BarRepository:
+    """Daily bars. Takes a connection: `insert_new` stages rows in a temporary table, which
+    lives on one connection."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
@@ -156,31 +177,147 @@ class BarRepository:
         )
         return {r["ticker"]: BarDates(r["sector"], r["last_date"], r["as_of"]) for r in rows}
 
-    async def recent_closes_many(
-        self, ends: dict[str, date], limit: int
-    ) -> dict[str, tuple[list[int], list[float]]]:
-        """The newest `limit` closes of each ticker up to its own end date, oldest first, as
-        (day numbers since 1970-01-01, closes), in one round trip of one row per ticker."""
+    async def recent_closes(
+        self, wanted: list[tuple[str, date, int]]
+    ) -> list[tuple[list[int], list[float]]]:
+        """For each (ticker, end date, n): its newest `n` closes up to that date, oldest first,
+        as (day numbers since 1970-01-01, closes), in the order asked. One round trip of one
+        row per entry; a ticker may be asked for twice (the market beside a target)."""
         rows = await self._conn.fetch(
-            """SELECT t.ticker,
+            """SELECT t.i,
                       array_agg(b.date - DATE '1970-01-01' ORDER BY b.date) AS days,
                       array_agg(b.close ORDER BY b.date) AS closes
-               FROM unnest($1::text[], $2::date[]) AS t(ticker, end_date)
+               FROM unnest($1::text[], $2::date[], $3::int[])
+                    WITH ORDINALITY AS t(ticker, end_date, n, i)
                CROSS JOIN LATERAL (SELECT date, close FROM bars
                                    WHERE ticker = t.ticker AND date <= t.end_date
-                                   ORDER BY date DESC LIMIT $3) b
-               GROUP BY t.ticker""",
-            list(ends),
-            list(ends.values()),
-            limit,
+                                   ORDER BY date DESC LIMIT t.n) b
+               GROUP BY t.i""",
+            [w[0] for w in wanted],
+            [w[1] for w in wanted],
+            [w[2] for w in wanted],
         )
-        found: dict[str, tuple[list[int], list[float]]] = {t: ([], []) for t in ends}
+        found: list[tuple[list[int], list[float]]] = [([], []) for _ in wanted]
         for r in rows:
-            found[r["ticker"]] = (r["days"], r["closes"])
+            found[r["i"] - 1] = (r["days"], r["closes"])
         return found
 
     async def count(self) -> int:
         return int(await self._conn.fetchval("SELECT count(*) FROM bars"))
+
+    async def last_date(self, ticker: str) -> date | None:
+        """The date of the ticker's newest bar."""
+        return await self._conn.fetchval("SELECT max(date) FROM bars WHERE ticker = $1", ticker)
+
+    async def newest_date(self) -> date | None:
+        """The date of the newest bar of any ticker."""
+        return await self._conn.fetchval("SELECT max(date) FROM bars")
+
+    async def last_ohlc_date(self) -> date | None:
+        """The newest date with a bar that has its open (close-only series have none)."""
+        return await self._conn.fetchval("SELECT max(date) FROM bars WHERE open IS NOT NULL")
+
+    async def trading_days(self, start: date, end: date | None) -> list[date]:
+        """The dates with stored bars from `start` to `end` (inclusive; open-ended when None)."""
+        rows = await self._conn.fetch(
+            """SELECT DISTINCT date FROM bars WHERE date >= $1 AND ($2::date IS NULL OR date <= $2)
+               ORDER BY date""",
+            start,
+            end,
+        )
+        return [r["date"] for r in rows]
+
+    async def of_day(self, day: date) -> pd.DataFrame:
+        """Every stored bar of one trading day, in the canonical columns, by ticker."""
+        rows = await self._conn.fetch(
+            """SELECT ticker, date, open, high, low, close, volume, source FROM bars
+               WHERE date = $1 ORDER BY ticker""",
+            day,
+        )
+        return pd.DataFrame([dict(r) for r in rows])
+
+    async def previous_closes(self, tickers: list[str], day: date) -> dict[str, float]:
+        """Each ticker's last close before `day` (absent when it has none)."""
+        rows = await self._conn.fetch(
+            """SELECT DISTINCT ON (ticker) ticker, close FROM bars
+               WHERE ticker = ANY($1::text[]) AND date < $2
+               ORDER BY ticker, date DESC""",
+            tickers,
+            day,
+        )
+        return {r["ticker"]: r["close"] for r in rows}
+
+    async def last_closes(
+        self, tickers: list[str], as_of: date | None
+    ) -> dict[str, tuple[float, date]]:
+        """(close, date) of each ticker's newest bar on or before `as_of` (None: the newest)."""
+        rows = await self._conn.fetch(
+            """SELECT t.ticker, b.close, b.date FROM unnest($1::text[]) AS t(ticker)
+               CROSS JOIN LATERAL (SELECT close, date FROM bars WHERE ticker = t.ticker
+                                   AND ($2::date IS NULL OR date <= $2)
+                                   ORDER BY date DESC LIMIT 1) b""",
+            tickers,
+            as_of,
+        )
+        return {r["ticker"]: (r["close"], r["date"]) for r in rows}
+
+    async def closes(self, tickers: list[str], start: date, end: date) -> pd.DataFrame:
+        """Closes from `start` to `end`: one row per date (a DatetimeIndex), one column per
+        ticker that has bars then (an empty frame with the asked columns when none has)."""
+        rows = await self._conn.fetch(
+            """SELECT ticker, date, close FROM bars
+               WHERE ticker = ANY($1::text[]) AND date BETWEEN $2 AND $3""",
+            tickers,
+            start,
+            end,
+        )
+        if not rows:
+            return pd.DataFrame(columns=tickers, dtype=float)
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=["ticker", "date", "close"])
+        frame["date"] = pd.to_datetime(frame["date"])
+        return frame.pivot(index="date", columns="ticker", values="close")
+
+    async def universe_closes(self, benchmark: str, start: date) -> pd.DataFrame:
+        """Closes from `start` of every equity and of `benchmark`, one row per bar, with the
+        instrument's sector and asset type (columns ticker, date, close, sector, asset_type)."""
+        rows = await self._conn.fetch(
+            """SELECT b.ticker, b.date, b.close, i.sector, i.asset_type
+               FROM bars b JOIN instruments i ON i.ticker = b.ticker
+               WHERE (i.asset_type = 'equity' OR i.ticker = $1) AND b.date >= $2""",
+            benchmark,
+            start,
+        )
+        return pd.DataFrame(
+            [tuple(r) for r in rows], columns=["ticker", "date", "close", "sector", "asset_type"]
+        )
+
+    async def full_ohlc(self, start: date, end: date) -> pd.DataFrame:
+        """Bars from `start` to `end` with open, high and low, of the tickers that have such a
+        bar on `end`, by ticker and date (columns ticker, date and OHLCV)."""
+        rows = await self._conn.fetch(
+            """SELECT ticker, date, open, high, low, close, volume FROM bars
+               WHERE date BETWEEN $1 AND $2 AND open IS NOT NULL AND high IS NOT NULL
+                 AND low IS NOT NULL
+                 AND ticker IN (SELECT ticker FROM bars WHERE date = $2 AND open IS NOT NULL)
+               ORDER BY ticker, date""",
+            start,
+            end,
+        )
+        return pd.DataFrame([tuple(r) for r in rows], columns=list(rows[0].keys()) if rows else [])
+
+    async def record_import(
+        self, ticker: str, filename: str, rows: int, counts: UpsertCounts
+    ) -> None:
+        """Log one CSV import of a user's bars (what came in, and what it changed)."""
+        await self._conn.execute(
+            "INSERT INTO bar_imports (ticker, filename, rows, inserted, updated) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            ticker,
+            filename,
+            rows,
+            counts.inserted,
+            counts.updated,
+        )
 
     async def history(
         self,

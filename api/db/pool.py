@@ -22,6 +22,14 @@ async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """Hand a connection back to the pool without asyncpg's reset query (`RESET ALL`, `UNLISTEN
+    *`, `CLOSE ALL`, unlock advisory locks): one more round trip on every release, for session
+    state this app never leaves behind. Its queries change settings with `SET LOCAL` only (gone
+    at commit), hold no cursors or LISTENs, and take advisory locks on dedicated connections
+    (migrations). asyncpg still rolls back a transaction left open before this runs."""
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     if not settings.database_url:
         raise RuntimeError("database_url is not set; start embedded services first")
@@ -33,6 +41,12 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         max_size=settings.db_pool_max_size,
         command_timeout=60,
         connect=_connect,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """One round trip to Postgres (readiness): raises when it cannot answer."""
+    await pool.fetchval("SELECT 1")

@@ -1,5 +1,6 @@
-"""Repositories for portfolios, their transactions and watchlists. Every query names the owner
-or the portfolio explicitly; ownership itself is checked once, in `api.deps.owned_portfolio`."""
+"""Repositories for portfolios and their transactions. Every query names the owner or the
+portfolio explicitly; ownership itself is checked once, in the `OwnedPortfolio` dependency
+(`api.routers.portfolio`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,31 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Protocol
 
 import asyncpg
 
-from api.services.ledger import Entry
-
 type Db = asyncpg.Connection | asyncpg.Pool
+
+
+class LedgerFields(Protocol):
+    """What a transaction row stores of a ledger entry; `api.services.ledger.Entry` has these
+    (read-only properties, so a frozen dataclass fits), and this layer never imports it."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def date(self) -> date: ...
+    @property
+    def ticker(self) -> str | None: ...
+    @property
+    def quantity(self) -> Decimal: ...
+    @property
+    def price(self) -> Decimal: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def fee(self) -> Decimal: ...
 
 
 @dataclass(frozen=True)
@@ -38,18 +58,6 @@ class TransactionRow:
     fee: Decimal
     note: str
     created_at: datetime
-
-    def entry(self) -> Entry:
-        return Entry(
-            self.type,
-            self.date,
-            self.ticker,
-            self.quantity,
-            self.price,
-            self.amount,
-            self.fee,
-            self.sequence,
-        )
 
 
 _PORTFOLIO = "id, user_id, name, base_currency, created_at, updated_at"
@@ -159,7 +167,7 @@ class TransactionRepository:
     async def insert(
         self,
         portfolio_id: uuid.UUID,
-        entry: Entry,
+        entry: LedgerFields,
         note: str = "",
         idempotency_key: str | None = None,
         request_hash: str | None = None,
@@ -192,30 +200,3 @@ class TransactionRepository:
             transaction_id,
         )
         return status.endswith(" 1")
-
-
-async def watchlists_of(
-    db: Db, user_id: uuid.UUID, watchlist_id: uuid.UUID | None = None
-) -> list[asyncpg.Record]:
-    """The user's watchlists (or just one of them) with their tickers, in one query."""
-    return await db.fetch(
-        """SELECT w.id, w.name, w.created_at,
-                  coalesce(array_agg(i.ticker ORDER BY i.ticker)
-                           FILTER (WHERE i.ticker IS NOT NULL), '{}') AS tickers
-           FROM watchlists w LEFT JOIN watchlist_items i ON i.watchlist_id = w.id
-           WHERE w.user_id = $1 AND ($2::uuid IS NULL OR w.id = $2)
-           GROUP BY w.id ORDER BY w.created_at""",
-        user_id,
-        watchlist_id,
-    )
-
-
-async def set_watchlist_tickers(
-    conn: asyncpg.Connection, watchlist_id: uuid.UUID, tickers: list[str]
-) -> None:
-    """Replace a watchlist's tickers (call inside a transaction)."""
-    await conn.execute("DELETE FROM watchlist_items WHERE watchlist_id = $1", watchlist_id)
-    await conn.executemany(
-        "INSERT INTO watchlist_items (watchlist_id, ticker) VALUES ($1, $2)",
-        [(watchlist_id, t) for t in tickers],
-    )

@@ -110,6 +110,16 @@ class UserRepository:
             password_hash,
         )
 
+    async def mark_email_verified(self, user_id: uuid.UUID, at: datetime | None = None) -> None:
+        """Record that the user's address is verified (now, unless `at` is given)."""
+        await self._db.execute(
+            "UPDATE users SET email_verified_at = coalesce($2, now()) WHERE id = $1", user_id, at
+        )
+
+    async def delete(self, user_id: uuid.UUID) -> None:
+        """Delete the account; every table that references `users(id)` cascades."""
+        await self._db.execute("DELETE FROM users WHERE id = $1", user_id)
+
     async def set_role(self, user_id: uuid.UUID, role: str) -> None:
         await self._db.execute(
             "UPDATE users SET role = $2, updated_at = now() WHERE id = $1", user_id, role
@@ -250,6 +260,13 @@ class SessionRepository:
         )
         return (row["user_id"], row["role"]) if row else None
 
+    async def of_user(self, user_id: uuid.UUID) -> list[SessionRow]:
+        """Every session of the user, ended ones too, oldest first."""
+        rows = await self._db.fetch(
+            f"SELECT {_SESSION} FROM sessions WHERE user_id = $1 ORDER BY created_at", user_id
+        )
+        return [SessionRow(**dict(r)) for r in rows]
+
     async def active(self, user_id: uuid.UUID) -> list[SessionRow]:
         rows = await self._db.fetch(
             f"""SELECT {_SESSION} FROM sessions
@@ -358,6 +375,14 @@ class SecurityEventRepository:
                ORDER BY id DESC LIMIT $2""",
             user_id,
             limit,
+        )
+
+    async def anonymise(self, user_id: uuid.UUID) -> None:
+        """Keep the user's entries, but no longer tied to them: no user, address or details."""
+        await self._db.execute(
+            "UPDATE security_events SET user_id = NULL, ip_hash = NULL, detail = '{}'::jsonb "
+            "WHERE user_id = $1",
+            user_id,
         )
 
 

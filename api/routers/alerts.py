@@ -12,9 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from api.db.alerts import NotificationRepository
 from api.deps import PoolDep, PrincipalDep, insufficient_scope, require_scope
-from api.errors import ProblemError, problems
+from api.errors import problems
 from api.schemas import RequestModel
 from api.services.alerts import (
     AlertBody,
@@ -24,21 +23,28 @@ from api.services.alerts import (
     MoveAlert,
     PredictionAlert,
     PriceAlert,
-    notification_payload,
     public,
 )
 from api.services.auth import Principal
+from api.services.notifications import NotificationService, notification_payload
 
 router = APIRouter(prefix="/api/v1/users/me", tags=["alerts"])
 ALERTS = [require_scope("alerts")]
 NOTIFICATIONS = [require_scope("notifications")]
 
 
-def get_alerts(request: Request, pool: PoolDep) -> AlertService:
+async def get_alerts(request: Request, pool: PoolDep) -> AlertService:
     return AlertService(pool, request.app.state.settings.alerts_max_per_user)
 
 
 AlertsDep = Annotated[AlertService, Depends(get_alerts)]
+
+
+async def get_notifications(pool: PoolDep) -> NotificationService:
+    return NotificationService(pool)
+
+
+NotificationsDep = Annotated[NotificationService, Depends(get_notifications)]
 
 
 _OUT = ConfigDict(extra="ignore")  # a response: the request model's strictness is not its
@@ -179,30 +185,29 @@ async def delete_alert(alert_id: uuid.UUID, principal: PrincipalDep, alerts: Ale
 @router.get("/notifications", dependencies=NOTIFICATIONS, response_model=NotificationPage)
 async def list_notifications(
     principal: PrincipalDep,
-    pool: PoolDep,
+    notifications: NotificationsDep,
     unread: Annotated[bool, Query(description="only unread ones")] = False,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[datetime | None, Query(description="older than this (paging)")] = None,
 ) -> NotificationPage:
     """Your notifications, newest first (the same messages `/ws/notifications` pushes)."""
-    repo = NotificationRepository(pool)
-    rows = await repo.page(principal.user_id, unread, limit, before)
+    rows, unread_count = await notifications.page(principal.user_id, unread, limit, before)
     return NotificationPage(
-        items=[NotificationOut(**notification_payload(r)) for r in rows],
-        unread=await repo.unread_count(principal.user_id),
+        items=[NotificationOut(**notification_payload(r)) for r in rows], unread=unread_count
     )
 
 
 @router.post("/notifications/read", dependencies=NOTIFICATIONS, response_model=Marked)
-async def mark_read(body: MarkRead, principal: PrincipalDep, pool: PoolDep) -> Marked:
+async def mark_read(
+    body: MarkRead, principal: PrincipalDep, notifications: NotificationsDep
+) -> Marked:
     """Mark notifications read (all of them when `ids` is omitted)."""
-    return Marked(marked=await NotificationRepository(pool).mark_read(principal.user_id, body.ids))
+    return Marked(marked=await notifications.mark_read(principal.user_id, body.ids))
 
 
 @router.delete("/notifications/{notification_id}", dependencies=NOTIFICATIONS, status_code=204)
 async def delete_notification(
-    notification_id: uuid.UUID, principal: PrincipalDep, pool: PoolDep
+    notification_id: uuid.UUID, principal: PrincipalDep, notifications: NotificationsDep
 ) -> None:
     """Delete one of your notifications."""
-    if not await NotificationRepository(pool).delete(principal.user_id, notification_id):
-        raise ProblemError(404, "notification_not_found", "no such notification")
+    await notifications.delete(principal.user_id, notification_id)

@@ -15,13 +15,11 @@ from fastapi.responses import RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.db.users import UserRepository
 from api.deps import (
     AuthDep,
     ClientIpDep,
     EmailSenderDep,
     OAuthDep,
-    PoolDep,
     PrincipalDep,
     SessionPrincipalDep,
     SettingsDep,
@@ -29,8 +27,8 @@ from api.deps import (
     require,
     require_scope,
 )
-from api.errors import ProblemError, problems
-from api.routers.users import UserOut, user_out
+from api.errors import problems
+from api.routers.users import AccountsDep, UserOut, user_out
 from api.schemas import RequestModel
 from api.security.access import PUBLIC
 from api.services.auth import TokenPair
@@ -171,13 +169,10 @@ class Accepted(BaseModel):
     responses=problems(409),
 )
 async def request_verification(
-    principal: PrincipalDep, auth: AuthDep, pool: PoolDep, sender: EmailSenderDep
+    principal: PrincipalDep, auth: AuthDep, accounts: AccountsDep, sender: EmailSenderDep
 ) -> Accepted:
     """Send a verification link (single use, valid two days) to the account's address."""
-    user = await UserRepository(pool).get(principal.user_id)
-    if user is None:
-        raise ProblemError(401, "unauthorized", "this account no longer exists")
-    await auth.request_verification(user, sender)
+    await auth.request_verification(await accounts.me(principal.user_id), sender)
     return Accepted(detail="a verification link is on its way to your address")
 
 

@@ -93,7 +93,7 @@ def _message_out(row: MessageRow) -> MessageOut:
     )
 
 
-def get_chat(
+async def get_chat(
     request: Request,
     principal: PrincipalDep,
     pool: PoolDep,

@@ -21,7 +21,7 @@ router = APIRouter(
 Period = Literal["1d", "1w", "1m", "ytd", "1y"]
 
 
-def get_market(pool: PoolDep, redis: RedisDep) -> MarketService:
+async def get_market(pool: PoolDep, redis: RedisDep) -> MarketService:
     return MarketService.cached_in(pool, redis)
 
 

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from api.db.models import AliasEventRepository
 from api.deps import PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError, problems
-from contracts import FAMILIES, ModelVersion, Predictor, model_name
+from api.services.model_history import alias_history
+from contracts import FAMILIES, ModelVersion, Predictor
 
 router = APIRouter(
     prefix="/api/v1/models", tags=["models"], dependencies=[require_scope("read:predictions")]
@@ -37,7 +37,7 @@ class FamilyOut(BaseModel):
     alias_history: list[AliasMoveOut]
 
 
-def _predictor(request: Request) -> Predictor:
+async def _predictor(request: Request) -> Predictor:
     predictor = request.app.state.predictor
     if predictor is None:
         raise ProblemError(503, "model_not_deployed", "no model serving is configured")
@@ -46,21 +46,24 @@ def _predictor(request: Request) -> Predictor:
 
 @router.get("", response_model=list[FamilyOut], responses=problems(503))
 async def list_models(
-    pool: PoolDep, principal: PrincipalDep, predictor: Annotated[Predictor, Depends(_predictor)]
+    request: Request,
+    pool: PoolDep,
+    principal: PrincipalDep,
+    predictor: Annotated[Predictor, Depends(_predictor)],
 ) -> list[FamilyOut]:
     """Families with their versions, aliases, A/B weights, key metrics and alias history."""
-    history = AliasEventRepository(pool)
+    weights = request.app.state.challenger_weights
     out = []
     for family in FAMILIES:
         routing = await predictor.routing(family)
         catalogue = await predictor.catalogue(family)
-        moves = await history.history(model_name(family), limit=HISTORY_LIMIT)
+        moves = await alias_history(pool, family, HISTORY_LIMIT)
         out.append(
             FamilyOut(
                 family=family,
                 champion=routing.champion,
                 challenger=routing.challenger,
-                challenger_weight=routing.challenger_weight,
+                challenger_weight=await weights(family) if routing.challenger else 0.0,
                 versions=catalogue.versions,
                 alias_history=[
                     AliasMoveOut(

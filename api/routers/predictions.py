@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from api.deps import CallerKeyDep, PredictionsDep, require_scope
 from api.errors import problems
 from api.routers.stocks import TickerPath
 from api.schemas import Day, RequestModel
-from contracts import DEFAULT_FAMILY, FAMILIES, Family
+from api.services.predictions import LogReturnQuantiles, ModelRef, Prediction
+from contracts import DEFAULT_FAMILY, Family, Horizon
 
 router = APIRouter(
     prefix="/api/v1/predictions",
@@ -21,57 +22,11 @@ router = APIRouter(
 )
 
 
-class PriceQuantiles(BaseModel):
-    p10: float
-    p50: float
-    p90: float
-
-
-class LogReturnQuantiles(BaseModel):
-    q10: float
-    q50: float
-    q90: float
-
-
-class ModelRef(BaseModel):
-    family: str
-    version: str
-    variant: str
-
-
-class Skill(BaseModel):
-    skill_vs_rw: float = Field(description="walk-forward 1 - pinball/pinball(random walk)")
-    dm_pvalue: float
-    coverage_80: float
-    verdict: str
-    reference: str | None = Field(
-        default=None, description="the strongest classical baseline, picked on validation"
-    )
-    skill_vs_reference: float | None = Field(
-        default=None, description="walk-forward 1 - pinball/pinball(reference)"
-    )
-    dm_pvalue_vs_reference: float | None = Field(
-        default=None, description="one-sided Diebold-Mariano p-value against the reference"
-    )
-
-
-class Prediction(BaseModel):
-    ticker: str
-    as_of: date
-    horizon: int
-    last_close: float
-    quantiles: PriceQuantiles
-    log_return_quantiles: LogReturnQuantiles
-    prob_up: float = Field(ge=0, le=1)
-    model: ModelRef
-    skill: Skill | None
-
-
 class BatchRequest(RequestModel):
     tickers: list[Annotated[str, Field(min_length=1, max_length=15)]] = Field(
         min_length=1, max_length=100
     )
-    horizon: Literal[1, 5, 20] = 5
+    horizon: Horizon = 5
     model: Family = DEFAULT_FAMILY
     as_of: Day | None = None
 
@@ -86,18 +41,34 @@ class BatchResponse(BaseModel):
     predictions: list[Prediction]
 
 
+def _number(value: object) -> object:
+    """A query string's digits as the int the shared `Horizon` type expects."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+HorizonParam = Annotated[Horizon, BeforeValidator(_number)]
+
+
+def _sent_as_is(request: Request, document: str) -> Response:
+    """JSON validated and serialised once, when the prediction was made (and cached as such),
+    with the rate-limit headers a returned Response would otherwise not carry."""
+    headers = getattr(request.state, "rate_limit_headers", None)
+    return Response(document, media_type="application/json", headers=headers)
+
+
 @router.get("/{ticker}", response_model=Prediction, responses=problems(503))
 async def predict(
+    request: Request,
     service: PredictionsDep,
     caller: CallerKeyDep,
     ticker: TickerPath,
-    horizon: Annotated[int, Query(description="trading days: 1, 5 or 20")] = 5,
-    model: Annotated[str, Query(description=", ".join(FAMILIES))] = DEFAULT_FAMILY,
+    horizon: Annotated[HorizonParam, Query(description="trading days")] = 5,
+    model: Annotated[Family, Query(description="model family")] = DEFAULT_FAMILY,
     as_of: Annotated[Day | None, Query(description="predict from bars up to this date")] = None,
-) -> Prediction:
+) -> Response:
     """Forecast one ticker: 10/50/90 % price quantiles and P(up), naming the model version."""
-    (result,) = await service.predict_many([ticker], horizon, model, caller, as_of)
-    return Prediction(**result)
+    (document,) = await service.predict_json([ticker], horizon, model, caller, as_of)
+    return _sent_as_is(request, document)
 
 
 class Outcome(BaseModel):
@@ -129,8 +100,8 @@ class PredictionHistory(BaseModel):
 async def prediction_history(
     service: PredictionsDep,
     ticker: TickerPath,
-    horizon: Annotated[int | None, Query(description="1, 5 or 20")] = None,
-    model: Annotated[str | None, Query(description="model family")] = None,
+    horizon: Annotated[HorizonParam | None, Query(description="trading days")] = None,
+    model: Annotated[Family | None, Query(description="model family")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> PredictionHistory:
     """Past predictions for a ticker with what actually happened, newest first."""
@@ -140,8 +111,10 @@ async def prediction_history(
 
 @router.post("/batch", response_model=BatchResponse, responses=problems(404, 503))
 async def predict_batch(
-    service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest
-) -> BatchResponse:
+    request: Request, service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest
+) -> Response:
     """Forecast up to 100 tickers with one model call."""
-    results = await service.predict_many(body.tickers, body.horizon, body.model, caller, body.as_of)
-    return BatchResponse(predictions=[Prediction(**r) for r in results])
+    documents = await service.predict_json(
+        body.tickers, body.horizon, body.model, caller, body.as_of
+    )
+    return _sent_as_is(request, f'{{"predictions":[{",".join(documents)}]}}')

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import date
 from typing import Annotated, Literal
 
 import pandas as pd
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from api.deps import MarketDataDep, require_scope
-from api.schemas import Bar, Day, History, StockHit, StockSearch
+from api.schemas import Bar, Day, History, Quote, StockHit, StockSearch
 
 router = APIRouter(
     prefix="/api/v1/stocks", tags=["stocks"], dependencies=[require_scope("read:market")]
@@ -40,21 +39,6 @@ class StockInfo(BaseModel):
     bars: int
 
 
-class Quote(BaseModel):
-    ticker: str
-    date: date
-    close: float
-    previous_close: float | None
-    change: float | None
-    change_pct: float | None
-    open: float | None
-    high: float | None
-    low: float | None
-    volume: float | None
-    week52_high: float = Field(description="highest high (close where no high) in 52 weeks")
-    week52_low: float
-
-
 @router.get("/{ticker}", response_model=StockInfo)
 async def stock(market: MarketDataDep, ticker: TickerPath) -> StockInfo:
     """Name, sector, asset type and the span of stored bars."""
@@ -65,7 +49,7 @@ async def stock(market: MarketDataDep, ticker: TickerPath) -> StockInfo:
 @router.get("/{ticker}/quote", response_model=Quote)
 async def quote(market: MarketDataDep, ticker: TickerPath) -> Quote:
     """The latest bar, its change on the previous close, and the 52-week range."""
-    return Quote(**asdict(await market.quote(ticker)))
+    return await market.quote(ticker)
 
 
 _RESAMPLE = {"1wk": "W-FRI", "1mo": "ME"}

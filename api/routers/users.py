@@ -15,17 +15,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.db.users import (
-    ApiKeyRepository,
-    ConsentRepository,
-    UserRepository,
-    UserRow,
-    UserSecretRepository,
-)
+from api.db.users import UserRow
 from api.deps import (
     AdminPrincipalDep,
     AuthDep,
@@ -38,14 +32,21 @@ from api.deps import (
 )
 from api.errors import ProblemError, problems
 from api.schemas import RequestModel, plain_decimal
-from api.security.crypto import secret_context
 from api.security.tokens import verify_password
+from api.services.accounts import AccountService
 from api.services.preferences import UserSettings, preferences
 from api.services.privacy import erase_user, export_user
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])
 READ = [require_scope("read:account")]
 WRITE = [require_scope("write:account")]
+
+
+async def get_accounts(pool: PoolDep) -> AccountService:
+    return AccountService(pool)
+
+
+AccountsDep = Annotated[AccountService, Depends(get_accounts)]
 
 
 class UserOut(BaseModel):
@@ -133,42 +134,35 @@ class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="the secret key, shown this once only")
 
 
-async def _me(pool: PoolDep, principal: PrincipalDep) -> UserRow:
-    user = await UserRepository(pool).get(principal.user_id)
-    if user is None:  # erased while a token was still in flight
-        raise ProblemError(401, "unauthorized", "this account no longer exists")
-    return user
-
-
 @router.get("/me", dependencies=READ, response_model=UserOut)
-async def get_me(pool: PoolDep, principal: PrincipalDep, auth: AuthDep) -> UserOut:
+async def get_me(accounts: AccountsDep, principal: PrincipalDep, auth: AuthDep) -> UserOut:
     """Your profile."""
-    user = await _me(pool, principal)
+    user = await accounts.me(principal.user_id)
     return user_out(user, auth.email_of(user))
 
 
 @router.patch("/me", dependencies=WRITE, response_model=UserOut)
 async def patch_me(
-    body: ProfilePatch, pool: PoolDep, principal: PrincipalDep, auth: AuthDep
+    body: ProfilePatch, accounts: AccountsDep, principal: PrincipalDep, auth: AuthDep
 ) -> UserOut:
     """Change display name, time zone (IANA) or currency (ISO 4217)."""
-    await _me(pool, principal)
-    user = await UserRepository(pool).update_profile(
-        principal.user_id, body.model_dump(exclude_none=True)
-    )
+    changes = body.model_dump(exclude_none=True)
+    user = await accounts.update_profile(principal.user_id, changes)
     return user_out(user, auth.email_of(user))
 
 
 @router.get("/me/settings", dependencies=READ, response_model=UserSettings)
-async def get_settings(pool: PoolDep, principal: PrincipalDep) -> UserSettings:
+async def get_settings(accounts: AccountsDep, principal: PrincipalDep) -> UserSettings:
     """Your preferences (notifications, default model, risk tolerance)."""
-    return preferences((await _me(pool, principal)).settings)
+    return preferences((await accounts.me(principal.user_id)).settings)
 
 
 @router.put("/me/settings", dependencies=WRITE, response_model=UserSettings)
-async def put_settings(body: UserSettings, pool: PoolDep, principal: PrincipalDep) -> UserSettings:
+async def put_settings(
+    body: UserSettings, accounts: AccountsDep, principal: PrincipalDep
+) -> UserSettings:
     """Replace your preferences."""
-    await UserRepository(pool).put_settings(principal.user_id, body.model_dump())
+    await accounts.put_preferences(principal.user_id, body)
     return body
 
 
@@ -216,9 +210,9 @@ async def create_api_key(
 
 
 @router.get("/me/api-keys", response_model=list[ApiKeyOut])
-async def list_api_keys(pool: PoolDep, principal: SessionPrincipalDep) -> list[ApiKeyOut]:
+async def list_api_keys(auth: AuthDep, principal: SessionPrincipalDep) -> list[ApiKeyOut]:
     """Your API keys, newest first (never the secrets)."""
-    rows = await ApiKeyRepository(pool).of_user(principal.user_id)
+    rows = await auth.api_keys(principal.user_id)
     return [ApiKeyOut.model_validate(r, from_attributes=True) for r in rows]
 
 
@@ -315,11 +309,15 @@ async def export_me(
 
 @router.delete("/me", status_code=204, responses=problems(403))
 async def erase_me(
-    body: ErasureIn, principal: SessionPrincipalDep, pool: PoolDep, auth: AuthDep
+    body: ErasureIn,
+    principal: SessionPrincipalDep,
+    pool: PoolDep,
+    accounts: AccountsDep,
+    auth: AuthDep,
 ) -> None:
     """Erase the account and all its data (GDPR art. 17); every token and key stops working.
     The security audit trail keeps its entries, anonymised."""
-    user = await _me(pool, principal)
+    user = await accounts.me(principal.user_id)
     if (
         user.password_hash is not None
         and not (await verify_password(body.password or "", user.password_hash))[0]
@@ -330,51 +328,54 @@ async def erase_me(
 
 
 @router.post("/me/consents", dependencies=WRITE, response_model=ConsentOut, status_code=201)
-async def record_consent(body: ConsentIn, principal: PrincipalDep, pool: PoolDep) -> ConsentOut:
+async def record_consent(
+    body: ConsentIn, principal: PrincipalDep, accounts: AccountsDep
+) -> ConsentOut:
     """Record a consent given or withdrawn; the history is kept with timestamps."""
-    row = await ConsentRepository(pool).record(principal.user_id, body.kind, body.granted)
-    return ConsentOut(**dict(row))
+    return ConsentOut(**await accounts.record_consent(principal.user_id, body.kind, body.granted))
 
 
 @router.get("/me/consents", dependencies=READ, response_model=list[ConsentOut])
-async def list_consents(principal: PrincipalDep, pool: PoolDep) -> list[ConsentOut]:
+async def list_consents(principal: PrincipalDep, accounts: AccountsDep) -> list[ConsentOut]:
     """Every consent given or withdrawn, oldest first."""
-    return [ConsentOut(**dict(r)) for r in await ConsentRepository(pool).of_user(principal.user_id)]
+    return [ConsentOut(**r) for r in await accounts.consents(principal.user_id)]
 
 
 @router.put("/me/secrets/{name}", response_model=SecretOut)
 async def put_secret(
-    name: SecretName, body: SecretIn, principal: SessionPrincipalDep, pool: PoolDep, auth: AuthDep
+    name: SecretName,
+    body: SecretIn,
+    principal: SessionPrincipalDep,
+    accounts: AccountsDep,
+    auth: AuthDep,
 ) -> SecretOut:
     """Keep your own provider key with us (encrypted at rest; never shown again)."""
-    repo = UserSecretRepository(pool)
-    context = secret_context(principal.user_id, name)
-    await repo.put(principal.user_id, name, auth.keyring.encrypt(body.value, context))
+    stored = await accounts.put_secret(principal.user_id, name, body.value, auth.keyring)
     await auth.audit("secret_stored", principal.user_id, None, name=name)
-    stored = {r["name"]: r["updated_at"] for r in await repo.names(principal.user_id)}
-    return SecretOut(name=name, updated_at=stored[name])
+    return SecretOut(name=name, updated_at=stored)
 
 
 @router.get("/me/secrets", dependencies=READ, response_model=list[SecretOut])
-async def list_secrets(principal: PrincipalDep, pool: PoolDep) -> list[SecretOut]:
+async def list_secrets(principal: PrincipalDep, accounts: AccountsDep) -> list[SecretOut]:
     """Which provider keys are stored (never their values)."""
-    return [SecretOut(**dict(r)) for r in await UserSecretRepository(pool).names(principal.user_id)]
+    return [SecretOut(**r) for r in await accounts.secrets(principal.user_id)]
 
 
 @router.delete("/me/secrets/{name}", status_code=204)
-async def delete_secret(name: SecretName, principal: SessionPrincipalDep, pool: PoolDep) -> None:
+async def delete_secret(
+    name: SecretName, principal: SessionPrincipalDep, accounts: AccountsDep
+) -> None:
     """Forget a stored provider key."""
-    if not await UserSecretRepository(pool).delete(principal.user_id, name):
-        raise ProblemError(404, "secret_not_found", f"no {name} stored")
+    await accounts.delete_secret(principal.user_id, name)
 
 
 @router.get("", response_model=list[UserOut])
 async def list_users(
     _: AdminPrincipalDep,
-    pool: PoolDep,
+    accounts: AccountsDep,
     auth: AuthDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Offset = 0,
 ) -> list[UserOut]:
     """All accounts (administrators only)."""
-    return [user_out(u, auth.email_of(u)) for u in await UserRepository(pool).list(limit, offset)]
+    return [user_out(u, auth.email_of(u)) for u in await accounts.all_users(limit, offset)]

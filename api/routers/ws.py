@@ -25,14 +25,13 @@ import structlog
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from api.db.alerts import NotificationRepository
-from api.db.market import InstrumentRepository
-from api.db.users import UserRepository
 from api.errors import ProblemError
 from api.realtime import SCOPE, Connection, Hub, Outbox, Stream, parse_tickers
 from api.security.tokens import API_KEY_PREFIX
+from api.services.accounts import AccountService
 from api.services.auth import AuthService, Principal
-from api.services.preferences import preferences
+from api.services.market_data import MarketDataService
+from api.services.notifications import NotificationService
 from api.settings import Settings
 from contracts import FAMILIES, HORIZONS
 
@@ -80,8 +79,10 @@ class Session:
         self.settings: Settings = state.settings
         self.hub: Hub = state.hub
         self.sockets = state.metrics.sockets.labels(stream.value)
-        self.pool = state.pool
         self.auth = AuthService(state.pool, state.redis, state.settings, state.keyring)
+        self.accounts = AccountService(state.pool)
+        self.market = MarketDataService(state.pool)
+        self.notifications = NotificationService(state.pool)
         self.credential: str | None = None
         self.conn: Connection | None = None
         self.errors = 0
@@ -154,8 +155,7 @@ class Session:
         """Model moves reach only the users who asked for them (`notifications.model_events`)."""
         assert self.conn is not None
         if self.stream == Stream.NOTIFICATIONS:
-            user = await UserRepository(self.pool).get(self.conn.principal.user_id)
-            stored = preferences(user.settings) if user else None
+            stored = await self.accounts.preferences(self.conn.principal.user_id)
             self.conn.model_events = bool(stored and stored.notifications.model_events)
 
     async def _welcome(self) -> None:
@@ -167,9 +167,7 @@ class Session:
             "heartbeat_s": self.settings.ws_heartbeat_s,
         }
         if self.stream == Stream.NOTIFICATIONS:
-            welcome["unread"] = await NotificationRepository(self.pool).unread_count(
-                self.conn.principal.user_id
-            )
+            welcome["unread"] = await self.notifications.unread_count(self.conn.principal.user_id)
         self.conn.send(welcome)
 
     def _decode(self, raw: str) -> dict[str, Any] | None:
@@ -250,7 +248,7 @@ class Session:
             return
         if self.stream == Stream.PREDICTIONS and not self._prediction_options(message):
             return
-        unknown = await InstrumentRepository(self.pool).unknown(tickers)
+        unknown = await self.market.unknown(tickers)
         if unknown:
             self._error("unknown_tickers", f"no instrument {', '.join(unknown)}")
             return

@@ -21,22 +21,27 @@ from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
 
-# KEYS[1]: the limit's key. ARGV: now (ms), emission interval (ms), burst tolerance (ms).
-# Returns {allowed (0/1), ms until the next request would be allowed, ms until the bucket
-# is full again (the stored TAT minus now)}.
+# KEYS: one key per limit. ARGV: now (ms), then (emission interval, burst tolerance) in ms per
+# key. Returns, per key in order, {allowed (0/1), ms until the next request would be allowed,
+# ms until the bucket is full again (the stored TAT minus now)}; each key is spent on its own.
 _GCRA = """
 local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local tolerance = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - tolerance
-if now < allow_at then
-  return {0, allow_at - now, tat - now}
+local out = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - tolerance
+  if now < allow_at then
+    table.insert(out, {0, allow_at - now, tat - now})
+  else
+    redis.call('SET', key, new_tat, 'PX', math.ceil(new_tat - now) + 1000)
+    table.insert(out, {1, 0, new_tat - now})
+  end
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
-return {1, 0, new_tat - now}
+return out
 """
 
 
@@ -81,25 +86,37 @@ class Decision:
 
 class RateLimiter:
     def __init__(self, redis: Redis | None, prefix: str = "rl") -> None:
-        self._redis = redis
         self._prefix = prefix
         self._local: dict[str, float] = {}  # key -> TAT (ms), the fallback's state
         self._degraded = False
+        self._script = redis.register_script(_GCRA) if redis is not None else None
 
     async def hit(self, limit: Limit, subject: str) -> Decision:
-        key = f"{self._prefix}:{limit.name}:{subject}"
+        (decision,) = await self.hit_many([(limit, subject)])
+        return decision
+
+    async def hit_many(self, checks: list[tuple[Limit, str]]) -> list[Decision]:
+        """Spend one request of each (limit, subject), all in one Redis round trip (the script
+        by its SHA, sent in full only the first time a Redis server sees it)."""
+        keys = [f"{self._prefix}:{limit.name}:{subject}" for limit, subject in checks]
         now = time.time() * 1000
-        tolerance = limit.interval_ms * limit.limit
-        if self._redis is not None:
+        if self._script is not None:
+            args: list[float] = [now]
+            for limit, _ in checks:
+                args += [limit.interval_ms, limit.interval_ms * limit.limit]
             try:
-                allowed, retry, full = await self._redis.eval(
-                    _GCRA, 1, key, now, limit.interval_ms, tolerance
-                )
+                found = await self._script(keys=keys, args=args)
                 self._recovered()
-                return Decision(bool(allowed), limit, float(retry) / 1000, float(full) / 1000)
+                return [
+                    Decision(bool(allowed), limit, float(retry) / 1000, float(full) / 1000)
+                    for (limit, _), (allowed, retry, full) in zip(checks, found, strict=True)
+                ]
             except (RedisError, OSError) as exc:
                 self._degrade(exc)
-        return self._hit_locally(key, now, limit, tolerance)
+        return [
+            self._hit_locally(key, now, limit, limit.interval_ms * limit.limit)
+            for key, (limit, _) in zip(keys, checks, strict=True)
+        ]
 
     def _hit_locally(self, key: str, now: float, limit: Limit, tolerance: float) -> Decision:
         tat = max(self._local.get(key, now), now)

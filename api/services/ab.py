@@ -1,12 +1,17 @@
-"""Sticky A/B assignment: the same user always gets the same variant while weights are unchanged."""
+"""Sticky A/B assignment (the same user always gets the same variant while weights are unchanged)
+and the challenger weights it is made with."""
 
 from __future__ import annotations
 
 import hashlib
 
+import asyncpg
+
+from api.cache import TtlCache
+from api.db.ab import challenger_weight
 from contracts import CHALLENGER, CHAMPION
 
-__all__ = ["CHALLENGER", "CHAMPION", "assign", "bucket"]
+__all__ = ["CHALLENGER", "CHAMPION", "ChallengerWeights", "assign", "bucket"]
 
 
 def bucket(user_key: str, family: str) -> float:
@@ -20,3 +25,16 @@ def assign(user_key: str, family: str, challenger_weight: float, has_challenger:
     if not has_challenger or challenger_weight <= 0:
         return CHAMPION
     return CHALLENGER if bucket(user_key, family) < challenger_weight else CHAMPION
+
+
+class ChallengerWeights:
+    """Each family's challenger traffic share (`stockcopilot ab set`, stored in Postgres), read
+    where the variant is chosen and kept `ttl_s` seconds: a changed weight applies within
+    seconds, without a restart, and costs no query per request."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 5.0) -> None:
+        self._pool = pool
+        self._cache: TtlCache[str, float] = TtlCache(ttl_s)
+
+    async def __call__(self, family: str) -> float:
+        return await self._cache.get_or_load(family, lambda: challenger_weight(self._pool, family))

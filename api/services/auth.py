@@ -387,9 +387,7 @@ class AuthService:
         )
         if user_id is None:
             raise ProblemError(400, "invalid_token", "the link is invalid, used or expired")
-        await self._pool.execute(
-            "UPDATE users SET email_verified_at = now() WHERE id = $1", user_id
-        )
+        await self._users.mark_email_verified(user_id)
         await self.audit("email_verified", user_id, ip)
 
     async def request_password_reset(self, email: str, sender: EmailSender, ip: str | None) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 from redis.asyncio import Redis
 
 from api.cache import JsonCache
+from api.db.market import BarRepository
 from api.errors import NotFound, Unprocessable
 from api.services.performance import period_start
 
@@ -118,24 +119,15 @@ class MarketService:
         return cls(pool, JsonCache(redis, CACHE_PREFIX, CACHE_TTL_S))
 
     async def latest_date(self) -> date:
-        latest = await self._pool.fetchval(
-            "SELECT max(date) FROM bars WHERE ticker = $1", BENCHMARK
-        )
+        async with self._pool.acquire() as conn:
+            latest = await BarRepository(conn).last_date(BENCHMARK)
         if latest is None:
             raise NotFound("bars", "no market data yet; run `stockcopilot ingest`")
         return latest
 
     async def universe(self, start: date) -> Universe:
-        rows = await self._pool.fetch(
-            """SELECT b.ticker, b.date, b.close, i.sector, i.asset_type
-               FROM bars b JOIN instruments i ON i.ticker = b.ticker
-               WHERE (i.asset_type = 'equity' OR i.ticker = $1) AND b.date >= $2""",
-            BENCHMARK,
-            start,
-        )
-        frame = pd.DataFrame(
-            [tuple(r) for r in rows], columns=["ticker", "date", "close", "sector", "asset_type"]
-        )
+        async with self._pool.acquire() as conn:
+            frame = await BarRepository(conn).universe_closes(BENCHMARK, start)
         closes = frame.pivot(index="date", columns="ticker", values="close")
         closes.index = pd.to_datetime(closes.index)
         sectors = {

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.db.market import BarRepository, InstrumentRepository, InstrumentRow, UpsertCounts
 from api.errors import NotFound, Unprocessable
+from api.schemas import Quote
 from features import indicators, patterns, signals
 from features.bars import normalise_ticker
 from features.csv_import import parse_ohlcv_csv
@@ -40,24 +41,6 @@ class PatternTable:
     reason: str | None
 
 
-@dataclass(frozen=True)
-class QuoteView:
-    """The latest bar, its change on the previous close, and the 52-week range."""
-
-    ticker: str
-    date: date
-    close: float
-    previous_close: float | None
-    change: float | None
-    change_pct: float | None
-    open: float | None
-    high: float | None
-    low: float | None
-    volume: float | None
-    week52_high: float  # highest high (close where no high) in 52 weeks
-    week52_low: float
-
-
 async def require_known(db: asyncpg.Connection | asyncpg.Pool, tickers: list[str]) -> None:
     """422 `unknown_ticker` naming every ticker that has no instrument (and so no bars)."""
     unknown = await InstrumentRepository(db).unknown(sorted(set(tickers)))
@@ -70,6 +53,10 @@ async def require_known(db: asyncpg.Connection | asyncpg.Pool, tickers: list[str
 class MarketDataService:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def unknown(self, tickers: list[str]) -> list[str]:
+        """Which of these tickers have no instrument, in the order given."""
+        return await InstrumentRepository(self._pool).unknown(tickers)
 
     async def search(self, query: str, limit: int) -> list[asyncpg.Record]:
         return await InstrumentRepository(self._pool).search(query.strip(), limit)
@@ -104,7 +91,8 @@ class MarketDataService:
         async with self._pool.acquire() as conn:
             return await BarRepository(conn).history(ticker, window.end, start=window.start)
 
-    async def quote(self, raw_ticker: str) -> QuoteView:
+    async def quote(self, raw_ticker: str) -> Quote:
+        """The latest bar, its change on the previous close, and the 52-week range."""
         window = await self.resolve_range(raw_ticker, None, None)
         ticker = raw_ticker.upper()
         bars = await self.history(ticker, window)
@@ -116,7 +104,7 @@ class MarketDataService:
             return None if pd.isna(last[name]) else float(last[name])
 
         close = float(last["close"])
-        return QuoteView(
+        return Quote(
             ticker=ticker,
             date=bars.index[-1].date(),
             close=close,
@@ -173,19 +161,12 @@ class MarketDataService:
     ) -> tuple[date, int, list[tuple[str, patterns.PatternHit]]]:
         """(date, instruments scanned, hits on that date) for one pattern across all
         instruments with full OHLC; TA-Lib needs some bars before the date to judge it."""
-        day = on or await self._pool.fetchval("SELECT max(date) FROM bars WHERE open IS NOT NULL")
-        if day is None:
-            raise NotFound("bars", "no OHLC bars stored")
-        rows = await self._pool.fetch(
-            """SELECT ticker, date, open, high, low, close, volume FROM bars
-               WHERE date BETWEEN $1 AND $2 AND open IS NOT NULL AND high IS NOT NULL
-                 AND low IS NOT NULL
-                 AND ticker IN (SELECT ticker FROM bars WHERE date = $2 AND open IS NOT NULL)
-               ORDER BY ticker, date""",
-            day - timedelta(days=60),
-            day,
-        )
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=list(rows[0].keys()) if rows else [])
+        async with self._pool.acquire() as conn:
+            repo = BarRepository(conn)
+            day = on or await repo.last_ohlc_date()
+            if day is None:
+                raise NotFound("bars", "no OHLC bars stored")
+            frame = await repo.full_ohlc(day - timedelta(days=60), day)
         hits: list[tuple[str, patterns.PatternHit]] = []
         scanned = 0
         for ticker, bars in frame.groupby("ticker") if len(frame) else []:
@@ -221,16 +202,9 @@ class MarketDataService:
             await InstrumentRepository(conn).ensure(
                 InstrumentRow(ticker, name or ticker, "user", sector, "import")
             )
-            counts = await BarRepository(conn).upsert(parsed.bars)
-            await conn.execute(
-                "INSERT INTO bar_imports (ticker, filename, rows, inserted, updated) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                ticker,
-                filename,
-                len(parsed.bars),
-                counts.inserted,
-                counts.updated,
-            )
+            repo = BarRepository(conn)
+            counts = await repo.upsert(parsed.bars)
+            await repo.record_import(ticker, filename, len(parsed.bars), counts)
         return len(parsed.bars), counts
 
 

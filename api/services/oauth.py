@@ -25,6 +25,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from api.db.oauth import OAuthIdentityRepository
 from api.db.users import UserRepository, UserRow
 from api.errors import ProblemError
 from api.security.crypto import Keyring
@@ -200,11 +201,8 @@ class OAuthService:
         """The linked user, else the one with this verified address (linked now), else new."""
         users = UserRepository(self._pool)
         async with self._pool.acquire() as conn, conn.transaction():
-            linked = await conn.fetchval(
-                "SELECT user_id FROM oauth_identities WHERE provider = $1 AND subject = $2",
-                name,
-                account.subject,
-            )
+            identities = OAuthIdentityRepository(conn)
+            linked = await identities.user_of(name, account.subject)
             if linked is not None:
                 user = await UserRepository(conn).get(linked)
                 assert user is not None
@@ -218,18 +216,9 @@ class OAuthService:
                     UserRepository(conn), self._keyring, account.email, account.display_name, None
                 )
                 event = "oauth_registered"
-            await conn.execute(
-                """INSERT INTO oauth_identities (provider, subject, user_id) VALUES ($1, $2, $3)""",
-                name,
-                account.subject,
-                user.id,
-            )
+            await identities.link(name, account.subject, user.id)
             if user.email_verified_at is None:  # the provider vouched for the address
-                await conn.execute(
-                    "UPDATE users SET email_verified_at = $2 WHERE id = $1",
-                    user.id,
-                    datetime.now(UTC),
-                )
+                await UserRepository(conn).mark_email_verified(user.id, datetime.now(UTC))
         await self._auth.audit(event, user.id, ip, provider=name)
         return await users.get(user.id) or user
 

@@ -1,7 +1,15 @@
-"""Predictions as the API serves them: routing, cache, prices and probabilities from quantiles."""
+"""Predictions as the API serves them: routing, cache, prices and probabilities from quantiles.
+
+The request path, once: one index lookup for the bars to forecast from, the routing (kept a
+few seconds in memory), one cache read; on a miss one query for every input series, one call
+to the model replica with the chosen version, and the answers serialised once — the JSON that
+is cached is the JSON that is sent. The prediction log is written in batches off the path
+(api.services.prediction_log).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,19 +18,24 @@ from statistics import NormalDist
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel, Field
 
 from api.cache import JsonCache
 from api.db.ab import LoggedPrediction, PredictionLogRepository
 from api.db.market import BarRepository
 from api.errors import NotFound, ProblemError, Unprocessable
-from api.services.ab import CHALLENGER, assign
+from api.services.ab import ChallengerWeights, assign
 from api.services.market_data import MarketDataService
+from api.services.prediction_log import PredictionLog
 from contracts import (
-    FAMILIES,
     HORIZONS,
     MARKET_TICKER,
+    Family,
+    Forecast,
     ForecastBatch,
     ForecastRequest,
+    Horizon,
+    HorizonSkill,
     ModelUnavailable,
     Predictor,
     SeriesInput,
@@ -32,6 +45,53 @@ from features.bars import normalise_ticker
 LOOKBACK_BARS = 400  # covers the longest feature (200-day average) plus any model window ≤ 200
 MAX_BATCH = 100
 Z90 = NormalDist().inv_cdf(0.9)
+# (family, version, variant, forecasts served, of which from the cache): for metrics
+Served = Callable[[str, str, str, int, int], None]
+
+
+class PriceQuantiles(BaseModel):
+    p10: float
+    p50: float
+    p90: float
+
+
+class LogReturnQuantiles(BaseModel):
+    q10: float
+    q50: float
+    q90: float
+
+
+class ModelRef(BaseModel):
+    family: str
+    version: str
+    variant: str
+
+
+class Skill(HorizonSkill):
+    """The model's walk-forward skill at this horizon (from its model card)."""
+
+    skill_vs_rw: float = Field(description="walk-forward 1 - pinball/pinball(random walk)")
+    reference: str | None = Field(
+        default=None, description="the strongest classical baseline, picked on validation"
+    )
+    skill_vs_reference: float | None = Field(
+        default=None, description="walk-forward 1 - pinball/pinball(reference)"
+    )
+    dm_pvalue_vs_reference: float | None = Field(
+        default=None, description="one-sided Diebold-Mariano p-value against the reference"
+    )
+
+
+class Prediction(BaseModel):
+    ticker: str
+    as_of: date
+    horizon: int
+    last_close: float
+    quantiles: PriceQuantiles
+    log_return_quantiles: LogReturnQuantiles
+    prob_up: float = Field(ge=0, le=1)
+    model: ModelRef
+    skill: Skill | None
 
 
 def prob_up(q10: float, q50: float, q90: float) -> float:
@@ -54,24 +114,25 @@ class Target:
     live: bool  # made from the ticker's newest bar, not for a past as-of date
 
 
-def _shape(forecast: dict[str, Any], batch: ForecastBatch, last_close: float) -> dict[str, Any]:
+def _shape(forecast: Forecast, batch: ForecastBatch, last_close: float) -> Prediction:
     """One horizon's forecast -> the public payload (prices, probability, model, skill)."""
-    h = forecast["horizon"]
-    skill = batch.skill.get(h)
-    return {
-        "ticker": forecast["ticker"],
-        "as_of": str(forecast["as_of"]),
-        "horizon": h,
-        "last_close": last_close,
-        "quantiles": {
-            p: last_close * math.exp(forecast[q])
-            for p, q in (("p10", "q10"), ("p50", "q50"), ("p90", "q90"))
-        },
-        "log_return_quantiles": {q: forecast[q] for q in ("q10", "q50", "q90")},
-        "prob_up": prob_up(forecast["q10"], forecast["q50"], forecast["q90"]),
-        "model": {"family": batch.family, "version": batch.version, "variant": batch.variant},
-        "skill": skill.model_dump() if skill else None,
-    }
+    skill = batch.skill.get(forecast.horizon)
+    q10, q50, q90 = forecast.q10, forecast.q50, forecast.q90
+    return Prediction(
+        ticker=forecast.ticker,
+        as_of=forecast.as_of,
+        horizon=forecast.horizon,
+        last_close=last_close,
+        quantiles=PriceQuantiles(
+            p10=last_close * math.exp(q10),
+            p50=last_close * math.exp(q50),
+            p90=last_close * math.exp(q90),
+        ),
+        log_return_quantiles=LogReturnQuantiles(q10=q10, q50=q50, q90=q90),
+        prob_up=prob_up(q10, q50, q90),
+        model=ModelRef(family=batch.family, version=batch.version, variant=batch.variant),
+        skill=None if skill is None else Skill.model_validate(skill.model_dump()),
+    )
 
 
 def _past(r: dict[str, Any]) -> dict[str, Any]:
@@ -100,12 +161,16 @@ class PredictionService:
         pool: asyncpg.Pool,
         predictor: Predictor | None,
         cache: JsonCache,
-        on_served: Callable[[list[dict[str, Any]], int], None] | None = None,
+        prediction_log: PredictionLog,
+        weights: ChallengerWeights,
+        on_served: Served | None = None,
     ) -> None:
         self._pool = pool
         self._predictor = predictor
         self._cache = cache
-        self._on_served = on_served  # (forecasts, cache hits): for metrics
+        self._log = prediction_log
+        self._weights = weights
+        self._on_served = on_served
         self._market = MarketDataService(pool)
 
     async def _targets(self, raw_tickers: list[str], as_of: date | None) -> list[Target]:
@@ -129,24 +194,16 @@ class PredictionService:
             )
         return targets
 
-    def _validate(self, family: str, horizon: int) -> None:
-        if family not in FAMILIES:
-            raise Unprocessable("unknown_model", f"model must be one of {', '.join(FAMILIES)}")
-        if horizon not in HORIZONS:
-            raise Unprocessable(
-                "invalid_horizon", f"horizon {horizon} is not offered; choose one of {HORIZONS}"
-            )
-
-    async def predict_many(
+    async def predict_json(
         self,
         tickers: list[str],
-        horizon: int,
-        family: str,
+        horizon: Horizon,
+        family: Family,
         user_key: str,
         as_of: date | None = None,
-    ) -> list[dict[str, Any]]:
-        """Cached forecasts where present; one predictor call for all the misses."""
-        self._validate(family, horizon)
+    ) -> list[str]:
+        """Each ticker's prediction as the JSON document sent to clients (one `Prediction`):
+        cached ones as stored, the misses from one predictor call."""
         if not 1 <= len(tickers) <= MAX_BATCH:
             raise Unprocessable("too_many_tickers", f"give 1 to {MAX_BATCH} tickers")
         if self._predictor is None:
@@ -159,24 +216,35 @@ class PredictionService:
                 "model_not_deployed",
                 f"no {family} champion is registered; train and register one",
             )
-        variant = assign(
-            user_key,
-            family,
-            routing.challenger_weight,
-            has_challenger=routing.challenger is not None,
-        )
-        version = routing.challenger if variant == CHALLENGER else routing.champion
+        weight = await self._weights(family) if routing.challenger is not None else 0.0
+        variant = assign(user_key, family, weight, has_challenger=routing.challenger is not None)
+        version = routing.version_of(variant)
+        assert version is not None
         keys = [self._cache.key(t.ticker, horizon, family, version, t.as_of) for t in targets]
-        found = await self._cache.get_many(keys)
+        found = await self._cache.get_raw_many(keys)
         missing = [t for t, hit in zip(targets, found, strict=True) if hit is None]
         if missing:
-            fresh = await self._forecast(missing, family, variant)
+            fresh = await self._forecast(missing, family, variant, version)
             found = [
                 hit or fresh[(t.ticker, horizon)] for t, hit in zip(targets, found, strict=True)
             ]
         if self._on_served is not None:
-            self._on_served(found, len(targets) - len(missing))
-        return found
+            self._on_served(family, version, variant, len(targets), len(targets) - len(missing))
+        return [hit for hit in found if hit is not None]
+
+    async def predict_many(
+        self,
+        tickers: list[str],
+        horizon: Horizon,
+        family: Family,
+        user_key: str,
+        as_of: date | None = None,
+    ) -> list[dict[str, Any]]:
+        """`predict_json`, parsed: for the sockets, alerts and chat tools that read the values."""
+        return [
+            json.loads(doc)
+            for doc in await self.predict_json(tickers, horizon, family, user_key, as_of)
+        ]
 
     async def model_card(self, family: str, version: str) -> dict[str, Any] | None:
         """The walk-forward metrics and aliases of one registered version, or None when no
@@ -188,59 +256,57 @@ class PredictionService:
         return found.model_dump() if found else None
 
     async def history(
-        self, raw_ticker: str, horizon: int | None, family: str | None, limit: int
+        self, raw_ticker: str, horizon: Horizon | None, family: Family | None, limit: int
     ) -> tuple[str, list[dict[str, Any]]]:
-        """Past forecasts with realised outcomes (due ones are scored first)."""
+        """Past forecasts with realised outcomes (due ones are scored first, and this
+        process's queued log rows are written first, so a forecast just served is listed)."""
         row = await self._market.instrument(raw_ticker)
-        if family is not None and family not in FAMILIES:
-            raise Unprocessable("unknown_model", f"model must be one of {', '.join(FAMILIES)}")
-        if horizon is not None and horizon not in HORIZONS:
-            raise Unprocessable("invalid_horizon", f"horizon must be one of {HORIZONS}")
+        await self._log.flush()
         log_repo = PredictionLogRepository(self._pool)
         await log_repo.resolve_due(family)
         rows = await log_repo.for_ticker(row["ticker"], horizon, family, limit)
         return row["ticker"], [_past(dict(r)) for r in rows]
 
-    async def _forecast(
-        self,
-        targets: list[Target],
-        family: str,
-        variant: str,
-    ) -> dict[tuple[str, int], dict[str, Any]]:
-        """Read the closes and call the predictor once; log and cache every horizon it returned
-        under its version."""
+    async def _inputs(
+        self, targets: list[Target]
+    ) -> tuple[dict[str, SeriesInput], SeriesInput | None]:
+        """Every target's closes and the market's over all their lookbacks: one query."""
         newest, oldest = max(t.as_of for t in targets), min(t.as_of for t in targets)
+        reach = LOOKBACK_BARS + (newest - oldest).days
+        wanted = [(t.ticker, t.as_of, LOOKBACK_BARS) for t in targets]
         async with self._pool.acquire() as conn:
-            bars = BarRepository(conn)
-            closes = await bars.recent_closes_many(
-                {t.ticker: t.as_of for t in targets}, LOOKBACK_BARS
+            *closes, market = await BarRepository(conn).recent_closes(
+                [*wanted, (MARKET_TICKER, newest, reach)]
             )
-            # the market over every target's lookback, for the market-context features
-            reach = LOOKBACK_BARS + (newest - oldest).days
-            market = (await bars.recent_closes_many({MARKET_TICKER: newest}, reach))[MARKET_TICKER]
+        series = {
+            t.ticker: SeriesInput(ticker=t.ticker, sector=t.sector, days=days, closes=values)
+            for t, (days, values) in zip(targets, closes, strict=True)
+        }
+        return series, (
+            SeriesInput(ticker=MARKET_TICKER, days=market[0], closes=market[1])
+            if market[0]
+            else None
+        )
+
+    async def _forecast(
+        self, targets: list[Target], family: Family, variant: str, version: str
+    ) -> dict[tuple[str, int], str]:
+        """Read the inputs and call the predictor once for `version`; queue every horizon it
+        returned for the log and cache it, serialised once."""
+        series, market = await self._inputs(targets)
         request = ForecastRequest(
             family=family,
             variant=variant,
-            series=[
-                SeriesInput(
-                    ticker=t.ticker,
-                    sector=t.sector,
-                    days=closes[t.ticker][0],
-                    closes=closes[t.ticker][1],
-                )
-                for t in targets
-            ],
-            market=SeriesInput(ticker=MARKET_TICKER, days=market[0], closes=market[1])
-            if market[0]
-            else None,
+            version=version,
+            series=list(series.values()),
+            market=market,
         )
         try:
             batch = await self._predictor.forecast(request)  # type: ignore[union-attr]
         except ModelUnavailable as exc:
             raise ProblemError(503, "model_not_deployed", str(exc)) from exc
-        last = {t: series[1][-1] for t, series in closes.items()}
         shaped = {
-            (f.ticker, f.horizon): _shape(f.model_dump(), batch, last[f.ticker])
+            (f.ticker, f.horizon): _shape(f, batch, series[f.ticker].closes[-1]).model_dump_json()
             for f in batch.forecasts
         }
         short = [t.ticker for t in targets if (t.ticker, HORIZONS[0]) not in shaped]
@@ -248,7 +314,6 @@ class PredictionService:
             raise Unprocessable(
                 "not_enough_history", f"too little history to predict {', '.join(short)}"
             )
-        # logged before caching: a cache hit is never logged, so a failed log must not be cached
         live = {t.ticker: t.live for t in targets}
         logged = [
             LoggedPrediction.of(f, family, batch.version, variant, live[f.ticker])
@@ -260,11 +325,12 @@ class PredictionService:
                 for f in batch.shadow.forecasts
                 if live.get(f.ticker)
             ]
-        await PredictionLogRepository(self._pool).record(logged)  # scored for A/B and rollback
-        await self._cache.set_many(
+        self._log.add(logged)  # scored for A/B and rollback; written off the request path
+        as_of = {f.ticker: f.as_of for f in batch.forecasts}
+        await self._cache.set_raw_many(
             {
-                self._cache.key(t, h, family, batch.version, value["as_of"]): value
-                for (t, h), value in shaped.items()
+                self._cache.key(t, h, family, batch.version, as_of[t]): doc
+                for (t, h), doc in shaped.items()
             }
         )
         return shaped

@@ -9,7 +9,6 @@ the details are emptied.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,9 +16,9 @@ from typing import Any
 
 import asyncpg
 
-from api.db.alerts import AlertRepository
+from api.db.alerts import AlertRepository, NotificationRepository
 from api.db.chat import ConversationRepository, MessageRepository, UsageRepository
-from api.db.portfolios import watchlists_of
+from api.db.portfolios import PortfolioRepository, TransactionRepository
 from api.db.users import (
     ApiKeyRepository,
     ConsentRepository,
@@ -28,10 +27,16 @@ from api.db.users import (
     UserRepository,
     UserSecretRepository,
 )
+from api.db.watchlists import WatchlistRepository
 from api.security.crypto import Keyring, email_context
 from api.services.alerts import public
 
 Exporter = Callable[[asyncpg.Connection, uuid.UUID, Keyring], Awaitable[Any]]
+
+
+def _picked(row: Any, *names: str) -> dict[str, Any]:
+    """The named attributes of a row, in that order: what the export shows of it."""
+    return {name: getattr(row, name) for name in names}
 
 
 async def _profile(conn: asyncpg.Connection, user_id: uuid.UUID, keyring: Keyring) -> Any:
@@ -55,28 +60,25 @@ async def _settings(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) ->
     return user.settings if user else {}
 
 
+_SESSION_FIELDS = (
+    "id",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked_at",
+    "revoked_reason",
+    "user_agent",
+)
+
+
 async def _sessions(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
-    rows = await conn.fetch(
-        """SELECT id, created_at, last_used_at, expires_at, revoked_at, revoked_reason, user_agent
-           FROM sessions WHERE user_id = $1 ORDER BY created_at""",
-        user_id,
-    )
-    return [dict(r) for r in rows]
+    sessions = await SessionRepository(conn).of_user(user_id)
+    return [_picked(s, *_SESSION_FIELDS) for s in sessions]
 
 
 async def _api_keys(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
-    return [
-        {
-            "name": k.name,
-            "prefix": k.prefix,
-            "scopes": k.scopes,
-            "created_at": k.created_at,
-            "expires_at": k.expires_at,
-            "last_used_at": k.last_used_at,
-            "revoked_at": k.revoked_at,
-        }
-        for k in await ApiKeyRepository(conn).of_user(user_id)
-    ]
+    fields = ("name", "prefix", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at")
+    return [_picked(k, *fields) for k in await ApiKeyRepository(conn).of_user(user_id)]
 
 
 async def _consents(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
@@ -92,27 +94,22 @@ async def _security_events(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyr
     return [dict(r) for r in await SecurityEventRepository(conn).of_user(user_id, limit=10_000)]
 
 
+_TRANSACTION_FIELDS = ("type", "date", "ticker", "quantity", "price", "amount", "fee", "note")
+
+
 async def _portfolios(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
     out = []
-    for p in await conn.fetch(
-        "SELECT id, name, base_currency, created_at FROM portfolios WHERE user_id = $1 "
-        "ORDER BY created_at",
-        user_id,
-    ):
-        transactions = await conn.fetch(
-            """SELECT type, date, ticker, quantity, price, amount, fee, note, created_at
-               FROM portfolio_transactions WHERE portfolio_id = $1 ORDER BY date, sequence""",
-            p["id"],
-        )
-        out.append({**dict(p), "transactions": [dict(t) for t in transactions]})
+    for p in await PortfolioRepository(conn).of_user(user_id):
+        ledger = await TransactionRepository(conn).ledger(p.id)
+        transactions = [_picked(t, *_TRANSACTION_FIELDS, "created_at") for t in ledger]
+        portfolio = _picked(p, "id", "name", "base_currency", "created_at")
+        out.append({**portfolio, "transactions": transactions})
     return out
 
 
 async def _watchlists(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
-    return [
-        {"name": r["name"], "created_at": r["created_at"], "tickers": r["tickers"]}
-        for r in await watchlists_of(conn, user_id)
-    ]
+    watchlists = await WatchlistRepository(conn).of_user(user_id)
+    return [_picked(w, "name", "created_at", "tickers") for w in watchlists]
 
 
 async def _alerts(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
@@ -120,12 +117,8 @@ async def _alerts(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> A
 
 
 async def _notifications(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
-    rows = await conn.fetch(
-        """SELECT kind, title, data, created_at, read_at FROM notifications
-           WHERE user_id = $1 ORDER BY created_at""",
-        user_id,
-    )
-    return [{**dict(r), "data": json.loads(r["data"])} for r in rows]
+    fields = ("kind", "title", "data", "created_at", "read_at")
+    return [_picked(n, *fields) for n in await NotificationRepository(conn).of_user(user_id)]
 
 
 async def _chat(conn: asyncpg.Connection, user_id: uuid.UUID, _: Keyring) -> Any:
@@ -188,11 +181,7 @@ async def erase_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[uuid.UUID]:
     Returns the sessions that were live, so the caller can drop their live state."""
     async with pool.acquire() as conn, conn.transaction():
         sessions = await SessionRepository(conn).revoke_all(user_id, "account erased")
-        await conn.execute(
-            "UPDATE security_events SET user_id = NULL, ip_hash = NULL, detail = '{}'::jsonb "
-            "WHERE user_id = $1",
-            user_id,
-        )
-        await conn.execute("DELETE FROM users WHERE id = $1", user_id)
+        await SecurityEventRepository(conn).anonymise(user_id)
+        await UserRepository(conn).delete(user_id)
         await SecurityEventRepository(conn).record("account_erased", None, None)
     return sessions

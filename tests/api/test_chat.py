@@ -4,13 +4,12 @@ circuit breaker, streaming, tool calls, safety, quota, ownership, retention and 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
+from api.services.chat.breaker import CircuitBreaker
 from api.services.chat.safety import DISCLAIMER, SYSTEM_PROMPT, Grounding, OutputFilter
 from api.services.chat.service import purge_expired
 from api.settings import Settings
@@ -73,10 +73,35 @@ def chat_settings(
     )
 
 
+class ManualClock:
+    """A clock that moves only when told to: a breaker's reset period passes without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @asynccontextmanager
-async def chat_app(base: Settings, **changes: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with these chat settings, signed in as a new user (its own quota and data)."""
-    app = create_app(base.model_copy(update=changes))
+async def chat_app(
+    base: Settings, *, clock: Callable[[], float] | None = None, **changes: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with these chat settings, signed in as a new user (its own quota and data); with
+    `clock`, the providers' circuit breakers keep time by it."""
+    settings = base.model_copy(update=changes)
+    app = create_app(settings)
+    if clock is not None:
+        chain = app.state.chat
+        chain.breakers = {
+            name: CircuitBreaker(
+                settings.chat_breaker_failures, settings.chat_breaker_reset_s, clock
+            )
+            for name in chain.breakers
+        }
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -218,15 +243,19 @@ async def test_without_any_provider_configured_chat_still_answers_locally(
 async def test_the_circuit_opens_after_repeated_failures_and_half_opens_later(
     chat_settings: Settings, together_server: LocalLLMServer, openai_server: LocalLLMServer
 ) -> None:
+    clock = ManualClock()
     openai_server.fallback = Reply("OpenAI here.")
     try:
         async with chat_app(
-            chat_settings, chat_breaker_failures=2, chat_breaker_reset_s=0.5
+            chat_settings, clock=clock, chat_breaker_failures=2, chat_breaker_reset_s=30
         ) as client:
             for _ in range(3):
                 assert answer_of(await ask(client, "hi"))["provider"] == "openai"
             assert len(together_server.requests) == 2, "the third call skipped the open circuit"
-            await asyncio.sleep(0.6)
+            clock.advance(29)
+            assert answer_of(await ask(client, "hi"))["provider"] == "openai"
+            assert len(together_server.requests) == 2, "the circuit stays open for reset_s"
+            clock.advance(1)
             together_server.script(Reply("Together is back."))
             assert answer_of(await ask(client, "hi"))["provider"] == "together"  # the trial
             together_server.script(Reply("Still here."))

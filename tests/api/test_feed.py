@@ -21,6 +21,7 @@ from contracts import Forecast
 from features.bars import ticker_frame
 from features.live import YFinanceProvider
 from tests.features.test_live import _recorded
+from tests.utils import eventually
 
 
 async def test_replay_plays_stored_days_in_order_and_quotes_them(
@@ -144,7 +145,12 @@ async def test_one_replica_leads_the_feed_and_a_successor_resumes_after_its_curs
     running = asyncio.create_task(first.run())
     await asyncio.wait_for(first.leading.wait(), timeout=10)
     follower = asyncio.create_task(second.run())
-    await asyncio.sleep(0.8)  # the leader plays a day or two; the other only waits
+
+    async def two_days_played() -> bool:
+        return (await redis.get(FeedLeader.CURSOR_KEY) or "") >= "2022-12-22"
+
+    # two days played, half a second apart: the other has asked for the lease, and only waits
+    assert await eventually(two_days_played, 10)
     assert not second.leading.is_set()
     running.cancel()  # the leading replica goes away mid-replay
     await asyncio.gather(running, return_exceptions=True)

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from api.security.mail import LogEmailSender, SmtpEmailSender
-from api.services.alerts import AlertMailer
+from api.services.notifications import AlertMailer
 from api.settings import Settings
 from tests.conftest import PASSWORD, sign_up
 from tests.live_server import free_port

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from api.settings import Settings
 from tests.api.test_observability import sample
 from tests.conftest import sign_up
 from tests.live_server import serving
-from tests.utils import play
+from tests.utils import eventually, play
 
 DAY = date(2022, 12, 28)
 
@@ -90,12 +91,24 @@ async def close_code(ws: ClientConnection, seconds: float = 10.0) -> int | None:
     raise AssertionError("still open")
 
 
-async def eventually(check: Callable[[], bool], seconds: float) -> bool:
-    for _ in range(int(seconds / 0.05)):
-        if check():
-            return True
-        await asyncio.sleep(0.05)
-    return check()
+async def lines_until(
+    stream: asyncio.StreamReader, beginnings: set[str], seconds: float
+) -> list[str]:
+    """Lines read from `stream` until one has begun with each of `beginnings` (bounded)."""
+    lines: list[str] = []
+    missing = set(beginnings)
+    try:
+        async with asyncio.timeout(seconds):
+            while missing:
+                line = (await stream.readline()).decode()
+                if not line:
+                    break  # the writer ended first
+                lines.append(line)
+                missing = {b for b in missing if not line.startswith(b)}
+    except TimeoutError:
+        pass
+    assert not missing, f"never printed {sorted(missing)}; printed:\n{''.join(lines)}"
+    return lines
 
 
 async def test_unauthenticated_connections_are_refused(server: Any) -> None:
@@ -353,12 +366,28 @@ async def test_the_example_client_follows_all_three_sockets(
         "8",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each line as it is printed
     )
-    hub = server.state.hub
-    assert await eventually(lambda: hub.connections >= 3, 30)  # all three sockets are up
-    await asyncio.sleep(0.5)  # their subscriptions are in
-    await play(pool, redis, DAY)
-    output = (await asyncio.wait_for(process.communicate(), timeout=60))[0].decode()
+    assert process.stdout is not None
+    try:
+        # the client prints what each socket receives: once all three have answered, the
+        # subscriptions and the notification socket are in place for the day to reach them
+        ready = await lines_until(
+            process.stdout,
+            {
+                '[quotes] {"type": "subscribed"',
+                '[predictions] {"type": "subscribed"',
+                '[notifications] {"type": "welcome"',
+            },
+            seconds=30,
+        )
+        await play(pool, redis, DAY)
+        rest = (await asyncio.wait_for(process.communicate(), timeout=60))[0].decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    output = "".join(ready) + rest
     assert process.returncode == 0, output
     assert "alert set:" in output
     assert f"[quotes] {DAY} AAPL" in output

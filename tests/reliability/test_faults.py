@@ -42,16 +42,7 @@ from tests.api.test_ws import receive
 from tests.conftest import sign_up
 from tests.live_server import serving
 from tests.reliability.servers import CrashablePostgres, CrashableRedis
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> bool:
-    """Poll `check` until it holds (bounded)."""
-    for _ in range(int(seconds / 0.1)):
-        if await check():
-            return True
-        await asyncio.sleep(0.1)
-    return await check()
-
+from tests.utils import eventually
 
 # ----------------------------------------------------------------------------------- Redis
 

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date
 
 import asyncpg
 import httpx
@@ -16,12 +17,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from api.app import create_app
+from api.db.ab import AbWeightRepository
 from api.db.users import UserRepository
 from api.security.crypto import Keyring
 from api.services.ab import bucket
 from api.services.auth import AuthService, create_account
 from api.settings import Settings
 from serving.local import LocalPredictor
+from tests.utils import eventually
 
 CHALLENGER_WEIGHTS = {"hybrid": 0.5}
 
@@ -32,14 +35,14 @@ async def api(
     first_ingest: object,
     serving_registry: MlflowClient,
     user_headers: dict[str, str],
+    pool: asyncpg.Pool,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API over the in-process predictor of this registry, signed in as the default user."""
-
-    async def weight(family: str) -> float:
-        return CHALLENGER_WEIGHTS.get(family, 0.0)
-
-    predictor = LocalPredictor(serving_registry, weight)
-    app = create_app(settings, predictor)
+    """The API over the in-process predictor of this registry, signed in as the default user;
+    the hybrid challenger gets half the traffic (stored as `stockcopilot ab set` stores it)."""
+    async with pool.acquire() as conn:
+        for family, weight in CHALLENGER_WEIGHTS.items():
+            await AbWeightRepository(conn).set(family, weight, "tests", "serving fixture")
+    app = create_app(settings, LocalPredictor(serving_registry))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
@@ -49,6 +52,31 @@ async def api(
 
 
 Caller = tuple[uuid.UUID, dict[str, str]]
+
+
+async def logged(
+    pool: asyncpg.Pool,
+    tickers: list[str],
+    rows: int,
+    as_of: date | None = None,
+    family: str | None = None,
+) -> None:
+    """Wait (with a deadline) until the API's batched writer has logged `rows` forecasts of
+    `tickers` (made from `as_of`'s bars by `family`, if given): the log is written off the
+    request path, a moment after the answer."""
+
+    async def written() -> bool:
+        found = await pool.fetchval(
+            """SELECT count(*) FROM prediction_log
+               WHERE ticker = ANY($1::text[]) AND ($2::date IS NULL OR as_of = $2)
+                 AND ($3::text IS NULL OR family = $3)""",
+            tickers,
+            as_of,
+            family,
+        )
+        return found >= rows
+
+    assert await eventually(written), f"fewer than {rows} forecasts of {tickers} were logged"
 
 
 @pytest.fixture(scope="session")

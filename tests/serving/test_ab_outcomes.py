@@ -21,7 +21,7 @@ from api.db.ab import (
 )
 from api.services.outcomes import ab_report
 from pipelines.models import default_actor
-from tests.serving.conftest import Caller, caller_on
+from tests.serving.conftest import Caller, caller_on, logged
 from tests.utils import invoke
 from training.metrics import diebold_mariano, row_pinball
 
@@ -90,14 +90,15 @@ async def test_served_forecast_is_logged_and_scored_against_later_bars(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["as_of"] == "2022-06-01"
-    logged = await pool.fetch(
+    await logged(pool, ["KO"], 3, date(2022, 6, 1), "lstm")
+    rows = await pool.fetch(
         """SELECT id, horizon, family, version, variant, live, q10, q50, q90 FROM prediction_log
            WHERE ticker = 'KO' AND as_of = '2022-06-01' AND family = 'lstm' ORDER BY horizon"""
     )
-    assert [r["horizon"] for r in logged] == [1, 5, 20]  # every horizon the model returned
-    assert all((r["version"], r["variant"]) == ("1", "champion") for r in logged)
-    assert not any(r["live"] for r in logged)  # KO has later bars: a look back, not live
-    row = next(r for r in logged if r["horizon"] == 5)
+    assert [r["horizon"] for r in rows] == [1, 5, 20]  # every horizon the model returned
+    assert all((r["version"], r["variant"]) == ("1", "champion") for r in rows)
+    assert not any(r["live"] for r in rows)  # KO has later bars: a look back, not live
+    row = next(r for r in rows if r["horizon"] == 5)
     assert {q: row[q] for q in ("q10", "q50", "q90")} == body["log_return_quantiles"]
 
     repo = PredictionLogRepository(pool)
@@ -153,6 +154,7 @@ async def test_forecast_waits_for_its_outcome_bar_to_arrive(
     await _upload(api, "ABLIVE", ko[: cut + 1], admin_headers)
     response = await api.get("/api/v1/predictions/ABLIVE", params={"model": "lstm"})
     assert response.status_code == 200 and response.json()["as_of"] == "2022-06-01"
+    await logged(pool, ["ABLIVE"], 3)
     repo = PredictionLogRepository(pool)
     await repo.resolve_due("lstm")
     pending = """SELECT p.horizon, o.prediction_id IS NOT NULL AS resolved
@@ -305,6 +307,7 @@ async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
             assert variants == {"challenger" if challenger else "champion"}
         for ticker, rows in source.items():  # the next five trading days arrive
             await _upload(api, ticker, rows[cut + 5 * step : cut + 5 * step + 5], admin_headers)
+    await logged(pool, list(source), 10 * 2 * 2 * 3)  # steps x variants x tickers x horizons
     live = await pool.fetchval(
         "SELECT bool_and(live) FROM prediction_log WHERE ticker IN ('ABREPA', 'ABREPB')"
     )

@@ -8,9 +8,7 @@ loses to the shadow-scored previous one on live outcomes is rolled back.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,10 +22,11 @@ from redis.asyncio import Redis
 from api.db.ab import LoggedPrediction, PredictionLogRepository, ResolvedLoss
 from api.settings import Settings
 from contracts import Forecast, ForecastRequest, SeriesInput
-from serving.deployments import FamilyForecaster
 from serving.guard import Probation, RollbackPolicy, live_verdict
+from serving.replicas import FamilyForecaster
 from tests.model_registry import log_and_register
 from tests.serving.conftest import last_rollback, next_notification
+from tests.utils import eventually
 from training import registry
 
 POLICY = RollbackPolicy(max_error_rate=0.2, latency_slo_ms=100, min_requests=10)
@@ -131,18 +130,21 @@ async def lstm_deployment(
         )
     )
     yield deployment
-    deployment._watch.cancel()
+    deployment.watch.stop()
     registry.configure(registry_uri, registry_root / "artifacts")
     registry.set_alias(serving_registry, "lstm", "champion", good)
 
 
-async def _until(check, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
+async def _until(check: Callable[[], bool], seconds: float = 20) -> None:
+    assert await eventually(check, seconds), "condition not met in time"
+
+
+def _on_probation(deployment: FamilyForecaster, version: str) -> Callable[[], bool]:
+    def check() -> bool:
+        trial = deployment.watch.probation("champion")
+        return trial is not None and trial.candidate == version
+
+    return check
 
 
 def _request(rows: tuple[list[asyncpg.Record], list[asyncpg.Record]]) -> ForecastRequest:
@@ -183,12 +185,11 @@ async def test_a_promoted_version_that_fails_its_calls_is_rolled_back_while_all_
     settings: Settings,
 ) -> None:
     good = registry.alias_version(serving_registry, "lstm", "champion")
-    await asyncio.sleep(0.5)  # the first poll has pinned the current champion
+    await lstm_deployment.watch.vetted()  # the first poll has pinned the current champion
     # loads fine (weights and metadata present) but every forward fails: 16 hidden units
     # declared, 8 stored
     broken = await _promote(serving_registry, {"hidden": 16}, registry_root, "lstm-broken")
-    trial = lstm_deployment._trials
-    await _until(lambda: "champion" in trial and trial["champion"].candidate == broken)
+    await _until(_on_probation(lstm_deployment, broken))
     redis = Redis.from_url(settings.redis_url or "")
     notifications = redis.pubsub()
     await notifications.subscribe("notifications:models")
@@ -203,7 +204,7 @@ async def test_a_promoted_version_that_fails_its_calls_is_rolled_back_while_all_
     message = await next_notification(notifications, redis)
     assert message is not None and message["to_version"] == good
     # the restored version is not put on probation against the one that failed
-    await _until(lambda: lstm_deployment._trials.get("champion") is None)
+    await _until(lambda: lstm_deployment.watch.probation("champion") is None)
 
 
 async def test_a_champion_losing_to_the_shadowed_previous_one_on_live_outcomes_is_rolled_back(
@@ -213,11 +214,10 @@ async def test_a_champion_losing_to_the_shadowed_previous_one_on_live_outcomes_i
     pool: asyncpg.Pool,
 ) -> None:
     good = registry.alias_version(serving_registry, "lstm", "champion")
-    await asyncio.sleep(0.5)
+    await lstm_deployment.watch.vetted()
     # the same network under a new version number: serves normally
     candidate = await _promote(serving_registry, {}, registry_root, "lstm-candidate")
-    trial = lstm_deployment._trials
-    await _until(lambda: "champion" in trial and trial["champion"].candidate == candidate)
+    await _until(_on_probation(lstm_deployment, candidate))
     ko, market = await _ko(pool)
     batch = await lstm_deployment.forecast(_request((ko, market)))
     assert batch.version == candidate
@@ -240,4 +240,4 @@ async def test_a_champion_losing_to_the_shadowed_previous_one_on_live_outcomes_i
     event = await last_rollback(pool, "lstm", candidate)
     assert (event["from_version"], event["to_version"]) == (candidate, good)
     assert f"version {candidate} loses to version {good} on live outcomes" in event["reason"]
-    await _until(lambda: lstm_deployment._predictor._shadows.get("lstm") is None)
+    await _until(lambda: lstm_deployment.predictor.shadowing("lstm") is None)

@@ -11,6 +11,8 @@ from mlflow import MlflowClient
 from redis.asyncio import Redis
 
 from api.cache import JsonCache
+from api.services.ab import ChallengerWeights
+from api.services.prediction_log import PredictionLog
 from api.services.predictions import PredictionService
 from serving.local import LocalPredictor
 from tests.serving.conftest import Caller
@@ -40,10 +42,16 @@ async def test_prediction_alerts_fire_on_the_forecast_the_owner_is_served(
     )
     assert fires.status_code == never.status_code == 201, fires.text
 
+    prediction_log = PredictionLog(pool)
     predictions = PredictionService(
-        pool, LocalPredictor(serving_registry), JsonCache(redis, "pred:v1", 60)
+        pool,
+        LocalPredictor(serving_registry),
+        JsonCache(redis, "pred:v1", 60),
+        prediction_log,
+        ChallengerWeights(pool),
     )
     await play(pool, redis, DAY, predictions=predictions)
+    await prediction_log.close()
 
     (note,) = (await api.get("/api/v1/users/me/notifications", headers=headers)).json()["items"]
     assert note["data"]["alert_id"] == fires.json()["id"]

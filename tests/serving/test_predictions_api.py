@@ -129,8 +129,9 @@ async def test_ab_split_is_sticky_per_user_and_near_the_weight(
     ("path", "params", "status", "code"),
     [
         ("/api/v1/predictions/NOPE", {}, 404, "ticker_not_found"),
-        ("/api/v1/predictions/AAPL", {"horizon": 3}, 422, "invalid_horizon"),
-        ("/api/v1/predictions/AAPL", {"model": "gpt"}, 422, "unknown_model"),
+        ("/api/v1/predictions/AAPL", {"horizon": 3}, 422, "validation_error"),
+        ("/api/v1/predictions/AAPL", {"model": "gpt"}, 422, "validation_error"),
+        ("/api/v1/predictions/AAPL/history", {"horizon": 2}, 422, "validation_error"),
         ("/api/v1/predictions/AAPL", {"as_of": "1980-01-01"}, 422, "no_bars"),
     ],
 )
@@ -140,6 +141,8 @@ async def test_bad_requests_are_clear(
     response = await api.get(path, params=params)
     assert response.status_code == status, response.text
     assert response.json()["code"] == code
+    if code == "validation_error":  # GET checks the same shared types as POST /batch
+        assert any(word in response.json()["detail"] for word in ("1, 5 or 20", "'garch'"))
 
 
 async def test_too_many_tickers_and_too_little_history(

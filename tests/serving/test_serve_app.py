@@ -280,7 +280,7 @@ def _lstm_replicas() -> list[str]:
     return sorted(
         a["name"]
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if "LSTMForecaster" in a["name"] and a["name"].startswith("SERVE_REPLICA")
+        if "LstmForecaster" in a["name"] and a["name"].startswith("SERVE_REPLICA")
     )
 
 
@@ -306,12 +306,14 @@ def test_a_killed_replica_is_replaced_while_requests_succeed(
         )
         statuses.append(response.status_code)
     assert statuses == [200] * 20
+
+    def replaced() -> bool:
+        return replicas[0] not in _lstm_replicas() and _running("LstmForecaster") >= 2
+
     deadline = time.monotonic() + 150  # health checks, then a replica start importing torch
-    while time.monotonic() < deadline and (
-        replicas[0] in _lstm_replicas() or _running("LSTMForecaster") < 2
-    ):
+    while not (done := replaced()) and time.monotonic() < deadline:
         time.sleep(1)
-    assert replicas[0] not in _lstm_replicas() and _running("LSTMForecaster") >= 2
+    assert done  # judged once, on the same reading that ended the wait
 
 
 async def _load(url: str, headers: dict[str, str], stop: asyncio.Event, workers: int = 12) -> int:

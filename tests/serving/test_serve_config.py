@@ -29,7 +29,7 @@ def test_yaml_sizing_is_the_code_default() -> None:
     raw = yaml.safe_load(SERVE_YAML.read_text())
     args = raw["applications"][0]["args"]
     default = ServeAppConfig(settings=Settings())
-    for part in ("model", "classical", "ensemble", "router", "ingress"):
+    for part in ("model", "classical", "ensemble", "ingress"):
         expected = getattr(default, part).model_dump()
         assert {k: expected[k] for k in args[part]} == args[part], part
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -21,14 +21,13 @@ import numpy as np
 import structlog
 from pydantic import BaseModel, Field, ValidationError
 
-from api.db.portfolios import PortfolioRepository
 from api.errors import ProblemError
 from api.services.auth import Principal
 from api.services.market import MarketService
 from api.services.market_data import DateRange, MarketDataService
 from api.services.portfolios import PortfolioService
 from api.services.predictions import PredictionService
-from contracts import DEFAULT_FAMILY, Family
+from contracts import DEFAULT_FAMILY, Family, Horizon
 from features import indicators
 
 log = structlog.get_logger(__name__)
@@ -60,7 +59,7 @@ class PatternArgs(TickerArgs):
 
 
 class PredictionArgs(TickerArgs):
-    horizon: Literal[1, 5, 20] = Field(default=5, description="trading days ahead")
+    horizon: Horizon = Field(default=5, description="trading days ahead")
     model: Family = DEFAULT_FAMILY
 
 
@@ -194,7 +193,7 @@ class ChatTools:
 
     async def quote(self, args: TickerArgs) -> dict[str, Any]:
         row = await self._market_data.instrument(args.ticker)
-        return {**asdict(await self._market_data.quote(row["ticker"])), "name": row["name"]}
+        return {**(await self._market_data.quote(row["ticker"])).model_dump(), "name": row["name"]}
 
     async def history_summary(self, args: HistoryArgs) -> dict[str, Any]:
         bars, verdicts = await self._market_data.signal_summary(args.ticker, None)
@@ -282,10 +281,10 @@ class ChatTools:
         }
 
     async def portfolio_summary(self, args: PortfolioArgs) -> dict[str, Any]:
-        owned = await PortfolioRepository(self._pool).of_user(self._principal.user_id)
+        service = PortfolioService(self._pool)
+        owned = await service.of_user(self._principal.user_id)
         if args.name is not None:
             owned = [p for p in owned if p.name.casefold() == args.name.strip().casefold()]
-        service = PortfolioService(self._pool)
         out = []
         for portfolio in owned[:MAX_PORTFOLIOS]:
             value = await service.valuation(portfolio)
@@ -306,7 +305,7 @@ class ChatTools:
                             "price_date": v.price_date,
                             "market_value": v.market_value,
                             "unrealised_pnl": v.unrealised_pnl,
-                            "weight": value.weight(v),
+                            "weight": v.weight,
                         }
                         for v in sorted(
                             (v for v in value.positions if v.quantity),

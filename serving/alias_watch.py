@@ -1,23 +1,21 @@
-"""Ray Serve deployments: one per model family (classical and networks), the ensemble, the A/B
-router and the ingress.
+"""Alias watch: every model replica follows its family's MLflow aliases, vets each newly aliased
+version before it serves, keeps it on probation, and rolls it back when it fails.
 
-Each family deployment serves its registered `champion` (and `challenger`, when one exists) and
-re-reads the MLflow aliases every `alias_poll_s`; a moved alias loads the new version first and
-then swaps the reference, so in-flight requests finish on the version they started with.
+A moved alias loads the new version first and then swaps the pinned routing, so in-flight
+requests finish on the version they started with. Moves made outside stockcopilot (e.g. in the
+MLflow UI) and automatic rollbacks are written to the alias history and announced on the
+notification stream (see serving.guard for the probation rules).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import structlog
-from ray import serve
-from ray.serve.handle import DeploymentHandle
+from mlflow import MlflowClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -26,19 +24,10 @@ from api.db.ab import PredictionLogRepository
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
 from api.settings import Settings
-from contracts import (
-    ALIASES,
-    CHAMPION,
-    FamilyCatalogue,
-    ForecastBatch,
-    ForecastRequest,
-    ModelUnavailable,
-    Routing,
-    model_name,
-)
+from contracts import ALIASES, CHAMPION, ModelUnavailable, Routing, model_name
 from serving.guard import Probation, RollbackPolicy, live_verdict
-from serving.local import DbWeights, LocalPredictor, MemberPredictions
-from serving.ttl import TtlCache
+from serving.local import LocalPredictor
+from training import registry
 
 ROLLBACK_ACTOR = "auto-rollback"
 ANNOUNCE_ONCE_S = 600  # one announcement per alias move across replicas within this window
@@ -134,30 +123,45 @@ class AliasAudit:
             await redis.aclose()
 
 
-class FamilyForecaster:
-    """Serves one family through the same in-process predictor tests and `--no-ray` use, and
-    keeps every newly aliased version on probation (see serving.guard)."""
+class AliasWatch:
+    """One family's aliases as this replica serves them: polled every `poll_s`, vetted, pinned
+    into `predictor`, with each new version on probation until it has proved itself."""
 
-    family = "base"
-    runs_networks = True  # the ensemble only combines member outputs: no torch in its process
-
-    def __init__(self, settings: Settings) -> None:
-        from training import registry
-
-        if self.runs_networks:
-            import torch
-
-            torch.set_num_threads(1)  # see training.fit: one thread is much faster on small nets
-        self._client = registry.configure(settings.mlflow_tracking_uri)
-        self._predictor = LocalPredictor(self._client, alias_ttl_s=settings.alias_poll_s)
+    def __init__(
+        self,
+        family: str,
+        client: MlflowClient,
+        predictor: LocalPredictor,
+        settings: Settings,
+    ) -> None:
+        self.family = family
+        self._client = client
+        self._predictor = predictor
         self._poll_s = settings.alias_poll_s
         self._policy = RollbackPolicy.from_settings(settings)
         self._audit = AliasAudit(settings)
         self._trials: dict[str, Probation] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._watch = asyncio.get_event_loop().create_task(self._follow_aliases())
+        self._vetted = asyncio.Event()
+        self._task = asyncio.get_event_loop().create_task(self._follow())
 
-    async def _follow_aliases(self) -> None:
+    async def vetted(self) -> None:
+        """Return once the first poll has pinned what this replica serves."""
+        await self._vetted.wait()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    def probation(self, alias: str) -> Probation | None:
+        """The probation of the version now under `alias`, while it lasts."""
+        return self._trials.get(alias)
+
+    def trial_for(self, variant: str, version: str | None) -> Probation | None:
+        """The probation `version` is on when it serves `variant`, if it is on one."""
+        trial = self._trials.get(variant)
+        return trial if trial is not None and trial.candidate == version else None
+
+    async def _follow(self) -> None:
         """Switch to a newly aliased version only once it has loaded; roll back one that fails.
 
         Requests are answered throughout from the last vetted routing (`pin`), so a broken
@@ -167,6 +171,7 @@ class FamilyForecaster:
         while True:
             try:
                 active = await self._vet(active)
+                self._vetted.set()
                 await self._judge_live()
             except Exception as exc:  # a failed poll keeps serving what it has
                 log.warning("alias_poll_failed", family=self.family, error=str(exc))
@@ -197,7 +202,6 @@ class FamilyForecaster:
                 await self._audit.switched(self.family, event)
             await self._start_probation(alias, new, event)
             vetted = vetted.model_copy(update={alias: new})
-        vetted = vetted.model_copy(update={"challenger_weight": wanted.challenger_weight})
         self._predictor.pin(vetted)
         return vetted
 
@@ -238,14 +242,24 @@ class FamilyForecaster:
             self._predictor.shadow(self.family, None)
             await self._rollback(CHAMPION, trial.candidate, trial.fallback, reason)
 
+    def judge(self, trial: Probation) -> None:
+        """Roll `trial`'s candidate back (in the background) once its calls breach the policy."""
+        reason = trial.breach()
+        if reason is None or trial.ended:
+            return
+        trial.fail(reason)
+        task = asyncio.get_running_loop().create_task(
+            self._rollback(trial.alias, trial.candidate, trial.fallback, reason)
+        )
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
     async def _rollback(
         self, alias: str, broken: str | None, restore: str | None, why: str
     ) -> None:
         """Point the alias back at the version it replaced (or remove it if there was none) and
         say so everywhere. Skipped when the alias has moved on meanwhile (another replica's
         rollback, an operator)."""
-        from training import registry
-
         current = await asyncio.to_thread(registry.alias_version, self._client, self.family, alias)
         if current != broken:
             return
@@ -267,177 +281,3 @@ class FamilyForecaster:
                 self._client.delete_registered_model_alias, model_name(self.family), alias
             )
         await self._audit.rollback(self.family, alias, broken, restore, why[:500])
-
-    async def routing(self) -> Routing:
-        return await self._predictor.routing(self.family)
-
-    async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        return await self._guarded(request, None)
-
-    async def _guarded(
-        self, request: ForecastRequest, members: MemberPredictions | None
-    ) -> ForecastBatch:
-        """Forecast; while the routed version is on probation, time it, count its failures,
-        answer a failed call from the version it replaced, and roll it back on a breach."""
-        trial = self._trials.get(request.variant)
-        version = (await self._predictor.routing(self.family)).version_of(request.variant)
-        if trial is None or trial.candidate != version:
-            return await self._predictor.forecast(request, members)
-        if trial.verdict is not None and trial.fallback is not None:  # rollback under way
-            return await self._predictor.forecast(request, members, trial.fallback)
-        if not trial.watching:
-            return await self._predictor.forecast(request, members)
-        started = time.perf_counter()
-        try:
-            batch = await self._predictor.forecast(request, members, version)
-        except Exception as exc:
-            trial.record(False, time.perf_counter() - started)
-            self._judge(trial)
-            if trial.fallback is None:
-                raise
-            log.warning(
-                "probation_call_failed",
-                family=self.family,
-                version=version,
-                answered_by=trial.fallback,
-                error=str(exc)[:200],
-            )
-            return await self._predictor.forecast(request, members, trial.fallback)
-        trial.record(True, time.perf_counter() - started)
-        self._judge(trial)
-        return batch
-
-    def _judge(self, trial: Probation) -> None:
-        reason = trial.breach()
-        if reason is None or trial.ended:
-            return
-        trial.fail(reason)
-        task = asyncio.get_running_loop().create_task(
-            self._rollback(trial.alias, trial.candidate, trial.fallback, reason)
-        )
-        self._tasks.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._tasks.discard)
-
-    async def catalogue(self) -> FamilyCatalogue:
-        return await self._predictor.catalogue(self.family)
-
-    async def forecast_with(self, model_uri: str, request: ForecastRequest) -> Any:
-        """Predictions of one exact logged model (the ensemble's fitted members)."""
-        return await self._predictor.predict_uri(model_uri, request)
-
-
-@serve.deployment(name="GarchForecaster")
-class GarchForecaster(FamilyForecaster):
-    """The classical family: per-ticker GARCH recursions in numpy, no torch in its process."""
-
-    family = "garch"
-    runs_networks = False
-
-
-@serve.deployment(name="LSTMForecaster")
-class LSTMForecaster(FamilyForecaster):
-    family = "lstm"
-
-
-@serve.deployment(name="TransformerForecaster")
-class TransformerForecaster(FamilyForecaster):
-    family = "transformer"
-
-
-@serve.deployment(name="HybridForecaster")
-class HybridForecaster(FamilyForecaster):
-    family = "hybrid"
-
-
-@serve.deployment(name="EnsembleForecaster")
-class EnsembleForecaster(FamilyForecaster):
-    """Weights from the registered ensemble; member predictions come from the member deployments."""
-
-    family = "ensemble"
-    runs_networks = False
-
-    def __init__(self, settings: Settings, members: dict[str, DeploymentHandle]) -> None:
-        super().__init__(settings)
-        self._members = members
-
-    async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        return await self._guarded(request, self._member_predictions)
-
-    async def _member_predictions(
-        self,
-        family: str,
-        model_uri: str,
-        request: ForecastRequest,
-    ) -> Any:
-        return await self._members[family].forecast_with.remote(model_uri, request)
-
-
-@serve.deployment(name="ABRouter")
-class ABRouter:
-    """Dispatches a request to its family's deployment; answers who serves each family now."""
-
-    def __init__(self, settings: Settings, families: dict[str, DeploymentHandle]) -> None:
-        self._families = families
-        self._weights = DbWeights(settings)
-
-    async def routing(self, family: str) -> Routing:
-        handle = self._family(family)
-        routing: Routing = await handle.routing.remote()
-        if routing.challenger is None:
-            return routing
-        weight = await self._weights(family)
-        return routing.model_copy(update={"challenger_weight": weight})
-
-    async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        return await self._family(request.family).forecast.remote(request)
-
-    async def catalogue(self, family: str) -> FamilyCatalogue:
-        return await self._family(family).catalogue.remote()
-
-    def _family(self, family: str) -> DeploymentHandle:
-        if family not in self._families:
-            raise ModelUnavailable(f"no deployment serves {family!r}")
-        return self._families[family]
-
-
-class RayPredictor:
-    """The API's Predictor over a Ray handle to the A/B router.
-
-    The routing table is kept for `routing_ttl_s` in the ingress, so a cached prediction is
-    answered without entering the Ray cluster at all.
-    """
-
-    def __init__(self, router: DeploymentHandle, routing_ttl_s: float = 2.0) -> None:
-        self._router = router
-        self._routing: TtlCache[str, Routing] = TtlCache(routing_ttl_s)
-
-    async def routing(self, family: str) -> Routing:
-        cached = self._routing.get(family)
-        if cached is not None:
-            return cached
-        return self._routing.put(family, await self._router.routing.remote(family))
-
-    async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        return await self._router.forecast.remote(request)
-
-    async def catalogue(self, family: str) -> FamilyCatalogue:
-        return await self._router.catalogue.remote(family)
-
-
-@serve.deployment(name="StockCopilotIngress")
-@serve.ingress()
-class StockCopilotIngress:
-    """The FastAPI app from `api.create_app`, with predictions routed into the Ray cluster."""
-
-    def __init__(self, settings: Settings, router: DeploymentHandle) -> None:
-        self._settings = settings
-        self._router = router
-
-    def __serve_build_asgi_app__(self) -> Any:
-        from api.app import create_app
-        from api.logging import configure_logging
-
-        configure_logging(self._settings.log_level, self._settings.log_json)
-        # Serve's proxy echoes the request id (the one our app adopts) on every response
-        settings = self._settings.model_copy(update={"echo_request_id": False})
-        return create_app(settings, RayPredictor(self._router))
