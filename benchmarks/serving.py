@@ -209,6 +209,9 @@ async def _serve_stack(
     full = f"http://127.0.0.1:{serve_port}"
     handle = serve.get_deployment_handle(deployment_name(family), app_name="stockcopilot")
     rows: list[Row] = []
+    await get(full, _uncached(0), 0)  # every replica has loaded its champion; one answer back
+    print(f"\nstack memory with the {ingress} ingress at the default replica counts:")
+    MEMORY[ingress] = _stack_memory_gib(exclude=local_pid)[:2]
 
     async def bare(_: int) -> object:
         return await handle.forecast.remote(request)
@@ -219,13 +222,15 @@ async def _serve_stack(
         )
         rows.append(await measure(f"bare Serve handle ({ingress})", bare, concurrency, seconds))
 
+    first_day = next(offset) // 1000  # as-of dates no earlier measurement (or stack) asked for
+
     async def batch(size: int, i: int) -> None:
         response = await client.post(
             f"{full}/api/v1/predictions/batch",
             json={
                 "tickers": (TICKERS + IMPORTED)[:size],
                 "model": family,
-                "as_of": DATES[-1 - i % 500],
+                "as_of": DATES[-1 - (first_day + i) % len(DATES)],
             },
         )
         response.raise_for_status()
@@ -234,15 +239,10 @@ async def _serve_stack(
     rows.append(
         await measure(f"batch of {BATCH} ({ingress})", lambda i: batch(BATCH, i), 1, seconds)
     )
-    rss, pss, harness = _stack_memory_gib(exclude=local_pid)
-    MEMORY[ingress] = (rss, pss)
+    print(f"\nstack memory with the {ingress} ingress after the load (autoscaled):")
+    _stack_memory_gib(exclude=local_pid)
     serve.shutdown()
     ray.shutdown()
-    print(
-        f"\nstack memory with the {ingress} ingress (Ray + Serve replicas + Postgres + Redis): "
-        f"RSS {rss:.2f} GiB, PSS {pss:.2f} GiB (shared pages counted once); benchmark harness "
-        f"itself (client, in-process app, raw model) RSS {harness:.2f} GiB, not included"
-    )
     return rows
 
 
@@ -279,6 +279,11 @@ def _stack_memory_gib(exclude: int) -> tuple[float, float, float]:
         sizes.append((memory.pss, memory.rss, name))
     for p, r, name in sorted(sizes, reverse=True)[:10]:
         print(f"    PSS {p / 2**30:5.2f} GiB  RSS {r / 2**30:5.2f} GiB  {name}")
+    print(
+        f"  total (Ray, Serve replicas, HAProxy, Postgres, Redis): RSS {rss / 2**30:.2f} GiB, "
+        f"PSS {pss / 2**30:.2f} GiB (shared pages counted once); this harness (client, raw "
+        f"model) RSS {me.memory_info().rss / 2**30:.2f} GiB, not included"
+    )
     return rss / 2**30, pss / 2**30, me.memory_info().rss / 2**30
 
 

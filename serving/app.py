@@ -16,6 +16,7 @@ change here.
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -49,10 +50,21 @@ def haproxy_ports() -> dict[str, str]:
     }
 
 
+# Below the kernel's ephemeral range (32768+, where any outgoing connection may hold the port by
+# the time HAProxy binds it) and outside Ray's own: workers 10002-19999, replicas' HTTP 30000+.
+HAPROXY_PORTS = range(20_000, 30_000)
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port in HAPROXY_PORTS that nothing listens on now."""
+    for port in random.sample(HAPROXY_PORTS, 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))  # noqa: S104 - a probe: HAProxy binds every interface
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port for HAProxy in {HAPROXY_PORTS}")
 
 
 def start_local_ray(trusted_proxies: Sequence[str] = (), **options: Any) -> Any:

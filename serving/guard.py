@@ -11,7 +11,7 @@ A version that takes over an alias from another is on probation in every replica
   Diebold-Mariano test per horizon on the paired losses — Bonferroni-corrected over the
   horizons — that says the new champion loses significantly is a breach.
 
-The decision functions here are pure; `serving.deployments.FamilyForecaster` wires them to the
+The decision functions here are pure; `serving.alias_watch.AliasWatch` wires them to the
 registry, the alias history and the notification stream.
 """
 

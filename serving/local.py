@@ -1,7 +1,7 @@
 """In-process predictor: the registered MLflow models, loaded in this process.
 
 Tests and `stockcopilot up --no-ray` use it directly; each Ray Serve model deployment wraps one
-(see serving.deployments), so both paths run the same code on the same bundles.
+(see serving.replicas), so both paths run the same code on the same bundles.
 """
 
 from __future__ import annotations
