@@ -25,14 +25,7 @@ class JsonCache:
         return ":".join([self._prefix, *(str(p) for p in parts)])
 
     async def get_many(self, keys: list[str]) -> list[Any | None]:
-        if not keys:
-            return []
-        try:
-            raw = await self._redis.mget(keys)
-        except (RedisError, OSError) as exc:
-            log.warning("cache_unavailable", op="get", error=type(exc).__name__)
-            return [None] * len(keys)
-        return [json.loads(v) if v is not None else None for v in raw]
+        return [json.loads(v) if v is not None else None for v in await self.get_raw_many(keys)]
 
     async def get_raw_many(self, keys: list[str]) -> list[str | None]:
         """The stored JSON documents as text, unparsed (to be sent as they are)."""

@@ -8,6 +8,7 @@ import multiprocessing
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 
@@ -26,19 +27,27 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def _serve_in_process(settings: Settings, port: int) -> None:
-    """The `--no-ray` server (API and models in one process), as `stockcopilot up --no-ray`."""
+def in_process_server_config(settings: Settings, port: int) -> Any:
+    """The `--no-ray` server (API and models in one process, as `stockcopilot up --no-ray`),
+    as uvicorn's config for loopback `port`."""
     import uvicorn
 
     from api.app import create_app
-    from api.logging import configure_logging
     from serving.local import LocalPredictor
     from training import registry
 
-    configure_logging(settings.log_level, settings.log_json)
     predictor = LocalPredictor(registry.configure(settings.mlflow_tracking_uri))
     app = create_app(settings, predictor)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    return uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+def _serve_in_process(settings: Settings, port: int) -> None:
+    import uvicorn
+
+    from api.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.Server(in_process_server_config(settings, port)).run()
 
 
 @contextlib.contextmanager

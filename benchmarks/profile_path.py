@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from api.settings import Settings
-from benchmarks.common import free_port
+from benchmarks.common import free_port, in_process_server_config
 from benchmarks.serving import DATES, TICKERS, signed_in
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import bars_stored, ingest_bundled
@@ -37,17 +37,8 @@ def serve(settings: Settings, seconds: float, cached: bool, family: str) -> None
     """The API in this process (the one py-spy samples), until the client process is done."""
     import uvicorn
 
-    from api.app import create_app
-    from serving.local import LocalPredictor
-    from training import registry
-
-    predictor = LocalPredictor(registry.configure(settings.mlflow_tracking_uri))
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, predictor), host="127.0.0.1", port=port, log_config=None
-        )
-    )
+    server = uvicorn.Server(in_process_server_config(settings, port))
     client = multiprocessing.get_context("spawn").Process(
         target=_client, args=(settings, port, seconds, cached, family)
     )
@@ -99,8 +90,7 @@ async def round_trips(
     settings: Settings, client: httpx.AsyncClient, family: str, cached: bool, n: int = 20
 ) -> tuple[float, float]:
     """Postgres statements (committed transactions: every asyncpg query outside a transaction
-    is one, and so is the reset asyncpg runs when a connection goes back to its pool) and Redis
-    commands per request, averaged over `n` requests; the batched prediction
+    is one) and Redis commands per request, averaged over `n` requests; the batched prediction
     log's writes are counted too (they are off the request path but not free). Redis counts the
     commands a Lua script runs as well (the rate limiter's GET and SET per key), though the
     script is one round trip."""

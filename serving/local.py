@@ -176,10 +176,6 @@ class LocalPredictor:
             self._loading.pop(uri, None)
             return self._bundles[uri]
 
-    def loaded(self) -> list[str]:
-        """The model URIs held in memory, least recently used first."""
-        return list(self._bundles)
-
     async def preload(self, family: str, version: str) -> None:
         await self._bundle(f"models:/{registry.model_name(family)}/{version}")
 

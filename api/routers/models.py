@@ -63,7 +63,7 @@ async def list_models(
                 family=family,
                 champion=routing.champion,
                 challenger=routing.challenger,
-                challenger_weight=await weights(family) if routing.challenger else 0.0,
+                challenger_weight=await weights.share(routing),
                 versions=catalogue.versions,
                 alias_history=[
                     AliasMoveOut(

@@ -9,7 +9,7 @@ import asyncpg
 
 from api.cache import TtlCache
 from api.db.ab import challenger_weight
-from contracts import CHALLENGER, CHAMPION
+from contracts import CHALLENGER, CHAMPION, Routing
 
 __all__ = ["CHALLENGER", "CHAMPION", "ChallengerWeights", "assign", "bucket"]
 
@@ -35,6 +35,10 @@ class ChallengerWeights:
     def __init__(self, pool: asyncpg.Pool, ttl_s: float = 5.0) -> None:
         self._pool = pool
         self._cache: TtlCache[str, float] = TtlCache(ttl_s)
+
+    async def share(self, routing: Routing) -> float:
+        """The challenger's share of `routing`'s family: 0.0, with no query, while it has none."""
+        return 0.0 if routing.challenger is None else await self(routing.family)
 
     async def __call__(self, family: str) -> float:
         return await self._cache.get_or_load(family, lambda: challenger_weight(self._pool, family))

@@ -216,7 +216,7 @@ class PredictionService:
                 "model_not_deployed",
                 f"no {family} champion is registered; train and register one",
             )
-        weight = await self._weights(family) if routing.challenger is not None else 0.0
+        weight = await self._weights.share(routing)
         variant = assign(user_key, family, weight, has_challenger=routing.challenger is not None)
         version = routing.version_of(variant)
         assert version is not None
