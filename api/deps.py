@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import asyncpg
 import structlog
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from redis.asyncio import Redis
 
@@ -190,11 +190,9 @@ def _rate_subjects(
     ]
 
 
-async def spend_rate(
-    request: Request, response: Response | None, tier: str, checks: list[tuple[Limit, str]]
-) -> None:
-    """Spend one request of each (limit, subject); RateLimit-* headers for the tightest, 429
-    when any is spent."""
+async def spend_rate(request: Request, tier: str, checks: list[tuple[Limit, str]]) -> None:
+    """Spend one request of each (limit, subject); 429 when any is spent. The tightest one's
+    RateLimit-* headers go on whatever response the request gets (api.middleware)."""
     decisions = await request.app.state.rate_limiter.hit_many(checks)
     refused = [d for d in decisions if not d.allowed]
     tightest = min(refused or decisions, key=lambda d: (d.remaining, -d.retry_after_s))
@@ -206,9 +204,7 @@ async def spend_rate(
             f"rate limit of {tightest.limit.limit} requests per minute reached; retry later",
             headers=tightest.headers(),
         )
-    request.state.rate_limit_headers = tightest.headers()  # for error responses too
-    if response is not None:
-        response.headers.update(tightest.headers())
+    request.state.rate_limit_headers = tightest.headers()
 
 
 def rate_limited(tier: str) -> Any:
@@ -217,18 +213,17 @@ def rate_limited(tier: str) -> Any:
     whatever credentials come with the request: a token must not buy a looser budget for
     guessing passwords."""
 
-    async def spend_auth(request: Request, response: Response) -> None:
+    async def spend_auth(request: Request) -> None:
         per_min = request.app.state.settings.rate_limit_auth_per_min
-        await spend_rate(request, response, tier, _rate_subjects(request, tier, None, per_min))
+        await spend_rate(request, tier, _rate_subjects(request, tier, None, per_min))
 
     async def spend(
         request: Request,
-        response: Response,
         principal: Annotated[Principal | None, Depends(optional_principal)],
     ) -> None:
         per_min = request.app.state.settings.rate_limit_default_per_min
         checks = _rate_subjects(request, tier, principal, per_min)
-        await spend_rate(request, response, tier, checks)
+        await spend_rate(request, tier, checks)
 
     return Depends(answers(429)(spend_auth if tier == "auth" else spend))
 

@@ -116,9 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         response = problem(exc.status, exc.code, exc.detail, request.url.path, **exc.extensions)
-        # a refused request still tells the client where its rate budget stands
-        response.headers.update(getattr(request.state, "rate_limit_headers", {}))
-        response.headers.update(exc.headers)
+        response.headers.update(exc.headers)  # the rate budget is added by api.middleware
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -16,7 +16,10 @@ log = structlog.get_logger("api.access")
 
 class RequestContextMiddleware:
     """Give every request an id (the caller's, or the proxy's, if sane), bind it to logs and
-    echo it back once (`echo=False` where a proxy in front echoes it already)."""
+    echo it back once (`echo=False` where a proxy in front echoes it already); and put the
+    request's rate-limit headers (`state.rate_limit_headers`, set by api.deps.spend_rate) on
+    its response, whatever made it: a route's model, a Response a route returns itself (CSV,
+    JSON sent as cached), or an error handler."""
 
     def __init__(self, app: ASGIApp, echo: bool = True) -> None:
         self.app = app
@@ -30,7 +33,8 @@ class RequestContextMiddleware:
             dict(scope.get("headers", [])).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
         )
         request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 0
@@ -39,6 +43,15 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                limits = state.get("rate_limit_headers")
+                if limits:
+                    headers = message.setdefault("headers", [])
+                    present = {name.lower() for name, _ in headers}
+                    headers.extend(
+                        (name.lower().encode(), value.encode())
+                        for name, value in limits.items()
+                        if name.lower().encode() not in present
+                    )
                 if self.echo:
                     name = REQUEST_ID_HEADER.encode()
                     headers = [h for h in message.get("headers", []) if h[0].lower() != name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from api.deps import CallerKeyDep, PredictionsDep, require_scope
@@ -49,16 +49,13 @@ def _number(value: object) -> object:
 HorizonParam = Annotated[Horizon, BeforeValidator(_number)]
 
 
-def _sent_as_is(request: Request, document: str) -> Response:
-    """JSON validated and serialised once, when the prediction was made (and cached as such),
-    with the rate-limit headers a returned Response would otherwise not carry."""
-    headers = getattr(request.state, "rate_limit_headers", None)
-    return Response(document, media_type="application/json", headers=headers)
+def _sent_as_is(document: str) -> Response:
+    """JSON validated and serialised once, when the prediction was made (and cached as such)."""
+    return Response(document, media_type="application/json")
 
 
 @router.get("/{ticker}", response_model=Prediction, responses=problems(503))
 async def predict(
-    request: Request,
     service: PredictionsDep,
     caller: CallerKeyDep,
     ticker: TickerPath,
@@ -68,7 +65,7 @@ async def predict(
 ) -> Response:
     """Forecast one ticker: 10/50/90 % price quantiles and P(up), naming the model version."""
     (document,) = await service.predict_json([ticker], horizon, model, caller, as_of)
-    return _sent_as_is(request, document)
+    return _sent_as_is(document)
 
 
 class Outcome(BaseModel):
@@ -111,10 +108,10 @@ async def prediction_history(
 
 @router.post("/batch", response_model=BatchResponse, responses=problems(404, 503))
 async def predict_batch(
-    request: Request, service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest
+    service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest
 ) -> Response:
     """Forecast up to 100 tickers with one model call."""
     documents = await service.predict_json(
         body.tickers, body.horizon, body.model, caller, body.as_of
     )
-    return _sent_as_is(request, f'{{"predictions":[{",".join(documents)}]}}')
+    return _sent_as_is(f'{{"predictions":[{",".join(documents)}]}}')

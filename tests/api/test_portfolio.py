@@ -302,6 +302,7 @@ async def test_csv_import_is_all_or_nothing_with_line_numbers_and_export_round_t
     assert response.status_code == 201 and response.json() == {"imported": 3}
     exported = await client.get(f"{base}/export", headers=user)
     assert exported.headers["content-type"].startswith("text/csv")
+    assert int(exported.headers["ratelimit-limit"]) > 0  # a route's own Response carries it too
     lines = exported.text.split("\r\n")
     assert lines[0] == '"date","type","ticker","quantity","price","amount","fee","note"'
     assert "\"'=HYPERLINK" in lines[3]  # exported notes never start a spreadsheet formula

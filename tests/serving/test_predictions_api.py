@@ -20,6 +20,7 @@ from tests.serving.conftest import Caller
 async def test_prediction_names_model_and_gives_ordered_price_bands(api: httpx.AsyncClient) -> None:
     response = await api.get("/api/v1/predictions/AAPL", params={"horizon": 5, "model": "lstm"})
     assert response.status_code == 200, response.text
+    assert len(response.headers.get_list("ratelimit-limit")) == 1  # once, sent as cached JSON
     body = response.json()
     assert body["ticker"] == "AAPL" and body["as_of"] == "2022-12-28" and body["horizon"] == 5
     q = body["quantiles"]
@@ -141,6 +142,8 @@ async def test_bad_requests_are_clear(
     response = await api.get(path, params=params)
     assert response.status_code == status, response.text
     assert response.json()["code"] == code
+    if code != "validation_error":  # a refusal still tells where the rate budget stands
+        assert "ratelimit-remaining" in response.headers
     if code == "validation_error":  # GET checks the same shared types as POST /batch
         assert any(word in response.json()["detail"] for word in ("1, 5 or 20", "'garch'"))
 
