@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from api.db.clock import MarketClockRepository
 from api.db.pool import create_pool
 from api.deps import predictions_of, rate_limited, require
 from api.errors import ProblemError, install_error_handlers
@@ -54,11 +55,12 @@ from api.services.ab import ChallengerWeights
 from api.services.alert_evaluator import AlertEvaluator
 from api.services.chat.providers import ProviderChain
 from api.services.chat.service import purge_expired
+from api.services.clock import MarketClock
 from api.services.notifications import AlertMailer, Notifier
 from api.services.prediction_log import PredictionLog
 from api.settings import Settings
 from contracts import Predictor
-from features.live import YFinanceProvider
+from features.live import LiveProvider, make_provider
 
 log = structlog.get_logger(__name__)
 
@@ -71,11 +73,23 @@ def feed_leader(app: FastAPI) -> FeedLeader:
     predictions = predictions_of(state) if state.predictor is not None else None
     notifier = Notifier(state.pool, state.redis, AlertMailer(state.email_sender, state.keyring))
     evaluator = AlertEvaluator(state.pool, notifier, predictions)
-    processor = BarProcessor(state.pool, state.redis, evaluator, state.metrics.feed_days.inc)
+    family = settings.feed_forecast_family
+
+    async def forecast(tickers: list[str]) -> int:
+        assert predictions is not None and family is not None
+        return await predictions.forecast_day(tickers, family)
+
+    processor = BarProcessor(
+        state.pool,
+        state.redis,
+        evaluator,
+        state.metrics.feed_days.inc,
+        forecast if predictions is not None and family is not None else None,
+    )
 
     def make_feed(after: date | None) -> MarketFeed:
         if settings.feed_mode == "live":
-            return PollingFeed(state.pool, YFinanceProvider(), None, settings.feed_interval_s)
+            return PollingFeed(state.pool, provider_from(settings), None, settings.feed_poll_s)
         return ReplayFeed(
             state.pool, settings.feed_replay_start, settings.feed_interval_s, after=after
         )
@@ -86,6 +100,16 @@ def feed_leader(app: FastAPI) -> FeedLeader:
         make_feed,
         settings.feed_lease_s,
         loop=settings.feed_loop or settings.feed_mode == "live",
+    )
+
+
+def provider_from(settings: Settings) -> LiveProvider:
+    """The configured live market-data provider (`MARKET_DATA_PROVIDER`)."""
+    key = settings.tiingo_api_key
+    return make_provider(
+        settings.market_data_provider,
+        tiingo_api_key=None if key is None else key.get_secret_value(),
+        tiingo_base_url=settings.tiingo_base_url,
     )
 
 
@@ -119,11 +143,14 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         app.state.redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         app.state.rate_limiter = RateLimiter(app.state.redis)
         app.state.challenger_weights = ChallengerWeights(app.state.pool)
+        app.state.clock = MarketClock(app.state.pool)
         app.state.prediction_log = PredictionLog(app.state.pool)
         app.state.prediction_log.start()
         app.state.hub = Hub(app.state.redis, predictions_of(app.state))
         await app.state.hub.start()
         background = [asyncio.create_task(_purge_chats(app), name="chat-retention")]
+        if settings.feed_mode == "live":  # live data: the real clock, nothing hidden
+            await MarketClockRepository(app.state.pool).stop()
         if settings.feed_mode != "off":
             background.append(asyncio.create_task(feed_leader(app).run(), name="feed"))
         try:
@@ -153,7 +180,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.keyring = keyring
-    app.state.metrics = metrics = Metrics()
+    app.state.metrics = metrics = Metrics(settings.feed_mode)
     app.state.chat = ProviderChain.from_settings(settings)  # circuit state lives with the app
     app.state.chat.observer = lambda provider, outcome: metrics.chat.labels(provider, outcome).inc()
     app.state.email_sender = email_sender(settings)  # tests may replace it

@@ -21,6 +21,7 @@ from api.security.access import ADMIN, SESSION, Access, scoped
 from api.security.mail import EmailSender
 from api.security.ratelimit import Limit
 from api.services.auth import AuthService, Principal, unauthorized
+from api.services.clock import ClockNow
 from api.services.market_data import MarketDataService
 from api.services.notifications import Notifier
 from api.services.oauth import OAuthService
@@ -38,6 +39,11 @@ async def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
+async def get_clock(request: Request) -> ClockNow:
+    """The product's "today" (the replay day under a simulated clock) and last session."""
+    return await request.app.state.clock.now()
+
+
 async def get_redis(request: Request) -> Redis:
     return request.app.state.redis
 
@@ -52,6 +58,7 @@ def predictions_of(state: Any) -> PredictionService:
         state.prediction_log,
         state.challenger_weights,
         state.metrics.forecasts_served,
+        clock=state.clock,
     )
 
 
@@ -234,6 +241,7 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="items to skip (p
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+ClockDep = Annotated[ClockNow, Depends(get_clock)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 MarketDataDep = Annotated[MarketDataService, Depends(get_market_data)]
 PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]

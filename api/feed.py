@@ -2,15 +2,19 @@
 happens to every new trading day of bars (`BarProcessor`).
 
 - `ReplayFeed` plays the bars already stored, one trading day at a time from a start date, every
-  `interval_s` seconds — the product "as if live" without a network.
-- `PollingFeed` asks a live provider (yfinance) for each ticker's bars since its last stored one.
+  `interval_s` seconds, and moves the market clock to each day: the product "as if live"
+  without a network, where the replay day is "today" for every query.
+- `PollingFeed` asks a live provider (yfinance or Tiingo) for every instrument's bars since its
+  newest final one, on the exchange calendar, with backoff (`api.services.bar_sync` stores
+  them, continuous across splits and dividends).
 
 For each day's bars the processor appends them to Postgres (bars already stored stay as they
 are), puts the latest quote of each ticker in Redis (`quote:<ticker>`), publishes the quotes on
 the `quotes` channel for the WebSocket layer, scores every logged forecast whose horizon has
-now passed (the A/B outcomes), evaluates the users' alerts, and finally announces the day on
-`feed:days` (sockets then refresh their forecasts). Prediction cache keys carry the bar date, so
-they move on by themselves.
+now passed (the A/B outcomes), evaluates the users' alerts, forecasts every instrument of the
+day (so the live A/B comparison and the rollback guard see outcomes without any client), and
+finally announces the day on `feed:days` (sockets then refresh their forecasts). Prediction
+cache keys carry the bar date, so they move on by themselves.
 
 A replay is "as if live" for everything downstream: forecasts pushed and alerts evaluated for a
 replayed day are made from the bars up to that day (`as_of`), never from later ones. Bars of a
@@ -26,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
@@ -41,9 +46,12 @@ from redis.exceptions import RedisError
 
 from api import channels
 from api.db.ab import PredictionLogRepository
+from api.db.clock import FeedStatusRepository, MarketClockRepository
 from api.db.market import BarRepository, InstrumentRepository
 from api.services.alert_evaluator import AlertEvaluator, DayQuote
-from features.live import LiveProvider, ProviderError
+from api.services.bar_sync import BarSync, TickerUpdate
+from features.live import LiveProvider, ProviderError, RateLimited, UnknownSymbol
+from features.sessions import MarketState, market_state, session_close
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +92,12 @@ async def stored_day(pool: asyncpg.Pool, day: date) -> pd.DataFrame:
 
 class ReplayFeed:
     """Stored bars replayed from `start`, one trading day every `interval_s` seconds, stopping
-    after `end` (default: the last stored day)."""
+    after `end` (default: the last stored day).
+
+    The replay drives the market clock: before a day is yielded the clock moves to it, so every
+    query sees that day as "today" (`api.db.clock`). A replay from the start (`after` None) is a
+    new clock run; one resumed after `after` continues the current run.
+    """
 
     def __init__(
         self,
@@ -106,61 +119,167 @@ class ReplayFeed:
             start = self._start
             if start is None:  # a year before the newest bar
                 start = (await bars.newest_date() or date.today()) - timedelta(days=365)
-            if self._after is not None and self._after >= start:
-                start = self._after + timedelta(days=1)
+            resumed = self._after is not None and self._after >= start
+            if resumed:
+                start = self._after + timedelta(days=1)  # type: ignore[operator]
             sessions = await bars.trading_days(start, self._end)
+        clock = MarketClockRepository(self._pool)
         for i, day in enumerate(sessions):
             if i:
                 await asyncio.sleep(self._interval)
+            if i or resumed:
+                await clock.advance(day)
+            else:
+                run = await clock.start_run(day)
+                log.info("market_clock_run", run=run.run, day=str(day))
             yield day, await stored_day(self._pool, day)
 
 
+MAX_CATCH_UP_DAYS = 5  # after a long gap only the newest days are announced one by one
+CATCH_UP_DELAY = timedelta(minutes=20)  # providers publish final bars a while after the close
+BACKOFF_BASE_S = 30.0
+BACKOFF_CAP_S = 1800.0
+
+
+@dataclass
+class PollRound:
+    """One pass over every instrument."""
+
+    updates: list[TickerUpdate]
+    bars: pd.DataFrame
+    rate_limited: RateLimited | None = None
+
+    @property
+    def failed(self) -> list[TickerUpdate]:
+        return [u for u in self.updates if not u.ok]
+
+
 class PollingFeed:
-    """New bars from a live provider for the given tickers (every equity when None), polled
-    every `interval_s`."""
+    """New bars from a live provider for every instrument (or the given tickers), on the
+    exchange's calendar (`features.sessions`):
+
+    - while a session trades, every `poll_s`: today's bar is stored provisional;
+    - once after each close (plus `CATCH_UP_DELAY`): the final bars, then nothing until the
+      next open: no calls at all while the market is closed;
+    - on errors and 429s, exponential backoff with full jitter (a 429's Retry-After is the
+      floor), and the feed's health in `feed_status` for /readyz and the metrics.
+
+    `now` and `sleep` are the time source, so tests can run a weekend in no time.
+    """
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         provider: LiveProvider,
-        tickers: list[str] | None,
-        interval_s: float = 300.0,
+        tickers: list[str] | None = None,
+        poll_s: float = 300.0,
         rounds: int | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._pool = pool
-        self._provider = provider
+        self._sync = BarSync(pool, provider)
         self._tickers = tickers
-        self._interval = interval_s
+        self._poll_s = poll_s
         self._rounds = rounds
+        self._now = now
+        self._sleep = sleep
+        self._failures = 0
+        self._caught_up: date | None = None  # the last session whose final bars are stored
+        self.calls = 0  # rounds that asked the provider (for tests and logs)
 
     async def days(self) -> AsyncIterator[tuple[date, pd.DataFrame]]:
         done = 0
         while self._rounds is None or done < self._rounds:
-            if done:
-                await asyncio.sleep(self._interval)
             done += 1
-            frames = []
-            tickers = self._tickers or await InstrumentRepository(self._pool).equities()
-            async with self._pool.acquire() as conn:
-                lasts = {t: await BarRepository(conn).last_date(t) for t in tickers}
-            for ticker in tickers:
-                last = lasts[ticker]
-                start = (last or date.today() - timedelta(days=30)) + timedelta(days=1)
-                if start > date.today():
-                    continue
-                try:
-                    bars = await asyncio.to_thread(
-                        self._provider.daily_bars, ticker, start, date.today()
-                    )
-                except ProviderError as exc:  # one ticker failing never stops the feed
-                    log.warning("feed_provider_failed", ticker=ticker, error=str(exc)[:200])
-                    continue
-                frames.append(bars)
-            if not frames:
+            now = self._now()
+            state = market_state(now)
+            due = state.open or (
+                self._caught_up != state.last_completed and now >= _close_of(state) + CATCH_UP_DELAY
+            )
+            if not due:
+                await self._sleep(self._until_due(state, now))
                 continue
-            new = pd.concat(frames, ignore_index=True)
-            for day, bars in new.groupby(new["date"].dt.date):
-                yield day, bars.reset_index(drop=True)
+            result = await self.poll(state)
+            for day, bars in _announced(result.bars):
+                yield day, bars
+            await self._sleep(await self._after_round(result, state))
+
+    async def poll(self, state: MarketState) -> PollRound:
+        """Update every instrument once; stops early on a 429 (the rest wait for the retry)."""
+        self.calls += 1
+        tickers = self._tickers or await InstrumentRepository(self._pool).tickers()
+        overlaps = await self._sync.overlaps(tickers)
+        updates, frames = [], []
+        for ticker in sorted(tickers):
+            try:
+                update, bars = await self._sync.update(ticker, overlaps.get(ticker), state)
+            except RateLimited as exc:
+                log.warning("feed_rate_limited", provider=self._sync.provider, ticker=ticker)
+                return PollRound(updates, _concat(frames), rate_limited=exc)
+            except UnknownSymbol as exc:  # not this provider's: say so, it is no outage
+                update, bars = TickerUpdate(ticker, error=f"unknown to provider: {exc}"), None
+            except ProviderError as exc:  # one ticker failing never stops the others
+                log.warning("feed_provider_failed", ticker=ticker, error=str(exc)[:200])
+                update, bars = TickerUpdate(ticker, error=str(exc)[:200]), None
+            updates.append(update)
+            if bars is not None and not bars.empty:
+                frames.append(bars)
+        return PollRound(updates, _concat(frames))
+
+    async def _after_round(self, result: PollRound, state: MarketState) -> float:
+        """Record the round's health; how long to wait before the next one."""
+        status = FeedStatusRepository(self._pool)
+        # every ticker failing is an outage, "unknown symbol" included: yfinance reports a
+        # network failure during its first lookup of a symbol that way
+        outage = result.rate_limited is not None or (
+            bool(result.updates) and all(u.error for u in result.updates)
+        )
+        if outage:
+            self._failures += 1
+            why = (
+                f"rate limited: {result.rate_limited}"
+                if result.rate_limited
+                else f"all {len(result.updates)} tickers failed: {result.failed[0].error}"
+            )
+            await status.failed(self._sync.provider, why)
+            floor = (result.rate_limited.retry_after_s or 0.0) if result.rate_limited else 0.0
+            ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self._failures - 1))
+            return max(floor, random.uniform(0, ceiling))  # noqa: S311 -- full jitter, not a secret
+        self._failures = 0
+        newest = max((u.newest for u in result.updates if u.newest), default=None)
+        await status.succeeded(self._sync.provider, newest)
+        if not state.open and all(u.ok or "unknown" in (u.error or "") for u in result.updates):
+            self._caught_up = state.last_completed
+        if state.open:
+            return self._poll_s
+        return self._until_due(state, self._now())
+
+    def _until_due(self, state: MarketState, now: datetime) -> float:
+        """Seconds until the next poll is due: the next open, or the pending catch-up."""
+        if self._caught_up != state.last_completed:
+            target = _close_of(state) + CATCH_UP_DELAY
+            if target > now:
+                return (target - now).total_seconds()
+            return BACKOFF_BASE_S  # catch-up incomplete: try again soon
+        return max(1.0, (state.next_open - now).total_seconds())
+
+
+def _close_of(state: MarketState) -> datetime:
+    """When the last completed session closed."""
+    return session_close(state.last_completed)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _announced(bars: pd.DataFrame) -> list[tuple[date, pd.DataFrame]]:
+    """The stored bars as days to process, oldest first; after a long gap, the newest few."""
+    if bars.empty:
+        return []
+    days = [(day, b.reset_index(drop=True)) for day, b in bars.groupby(bars["date"].dt.date)]
+    return days[-MAX_CATCH_UP_DAYS:]
 
 
 class BarProcessor:
@@ -172,18 +291,23 @@ class BarProcessor:
         redis: Redis,
         alerts: AlertEvaluator | None = None,
         on_day: Callable[[], None] | None = None,
+        forecast: Callable[[list[str]], Awaitable[int]] | None = None,
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._alerts = alerts
         self._on_day = on_day  # e.g. a metrics counter
+        self._forecast = forecast  # the day's forecasts of every instrument
 
     async def process(self, day: date, bars: pd.DataFrame) -> list[LiveQuote]:
+        """Store, quote, score, alert and forecast one day. A provisional day (a session
+        still trading) is stored and quoted only: alerts and forecasts wait for its close."""
         if bars.empty:
             return []
         frame = bars.assign(date=pd.to_datetime(bars["date"])).astype(
             {c: "float64" for c in ("open", "high", "low", "close", "volume")}
         )  # None (a close-only series) becomes NaN, stored as NULL
+        final = bool(frame["final"].all()) if "final" in frame else True
         async with self._pool.acquire() as conn:
             async with conn.transaction():  # the staging table empties on commit
                 await BarRepository(conn).insert_new(frame)
@@ -196,18 +320,29 @@ class BarProcessor:
         ]
         await self._announce(quotes)
         resolved = await PredictionLogRepository(self._pool).resolve_due()
-        fired = 0
-        if self._alerts is not None:
+        fired = forecasts = 0
+        if final and self._alerts is not None:
             fired = len(
                 await self._alerts.evaluate(
                     day, {q.ticker: DayQuote(q.close, q.previous_close) for q in quotes}
                 )
             )
+        if final and self._forecast is not None:
+            try:
+                forecasts = await self._forecast([q.ticker for q in quotes])
+            except Exception as exc:  # serving down: the day is stored and announced anyway
+                log.warning("feed_forecasts_failed", day=str(day), error=str(exc)[:200])
         await self._announce_day(day, [q.ticker for q in quotes])
         if self._on_day is not None:
             self._on_day()
         log.info(
-            "feed_day", day=str(day), bars=len(quotes), outcomes_resolved=resolved, alerts=fired
+            "feed_day",
+            day=str(day),
+            bars=len(quotes),
+            final=final,
+            outcomes_resolved=resolved,
+            alerts=fired,
+            forecasts=forecasts,
         )
         return quotes
 

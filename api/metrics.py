@@ -11,6 +11,10 @@ Prometheus conventions and are what the Grafana dashboards in `deploy/grafana/` 
 | `stockcopilot_prediction_cache_total` | result | `hit` / `miss` per forecast |
 | `stockcopilot_feed_days_total` | | trading days the feed processed (on the leading replica) |
 | `stockcopilot_feed_lag_seconds` | | seconds since the feed last processed a day (any replica) |
+| `stockcopilot_feed_up` | mode | 1 when market data is current and its provider is not failing |
+| `stockcopilot_feed_sessions_behind` | | completed sessions newer than the newest bar |
+| `stockcopilot_feed_provider_failures` | provider | consecutive failed provider rounds |
+| `stockcopilot_feed_last_success_timestamp_seconds` | provider | the provider's last good round |
 | `stockcopilot_websocket_connections` | stream | open sockets on this replica |
 | `stockcopilot_chat_requests_total` | provider, outcome | chat answers and provider failures |
 | `stockcopilot_rate_limit_rejections_total` | tier | 429s |
@@ -24,6 +28,7 @@ scanner cannot blow up the label space; unmatched paths share the label `unmatch
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import asyncpg
 import structlog
@@ -34,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import channels
 from api.db.gauges import GaugeRepository
+from api.services.health import feed_health
 
 log = structlog.get_logger(__name__)
 
@@ -42,8 +48,9 @@ SCRAPE_QUERY_TTL_S = 15.0  # database totals are re-read at most this often
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, feed_mode: Literal["replay", "live", "off"] = "off") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._feed_mode = feed_mode
         r = self.registry
         self.requests = Counter(
             "stockcopilot_http_requests",
@@ -71,6 +78,26 @@ class Metrics:
         self.feed_lag = Gauge(
             "stockcopilot_feed_lag_seconds",
             "Seconds since the feed last processed a day",
+            registry=r,
+        )
+        self.feed_up = Gauge(
+            "stockcopilot_feed_up", "Market data current and provider healthy", ["mode"], registry=r
+        )
+        self.feed_behind = Gauge(
+            "stockcopilot_feed_sessions_behind",
+            "Completed sessions newer than the newest bar",
+            registry=r,
+        )
+        self.feed_failures = Gauge(
+            "stockcopilot_feed_provider_failures",
+            "Consecutive failed provider rounds",
+            ["provider"],
+            registry=r,
+        )
+        self.feed_last_success = Gauge(
+            "stockcopilot_feed_last_success_timestamp_seconds",
+            "When the live provider last answered a whole round",
+            ["provider"],
             registry=r,
         )
         self.sockets = Gauge(
@@ -131,6 +158,13 @@ class Metrics:
         self.conversations.set(totals.conversations)
         for r in await gauges.live_losses():
             self.live_loss.labels(r.family, r.variant).set(r.loss)
+        feed = await feed_health(pool, self._feed_mode)
+        self.feed_up.labels(self._feed_mode).set(1 if feed.healthy else 0)
+        self.feed_behind.set(feed.sessions_behind)
+        if feed.provider is not None:
+            self.feed_failures.labels(feed.provider).set(feed.failures)
+            if feed.last_success is not None:
+                self.feed_last_success.labels(feed.provider).set(feed.last_success.timestamp())
 
 
 class MetricsMiddleware:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -75,6 +75,17 @@ Amount = Annotated[
 PlainDecimal = Annotated[Decimal, PlainSerializer(plain_decimal, return_type=str, when_used="json")]
 """A decimal in a response: a JSON string in positional notation."""
 
+# Every answer computed from market data says how fresh it is: no silent staleness. `stale` is
+# read off the market clock when the answer is sent (api.services.clock.ClockNow.stale).
+AsOf = Annotated[date, Field(description="the date of the newest bar the answer is computed from")]
+Stale = Annotated[
+    bool,
+    Field(
+        description="the newest bar is older than the last completed session (under a replay: "
+        "the replay day), so the answer may be out of date"
+    ),
+]
+
 
 class StockHit(BaseModel):
     ticker: str
@@ -102,11 +113,13 @@ class History(BaseModel):
     start: date
     end: date
     bars: list[Bar]
+    as_of: date | None = Field(description="the newest bar listed; null when the range has none")
+    stale: Stale
 
 
 class Quote(BaseModel):
     ticker: str
-    date: date
+    date: Annotated[date, Field(description="the latest bar's date (the same as `as_of`)")]
     close: float
     previous_close: float | None
     change: float | None
@@ -117,6 +130,8 @@ class Quote(BaseModel):
     volume: float | None
     week52_high: float = Field(description="highest high (close where no high) in 52 weeks")
     week52_low: float
+    as_of: AsOf
+    stale: Stale
 
 
 class IndicatorSeries(BaseModel):
@@ -134,6 +149,8 @@ class IndicatorResponse(BaseModel):
     end: date
     dates: list[date]
     indicators: list[IndicatorSeries]
+    as_of: date | None = Field(description="the newest bar read; null when there is none")
+    stale: Stale
 
 
 class IndicatorInfo(BaseModel):
@@ -158,6 +175,8 @@ class PatternResponse(BaseModel):
     end: date
     patterns: list[PatternOut]
     reason: str | None
+    as_of: date | None = Field(description="the newest bar read; null when there is none")
+    stale: Stale
 
 
 class ImportResult(BaseModel):
@@ -171,8 +190,26 @@ class Health(BaseModel):
     status: str
 
 
+class FeedHealth(BaseModel):
+    """Where the market data stands: how current it is and whether its source is failing."""
+
+    mode: Literal["replay", "live", "off"]
+    provider: str | None = Field(description="the live provider (live mode and `data update`)")
+    clock: date | None = Field(description="the replay day every query is bounded by (replay)")
+    newest_bar: date | None = Field(description="the newest bar any query can see")
+    last_session: date = Field(description="the last completed session by the product's clock")
+    sessions_behind: int = Field(description="completed sessions newer than the newest bar")
+    last_success: datetime | None = Field(description="the live provider's last good round")
+    lag_s: float | None = Field(description="seconds since that good round")
+    failures: int = Field(description="consecutive failed provider rounds")
+    last_error: str | None
+    healthy: bool = Field(description="data current (≤ 1 session behind) and provider not failing")
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"] = Field(
-        description="degraded: Redis is unreachable; the API serves without its cache"
+        description="degraded: Redis is unreachable (the API serves without its cache), or the "
+        "market feed is failing or behind (see `feed`)"
     )
     checks: dict[str, str]
+    feed: FeedHealth | None = None

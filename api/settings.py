@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from contracts import absolute_tracking_uri
+from contracts import Family, absolute_tracking_uri
 
 MIN_SECRET_CHARS = 32
 
@@ -202,6 +202,28 @@ class Settings(BaseSettings):
         default=3.0, gt=0, description="replay: seconds per trading day; live: poll interval"
     )
     feed_loop: bool = Field(default=True, description="replay: start over after the newest bar")
+    feed_forecast_family: Family | None = Field(
+        default="garch",
+        description="the family the feed forecasts every instrument with after each session "
+        "(users' A/B split applies, by ticker); unset: only requests make forecasts",
+    )
+    market_data_provider: Literal["yfinance", "tiingo"] = Field(
+        default="yfinance",
+        description="live bars and `data update`: yfinance (no key) or tiingo (TIINGO_API_KEY)",
+    )
+    tiingo_api_key: SecretStr | None = Field(
+        default=None, description="Tiingo API token (https://www.tiingo.com/account/api/token)"
+    )
+    tiingo_base_url: str = Field(
+        default="https://api.tiingo.com", description="Tiingo REST endpoint (tests: a local one)"
+    )
+    market_data_catch_up: bool = Field(
+        default=True,
+        description="`stockcopilot up` runs `data update` first when the provider answers",
+    )
+    feed_poll_s: float = Field(
+        default=300.0, gt=0, description="live: seconds between polls while the market is open"
+    )
     feed_lease_s: float = Field(
         default=15.0, gt=1, description="one ingress replica runs the feed, under this lease"
     )
@@ -284,6 +306,11 @@ class Settings(BaseSettings):
                 )
         if self.environment == Environment.PRODUCTION and self.jwt_secret is None:
             raise ValueError("JWT_SECRET must be set in production")
+        if self.market_data_provider == "tiingo" and self.tiingo_api_key is None:
+            raise ValueError(
+                "MARKET_DATA_PROVIDER=tiingo needs TIINGO_API_KEY (a free key: "
+                "https://www.tiingo.com/account/api/token)"
+            )
         return self
 
     @property

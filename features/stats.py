@@ -6,7 +6,9 @@ walk-forward skill and live A/B verdicts are decided by the same code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +42,7 @@ def diebold_mariano(
     *,
     bandwidth: int | None = None,
     alternative: str = "two-sided",
+    small_sample: bool = False,
 ) -> tuple[float, float]:
     """Diebold-Mariano test of equal expected loss for date-indexed loss series.
 
@@ -47,6 +50,9 @@ def diebold_mariano(
     the mean difference is Newey-West with `bandwidth` lags (default `dm_bandwidth(horizon)`).
     Returns (statistic, p-value); a negative statistic means `a` loses less. `alternative`
     "less" tests that `a` loses less (one-sided), "two-sided" that the losses differ.
+    `small_sample` applies Harvey, Leybourne & Newbold's (1997) correction — the statistic
+    scaled by sqrt((n + 1 - 2h + h(h-1)/n) / n), against Student's t with n - 1 degrees of
+    freedom — for short samples such as live A/B tests.
     """
     d = (loss_a - loss_b).groupby(level=0).mean().to_numpy(float)
     n = len(d)
@@ -58,11 +64,15 @@ def diebold_mariano(
     if variance <= 0:
         return float("nan"), float("nan")
     statistic = float(d.mean() / np.sqrt(variance / n))
+    reference: Any = stats.norm
+    if small_sample:
+        statistic *= math.sqrt(max(n + 1 - 2 * horizon + horizon * (horizon - 1) / n, 1.0) / n)
+        reference = stats.t(n - 1)
     if alternative == "less":
-        return statistic, float(stats.norm.cdf(statistic))
+        return statistic, float(reference.cdf(statistic))
     if alternative != "two-sided":
         raise ValueError(f"alternative must be 'less' or 'two-sided', not {alternative!r}")
-    return statistic, float(2 * stats.norm.sf(abs(statistic)))
+    return statistic, float(2 * reference.sf(abs(statistic)))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

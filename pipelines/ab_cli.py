@@ -88,8 +88,7 @@ def register_ab_commands(
         ] = None,
     ) -> None:
         """Score forecasts whose horizon has passed, then test champion vs challenger losses."""
-        from api.db.ab import AbWeightRepository, PredictionLogRepository, ResolvedLoss
-        from api.services.outcomes import ab_report
+        from api.services.outcomes import live_ab
 
         family = _family(model)
         if horizon not in HORIZONS:
@@ -102,18 +101,13 @@ def register_ab_commands(
             )
             if version is not None
         }
-
-        async def gather(conn: asyncpg.Connection) -> tuple[int, float, list[ResolvedLoss]]:
-            log = PredictionLogRepository(conn)
-            resolved = await log.resolve_due(family)
-            weight = await AbWeightRepository(conn).get(family)
-            return resolved, weight, await log.resolved_losses(family, horizon, versions)
-
-        resolved, weight, rows = with_conn(settings_factory(), gather)
-        result = ab_report(rows, horizon)
+        live = with_conn(
+            settings_factory(), lambda conn: live_ab(conn, family, [horizon], versions)
+        )
+        (result,) = live.reports
         console.print(
-            f"resolved {resolved} forecast(s) now; {family} challenger weight {weight:g}; "
-            f"h={horizon}, {result.method}"
+            f"resolved {live.resolved} forecast(s) now; {family} challenger weight "
+            f"{live.challenger_weight:g}; h={horizon}, {result.method}"
         )
         table = Table("variant", "versions", "mean pinball loss", title=f"{family} A/B")
         table.add_row(

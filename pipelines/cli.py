@@ -16,6 +16,7 @@ from api.security.keyfile import with_secrets
 from api.settings import Settings
 from pipelines.ab_cli import register_ab_commands
 from pipelines.chat_cli import register_chat_commands
+from pipelines.data_cli import register_data_commands
 from pipelines.feed_cli import register_feed_commands
 from pipelines.model_cli import register_commands
 from pipelines.security_cli import register_security_commands, register_similarity_commands
@@ -144,6 +145,7 @@ register_ab_commands(app, _settings, console)
 register_security_commands(app, _settings, console)
 register_similarity_commands(app, _settings, console)
 register_feed_commands(app, _settings, console)
+register_data_commands(app, _settings, console)
 register_chat_commands(app, _settings, console)
 
 

@@ -137,6 +137,7 @@ async def _record(client: Any, out: dict[str, Any], pool: Any, redis_url: str) -
     )
     await call("GET", "/api/v1/predictions/{ticker}/history", "/api/v1/predictions/AAPL/history")
     await call("GET", "/api/v1/models")
+    await call("GET", "/api/v1/models/{family}/ab", "/api/v1/models/garch/ab")
 
     watchlist = await call(
         "POST", "/api/v1/portfolio/watchlists", json={"name": "Tech", "tickers": ["AAPL", "MSFT"]}

@@ -70,6 +70,41 @@ def reseal_retired_key(settings: Settings, console: Console) -> None:
     asyncio.run(run())
 
 
+def catch_up_market_data(settings: Settings, console: Console) -> None:
+    """`stockcopilot data update` before serving, when the configured provider answers; one
+    line saying so when none does (the data then stays as bundled)."""
+    from datetime import timedelta
+
+    from api.app import provider_from
+    from api.db.pool import create_pool
+    from api.services.bar_sync import TickerUpdate
+    from features.live import ProviderError
+    from features.sessions import market_state
+    from pipelines.data_cli import print_summary, update_bars
+
+    if not settings.market_data_catch_up:
+        return
+    try:
+        provider = provider_from(settings)
+        last = market_state().last_completed
+        provider.daily_bars("KO", last - timedelta(days=7), last)  # one cheap probe
+    except (ProviderError, ValueError, OSError) as exc:
+        name = settings.market_data_provider
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        console.print(f"market data: {name} not reachable ({reason}); the data stays as bundled")
+        return
+
+    async def run() -> list[TickerUpdate]:
+        pool = await create_pool(settings)
+        try:
+            return await update_bars(pool, provider, None)
+        finally:
+            await pool.close()
+
+    console.print(f"market data: updating every instrument from {provider.name} ...")
+    print_summary(console, asyncio.run(run()), provider.name)
+
+
 def ensure_similarity_index(settings: Settings, console: Console, window: int = 30) -> None:
     """Embed every ticker's return windows once, so similarity search works on first start."""
     from api.db.similarity import ReturnWindowRepository
@@ -178,6 +213,7 @@ def run(settings: Settings, console: Console, use_ray: bool = True) -> None:
             report = asyncio.run(ingest_bundled(database_url))
             console.print(f"ingested {report.rows_added} bars in {report.seconds:.1f} s")
         reseal_retired_key(ready, console)
+        catch_up_market_data(ready, console)
         ensure_champions(ready, console)
         ensure_similarity_index(ready, console)
         if use_ray:

@@ -4,13 +4,16 @@ version before it serves, keeps it on probation, and rolls it back when it fails
 A moved alias loads the new version first and then swaps the pinned routing, so in-flight
 requests finish on the version they started with. Moves made outside stockcopilot (e.g. in the
 MLflow UI) and automatic rollbacks are written to the alias history and announced on the
-notification stream (see serving.guard for the probation rules).
+notification stream (see serving.guard for the probation rules). A challenger that loses its
+live A/B test significantly is demoted: its alias is removed, so it takes no more traffic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import asyncpg
@@ -23,14 +26,18 @@ from api import channels
 from api.db.ab import PredictionLogRepository
 from api.db.models import AliasEvent, AliasEventRepository
 from api.db.pool import create_pool
+from api.services.outcomes import live_ab
 from api.settings import Settings
-from contracts import ALIASES, CHAMPION, ModelUnavailable, Routing, model_name
-from serving.guard import Probation, RollbackPolicy, live_verdict
+from contracts import ALIASES, CHALLENGER, CHAMPION, ModelUnavailable, Routing, model_name
+from serving.guard import Probation, RollbackPolicy, challenger_verdict, live_verdict
 from serving.local import LocalPredictor
 from training import registry
 
 ROLLBACK_ACTOR = "auto-rollback"
 ANNOUNCE_ONCE_S = 600  # one announcement per alias move across replicas within this window
+# the challenger's live A/B is judged every this many alias polls: each look scores the
+# family's due outcomes, which need not happen at the pace aliases are followed
+CHALLENGER_CHECK_POLLS = 5
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +119,7 @@ class AliasAudit:
         once = f"announced:{event.model}:{event.alias}:{event.from_version}->{event.to_version}"
         await self._publish(message, once)
 
-    async def _publish(self, event: dict[str, object], once: str | None = None) -> None:
+    async def _publish(self, event: Mapping[str, object], once: str | None = None) -> None:
         redis = Redis.from_url(self._settings.redis_url or "")
         try:
             if once is None or await redis.set(once, "1", nx=True, ex=ANNOUNCE_ONCE_S):
@@ -143,6 +150,7 @@ class AliasWatch:
         self._trials: dict[str, Probation] = {}
         self._tasks: set[asyncio.Task] = set()
         self._vetted = asyncio.Event()
+        self._next_challenger_check = 0.0  # time.monotonic() of the next live A/B look
         self._task = asyncio.get_event_loop().create_task(self._follow())
 
     async def vetted(self) -> None:
@@ -173,6 +181,7 @@ class AliasWatch:
                 active = await self._vet(active)
                 self._vetted.set()
                 await self._judge_live()
+                await self._judge_challenger(active)
             except Exception as exc:  # a failed poll keeps serving what it has
                 log.warning("alias_poll_failed", family=self.family, error=str(exc))
             await asyncio.sleep(self._poll_s)
@@ -241,6 +250,25 @@ class AliasWatch:
             trial.fail(reason)
             self._predictor.shadow(self.family, None)
             await self._rollback(CHAMPION, trial.candidate, trial.fallback, reason)
+
+    async def _judge_challenger(self, active: Routing) -> None:
+        """Demote the challenger once the live A/B test says it loses significantly to the
+        champion, comparing only the versions under the two aliases now."""
+        if active.challenger is None or active.champion is None:
+            return
+        now = time.monotonic()
+        if now < self._next_challenger_check:
+            return
+        self._next_challenger_check = now + self._poll_s * CHALLENGER_CHECK_POLLS
+        pair = {CHAMPION: active.champion, CHALLENGER: active.challenger}
+        result = await live_ab(await self._audit.pool(), self.family, versions=pair)
+        reason = challenger_verdict(result.reports, self._policy.live_alpha)
+        if reason is None:
+            return
+        trial = self.trial_for(CHALLENGER, active.challenger)
+        if trial is not None:
+            trial.fail(reason)
+        await self._rollback(CHALLENGER, active.challenger, None, reason)
 
     def judge(self, trial: Probation) -> None:
         """Roll `trial`'s candidate back (in the background) once its calls breach the policy."""

@@ -10,6 +10,13 @@ A version that takes over an alias from another is on probation in every replica
   scored silently ("shadow") on the same live requests. Once outcomes arrive, a
   Diebold-Mariano test per horizon on the paired losses — Bonferroni-corrected over the
   horizons — that says the new champion loses significantly is a breach.
+- **the challenger's live A/B** (for as long as it holds the alias): the same test on the live
+  outcomes of the forecasts each variant served; a challenger that loses significantly at some
+  horizon is demoted (its alias removed), so it stops taking traffic.
+
+Both live tests act only on `MIN_GUARD_DATES` compared dates or more: live A/B data is short,
+and on a few dozen dates a long-bandwidth DM test calls equal variants different several times
+as often as its level says.
 
 The decision functions here are pure; `serving.alias_watch.AliasWatch` wires them to the
 registry, the alias history and the notification stream.
@@ -26,7 +33,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from api.db.ab import ResolvedLoss
-from api.services.outcomes import ab_report
+from api.services.outcomes import AbReport, ab_report
 from api.settings import Settings
 from contracts import CHALLENGER, CHAMPION, HORIZONS
 
@@ -118,6 +125,33 @@ class Probation:
         )
 
 
+MIN_GUARD_DATES = 120  # below this the DM test's size is far above its nominal level
+
+
+def significantly_worse(report: AbReport, alpha: float) -> bool:
+    """Whether the challenger side of `report` loses significantly: DM > 0 at `alpha` over the
+    horizons (Bonferroni), on at least MIN_GUARD_DATES compared dates. With a 20-lag HAC
+    variance the test over-rejects badly on fewer dates (`benchmarks/guard_size.py` measures
+    how often equal variants would be told apart), and an automatic rollback must not be a
+    coin toss."""
+    level = alpha / len(HORIZONS)
+    return (
+        report.n_dates >= MIN_GUARD_DATES
+        and math.isfinite(report.p_value)
+        and report.p_value < level
+        and report.dm_stat > 0
+    )
+
+
+def _loses(report: AbReport, loser: str, winner: str, alpha: float) -> str:
+    return (
+        f"{loser} loses to {winner} on live outcomes at h={report.horizon}: mean pinball "
+        f"{report.mean_loss_challenger:.5f} vs {report.mean_loss_champion:.5f} over "
+        f"{report.n_pairs} forecasts on {report.n_dates} dates ({report.method}), "
+        f"DM {report.dm_stat:.2f}, p={report.p_value:.2g} < {alpha / len(HORIZONS):.2g}"
+    )
+
+
 def live_verdict(
     rows: Iterable[ResolvedLoss],
     candidate: str,
@@ -125,19 +159,26 @@ def live_verdict(
     alpha: float = 0.05,
 ) -> str | None:
     """A reason to roll `candidate` back if its live losses are significantly worse than the
-    `incumbent`'s at any horizon (Diebold-Mariano, Bonferroni over the horizons); else None."""
+    `incumbent`'s at any horizon (`significantly_worse`); else None."""
     as_variants = {candidate: CHALLENGER, incumbent: CHAMPION}
     relabelled = [
         replace(r, variant=as_variants[r.version]) for r in rows if r.version in as_variants
     ]
-    level = alpha / len(HORIZONS)
     for horizon in HORIZONS:
         report = ab_report(relabelled, horizon)
-        if math.isfinite(report.p_value) and report.p_value < level and report.dm_stat > 0:
-            return (
-                f"version {candidate} loses to version {incumbent} on live outcomes at "
-                f"h={horizon}: mean pinball {report.mean_loss_challenger:.5f} vs "
-                f"{report.mean_loss_champion:.5f} over {report.n_pairs} forecasts "
-                f"({report.method}), DM p={report.p_value:.2g} < {level:.2g}"
+        if significantly_worse(report, alpha):
+            return _loses(report, f"version {candidate}", f"version {incumbent}", alpha)
+    return None
+
+
+def challenger_verdict(reports: Iterable[AbReport], alpha: float = 0.05) -> str | None:
+    """A reason to demote the challenger if its live losses are significantly worse than the
+    champion's at any horizon of `reports` (`significantly_worse`); else None."""
+    for report in reports:
+        if significantly_worse(report, alpha):
+            challenger = ",".join(report.versions.get(CHALLENGER, [])) or "?"
+            champion = ",".join(report.versions.get(CHAMPION, [])) or "?"
+            return _loses(
+                report, f"challenger version {challenger}", f"champion version {champion}", alpha
             )
     return None

@@ -142,20 +142,22 @@ async def challenger_weight(db: Db, family: str) -> float:
     return await AbWeightRepository(db).get(family)
 
 
-# The outcome bar is the horizon-th bar after as_of for the ticker (trading days, not calendar
-# days); predictions made from a bar that has since disappeared are never resolved.
+# The outcome bar is the horizon-th final bar after as_of for the ticker (trading days, not
+# calendar days), as far as the market clock lets anyone see: a replay resolves forecasts as it
+# passes their horizon, never from the stored future. Only the clock's current run is scored.
+# Predictions made from a bar that has since disappeared are never resolved.
 _RESOLVE_DUE = """
 WITH due AS (
     SELECT p.id, outcome.date AS outcome_date, ln(outcome.close / base.close) AS y,
            p.q10, p.q50, p.q90
     FROM prediction_log p
-    JOIN bars base ON base.ticker = p.ticker AND base.date = p.as_of
+    JOIN visible_bars base ON base.ticker = p.ticker AND base.date = p.as_of
     CROSS JOIN LATERAL (
-        SELECT n.date, n.close FROM bars n
-        WHERE n.ticker = p.ticker AND n.date > p.as_of
+        SELECT n.date, n.close FROM visible_bars n
+        WHERE n.ticker = p.ticker AND n.date > p.as_of AND n.final
         ORDER BY n.date OFFSET p.horizon - 1 LIMIT 1
     ) outcome
-    WHERE ($1::text IS NULL OR p.family = $1)
+    WHERE ($1::text IS NULL OR p.family = $1) AND p.clock_run = market_run()
       AND NOT EXISTS (SELECT 1 FROM prediction_outcomes o WHERE o.prediction_id = p.id)
 )
 INSERT INTO prediction_outcomes (prediction_id, outcome_date, realised_log_return, pinball_loss)
@@ -173,18 +175,21 @@ class PredictionLogRepository:
         self._db = db
 
     async def record(self, predictions: Sequence[LoggedPrediction]) -> int:
-        """Log forecasts; one already logged (same ticker, as_of, horizon, family, version) is
-        kept as first served. Returns the number of new rows."""
+        """Log forecasts under the market clock's run; one already logged (same ticker, as_of,
+        horizon, family, version and run) is kept as first served. A forecast from after the
+        clock's day (made before a replay looped back) is dropped. Returns the new rows."""
         if not predictions:
             return 0
         columns = list(zip(*(_row(p) for p in predictions), strict=True))
         status = await self._db.execute(
             """INSERT INTO prediction_log
-                   (ticker, as_of, horizon, family, version, variant, q10, q50, q90, live)
-               SELECT * FROM unnest($1::text[], $2::date[], $3::int[], $4::text[], $5::text[],
-                                    $6::text[], $7::float8[], $8::float8[], $9::float8[],
-                                    $10::bool[])
-               ON CONFLICT (ticker, as_of, horizon, family, version) DO NOTHING""",
+                   (ticker, as_of, horizon, family, version, variant, q10, q50, q90, live,
+                    clock_run)
+               SELECT *, market_run() FROM unnest($1::text[], $2::date[], $3::int[], $4::text[],
+                                    $5::text[], $6::text[], $7::float8[], $8::float8[],
+                                    $9::float8[], $10::bool[]) AS f(t, d)
+               WHERE d <= market_today()
+               ON CONFLICT (ticker, as_of, horizon, family, version, clock_run) DO NOTHING""",
             *map(list, columns),
         )
         return int(status.split()[-1])
@@ -215,7 +220,8 @@ class PredictionLogRepository:
         rows = await self._db.fetch(
             """SELECT p.as_of, p.ticker, p.horizon, p.variant, p.version, o.pinball_loss AS loss
                FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.family = $1 AND p.live AND ($2::int IS NULL OR p.horizon = $2)
+               WHERE p.family = $1 AND p.live AND p.clock_run = market_run()
+                 AND ($2::int IS NULL OR p.horizon = $2)
                  AND ($3::text IS NULL OR p.variant <> 'champion' OR p.version = $3)
                  AND ($4::text IS NULL OR p.variant <> 'challenger' OR p.version = $4)
                ORDER BY p.as_of, p.ticker, p.horizon, p.variant""",
@@ -232,7 +238,8 @@ class PredictionLogRepository:
         rows = await self._db.fetch(
             """SELECT p.as_of, p.ticker, p.horizon, p.variant, p.version, o.pinball_loss AS loss
                FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.family = $1 AND p.live AND p.version = ANY($2::text[])
+               WHERE p.family = $1 AND p.live AND p.clock_run = market_run()
+                 AND p.version = ANY($2::text[])
                ORDER BY p.as_of, p.ticker, p.horizon, p.version""",
             family,
             list(versions),
@@ -248,7 +255,8 @@ class PredictionLogRepository:
             """SELECT p.as_of, p.horizon, p.family, p.version, p.variant, p.live,
                       p.q10, p.q50, p.q90, o.outcome_date, o.realised_log_return, o.pinball_loss
                FROM prediction_log p LEFT JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.ticker = $1 AND p.variant <> 'shadow'
+               WHERE p.ticker = $1 AND p.variant <> 'shadow' AND p.clock_run = market_run()
+                 AND p.as_of <= market_today()
                  AND ($2::int IS NULL OR p.horizon = $2) AND ($3::text IS NULL OR p.family = $3)
                ORDER BY p.as_of DESC, p.horizon, p.family LIMIT $4""",
             ticker,

@@ -9,16 +9,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import MarketDataDep, PoolDep, require_scope
+from api.deps import ClockDep, MarketDataDep, PoolDep, require_scope
 from api.errors import Unprocessable, problems
 from api.routers.stocks import TickerPath
 from api.schemas import (
+    AsOf,
     Day,
     IndicatorInfo,
     IndicatorResponse,
     IndicatorSeries,
     PatternOut,
     PatternResponse,
+    Stale,
 )
 from api.services.market_data import DateRange
 from api.services.similarity import SimilarityService
@@ -66,6 +68,7 @@ async def list_patterns() -> list[str]:
 @router.get("/{ticker}/indicators", response_model=IndicatorResponse)
 async def ticker_indicators(
     market: MarketDataDep,
+    clock: ClockDep,
     ticker: TickerPath,
     names: Annotated[str, Query(min_length=1, max_length=500, examples=["rsi_14,macd_12_26_9"])],
     start: Day | None = None,
@@ -91,12 +94,15 @@ async def ticker_indicators(
             )
             for r in table.results
         ],
+        as_of=table.as_of,
+        stale=clock.stale(table.as_of),
     )
 
 
 @router.get("/{ticker}/patterns", response_model=PatternResponse)
 async def ticker_patterns(
     market: MarketDataDep,
+    clock: ClockDep,
     ticker: TickerPath,
     start: Day | None = None,
     end: Day | None = None,
@@ -117,6 +123,8 @@ async def ticker_patterns(
             )
             for h in table.hits
         ],
+        as_of=table.as_of,
+        stale=clock.stale(table.as_of),
     )
 
 
@@ -128,7 +136,8 @@ class VerdictOut(BaseModel):
 
 class SummaryOut(BaseModel):
     ticker: str
-    as_of: date
+    as_of: AsOf
+    stale: Stale
     trend: VerdictOut
     momentum: VerdictOut
     volatility: VerdictOut
@@ -148,7 +157,8 @@ class LevelOut(BaseModel):
 
 class LevelsOut(BaseModel):
     ticker: str
-    as_of: date
+    as_of: AsOf
+    stale: Stale
     last_close: float
     support: list[LevelOut]
     resistance: list[LevelOut]
@@ -165,6 +175,8 @@ class ScanOut(BaseModel):
     date: date
     scanned: int = Field(description="instruments with full OHLC on that date")
     hits: list[ScanHit]
+    as_of: AsOf
+    stale: Stale
 
 
 def _verdict(v: signals.Verdict) -> VerdictOut:
@@ -174,8 +186,11 @@ def _verdict(v: signals.Verdict) -> VerdictOut:
 @router.get("/patterns/scan", response_model=ScanOut, responses=problems(404))
 async def scan_patterns(
     market: MarketDataDep,
+    clock: ClockDep,
     pattern: Annotated[str, Query(min_length=2, max_length=40, examples=["engulfing"])],
-    on: Annotated[Day | None, Query(alias="date", description="default: the latest bar")] = None,
+    on: Annotated[
+        Day | None, Query(alias="date", description="default (and at most): the latest bar")
+    ] = None,
 ) -> ScanOut:
     """Every instrument showing `pattern` on one date."""
     try:
@@ -188,18 +203,22 @@ async def scan_patterns(
         date=day,
         scanned=scanned,
         hits=[ScanHit(ticker=t, direction=h.direction, strength=h.strength) for t, h in hits],
+        as_of=day,
+        stale=clock.stale(day),
     )
 
 
 @router.get("/{ticker}/summary", response_model=SummaryOut)
 async def ticker_summary(
-    market: MarketDataDep, ticker: TickerPath, end: Day | None = None
+    market: MarketDataDep, clock: ClockDep, ticker: TickerPath, end: Day | None = None
 ) -> SummaryOut:
     """Trend, momentum, volatility and volume verdicts, each with the values behind it."""
     bars, verdicts = await market.signal_summary(ticker, end)
+    as_of = bars.index[-1].date()
     return SummaryOut(
         ticker=ticker.upper(),
-        as_of=bars.index[-1].date(),
+        as_of=as_of,
+        stale=clock.stale(as_of),
         **{k: _verdict(v) for k, v in verdicts.items()},
     )
 
@@ -207,6 +226,7 @@ async def ticker_summary(
 @router.get("/{ticker}/levels", response_model=LevelsOut)
 async def ticker_levels(
     market: MarketDataDep,
+    clock: ClockDep,
     ticker: TickerPath,
     end: Day | None = None,
     lookback_days: Annotated[int, Query(ge=30, le=2520)] = 250,
@@ -217,7 +237,8 @@ async def ticker_levels(
     if len(bars) < 30:
         raise Unprocessable("not_enough_history", "levels need at least 30 bars")
     found = signals.support_resistance(bars, lookback=lookback_days)
-    return LevelsOut(ticker=ticker.upper(), as_of=bars.index[-1].date(), **found)
+    as_of = bars.index[-1].date()
+    return LevelsOut(ticker=ticker.upper(), as_of=as_of, stale=clock.stale(as_of), **found)
 
 
 class Analogue(BaseModel):
@@ -241,7 +262,8 @@ class OutcomeDistribution(BaseModel):
 
 class SimilarOut(BaseModel):
     ticker: str
-    as_of: date
+    as_of: AsOf
+    stale: Stale
     window: int
     matches: list[Analogue]
     outcomes: dict[str, OutcomeDistribution] = Field(
@@ -257,6 +279,7 @@ class SimilarOut(BaseModel):
 async def similar(
     market: MarketDataDep,
     pool: PoolDep,
+    clock: ClockDep,
     ticker: TickerPath,
     window: Annotated[int, Query(description="bars in the return path: 20, 30 or 60")] = 30,
     k: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -266,4 +289,4 @@ async def similar(
     and the distribution of what followed them."""
     row = await market.instrument(ticker)
     found = await SimilarityService(pool).similar(row["ticker"], window, k, end)
-    return SimilarOut(**found)
+    return SimilarOut(**found, stale=clock.stale(found["as_of"]))

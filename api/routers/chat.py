@@ -102,7 +102,7 @@ async def get_chat(
     predictions: PredictionsDep,
 ) -> ChatService:
     state = request.app.state
-    tools = ChatTools(pool, principal, market_data, market, predictions)
+    tools = ChatTools(pool, principal, market_data, market, predictions, clock=state.clock)
     return ChatService(pool, state.settings, state.chat, tools, state.keyring, principal.user_id)
 
 

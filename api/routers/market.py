@@ -1,18 +1,21 @@
 """/api/v1/market: index overview, movers, sector returns and sector correlation.
 
-Market-wide answers are cached in Redis under the latest bar date (see api.services.market).
+Market-wide answers are cached in Redis under the latest bar date (see api.services.market);
+`stale` is added when they are sent, since it changes with the clock while the key does not.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from api.deps import PoolDep, RedisDep, require_scope
+from api.deps import ClockDep, PoolDep, RedisDep, require_scope
 from api.errors import problems
+from api.schemas import AsOf, Stale
+from api.services.clock import ClockNow
 from api.services.market import MarketService
 
 router = APIRouter(
@@ -36,7 +39,8 @@ class IndexLevel(BaseModel):
 
 
 class Overview(BaseModel):
-    as_of: date
+    as_of: AsOf
+    stale: Stale
     index: IndexLevel
     advancers: int
     decliners: int
@@ -55,6 +59,8 @@ class Movers(BaseModel):
     end: date
     gainers: list[Mover]
     losers: list[Mover]
+    as_of: AsOf
+    stale: Stale
 
 
 class SectorRow(BaseModel):
@@ -71,6 +77,8 @@ class Sectors(BaseModel):
     end: date
     benchmark_return: float | None
     sectors: list[SectorRow]
+    as_of: AsOf
+    stale: Stale
 
 
 class Correlation(BaseModel):
@@ -78,35 +86,45 @@ class Correlation(BaseModel):
     end: date
     sectors: list[str]
     matrix: list[list[float | None]]
+    as_of: AsOf
+    stale: Stale
+
+
+def sent(answer: dict[str, Any], clock: ClockNow) -> dict[str, Any]:
+    """A (cached) market answer with `stale` read off the request's clock."""
+    return {**answer, "stale": clock.stale(date.fromisoformat(answer["as_of"]))}
 
 
 @router.get("/overview", response_model=Overview, responses=problems(404))
-async def overview(market: MarketDep) -> Overview:
+async def overview(market: MarketDep, clock: ClockDep) -> Overview:
     """S&P 500 level and change, advancers and decliners on the latest day."""
-    return Overview(**await market.overview())
+    return Overview(**sent(await market.overview(), clock))
 
 
 @router.get("/movers", response_model=Movers, response_model_by_alias=True, responses=problems(404))
 async def movers(
     market: MarketDep,
+    clock: ClockDep,
     period: Period = "1d",
     limit: Annotated[int, Query(ge=1, le=50)] = 5,
 ) -> Movers:
     """Top gainers and losers of the universe over the period."""
-    return Movers(**await market.movers(period, limit))
+    return Movers(**sent(await market.movers(period, limit), clock))
 
 
 @router.get(
     "/sectors", response_model=Sectors, response_model_by_alias=True, responses=problems(404)
 )
-async def sectors(market: MarketDep, period: Period = "1m") -> Sectors:
+async def sectors(market: MarketDep, clock: ClockDep, period: Period = "1m") -> Sectors:
     """Sector returns, relative strength against the S&P 500, and breadth."""
-    return Sectors(**await market.sectors(period))
+    return Sectors(**sent(await market.sectors(period), clock))
 
 
 @router.get("/sectors/correlation", response_model=Correlation, responses=problems(404))
 async def sector_correlation(
-    market: MarketDep, lookback_days: Annotated[int, Query(ge=20, le=2520)] = 252
+    market: MarketDep,
+    clock: ClockDep,
+    lookback_days: Annotated[int, Query(ge=20, le=2520)] = 252,
 ) -> Correlation:
     """Correlation matrix of equal-weighted sector daily returns."""
-    return Correlation(**await market.correlation(lookback_days))
+    return Correlation(**sent(await market.correlation(lookback_days), clock))

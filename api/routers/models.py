@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from api.deps import PoolDep, PrincipalDep, require_scope
 from api.errors import ProblemError, problems
+from api.routers.predictions import HorizonParam
 from api.services.model_history import alias_history
-from contracts import FAMILIES, ModelVersion, Predictor
+from api.services.outcomes import AbReport, live_ab
+from contracts import CHALLENGER, CHAMPION, FAMILIES, HORIZONS, Family, ModelVersion, Predictor
 
 router = APIRouter(
     prefix="/api/v1/models", tags=["models"], dependencies=[require_scope("read:predictions")]
@@ -79,3 +82,97 @@ async def list_models(
             )
         )
     return out
+
+
+class VariantAbOut(BaseModel):
+    versions: list[str] = Field(description="the versions whose live forecasts were compared")
+    n: int = Field(description="resolved live forecasts of this variant at this horizon")
+    dates: int = Field(description="the as-of dates those forecasts span")
+    mean_pinball_loss: float | None = Field(
+        description="over the compared sample (see `method`); null when the variants share no date"
+    )
+
+
+class HorizonAbOut(BaseModel):
+    horizon: int
+    method: str = Field(
+        description="paired: both variants' forecasts of the same (as_of, ticker); per-date "
+        "means: each variant's mean loss on the dates both served"
+    )
+    n_compared: int = Field(description="forecast pairs, or shared dates, the test compared")
+    dates_compared: int
+    champion: VariantAbOut
+    challenger: VariantAbOut
+    dm_statistic: float | None = Field(
+        description="Diebold-Mariano, challenger minus champion loss (negative: the challenger "
+        "loses less); null while there is too little evidence"
+    )
+    p_value: float | None
+    recommendation: str
+
+
+class LiveAbOut(BaseModel):
+    family: str
+    champion: str | None = Field(description="the version under the champion alias now")
+    challenger: str | None = Field(description="the version under the challenger alias now")
+    challenger_weight: float = Field(
+        description="the share of callers routed to the challenger, as stored (`stockcopilot ab "
+        "set`); nobody is routed there while no version holds the challenger alias"
+    )
+    horizons: list[HorizonAbOut]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _horizon_out(report: AbReport) -> HorizonAbOut:
+    def variant(name: str, mean_loss: float) -> VariantAbOut:
+        return VariantAbOut(
+            versions=report.versions[name],
+            n=report.forecasts[name],
+            dates=report.dates[name],
+            mean_pinball_loss=_finite(mean_loss),
+        )
+
+    return HorizonAbOut(
+        horizon=report.horizon,
+        method=report.method,
+        n_compared=report.n_pairs,
+        dates_compared=report.n_dates,
+        champion=variant(CHAMPION, report.mean_loss_champion),
+        challenger=variant(CHALLENGER, report.mean_loss_challenger),
+        dm_statistic=_finite(report.dm_stat),
+        p_value=_finite(report.p_value),
+        recommendation=report.recommendation,
+    )
+
+
+@router.get("/{family}/ab", response_model=LiveAbOut, responses=problems(503))
+async def live_ab_report(
+    pool: PoolDep,
+    predictor: Annotated[Predictor, Depends(_predictor)],
+    family: Family,
+    horizon: Annotated[
+        HorizonParam | None, Query(description="trading days (default: all)")
+    ] = None,
+) -> LiveAbOut:
+    """The live A/B test of the family's champion and challenger, as `stockcopilot ab report`.
+
+    Resolves forecasts whose horizon has passed, then compares the live losses of the versions
+    under the champion and challenger aliases now (earlier holders of an alias are left out).
+    """
+    routing = await predictor.routing(family)
+    result = await live_ab(
+        pool,
+        family,
+        HORIZONS if horizon is None else [horizon],
+        {CHAMPION: routing.champion, CHALLENGER: routing.challenger},
+    )
+    return LiveAbOut(
+        family=family,
+        champion=routing.champion,
+        challenger=routing.challenger,
+        challenger_weight=result.challenger_weight,
+        horizons=[_horizon_out(report) for report in result.reports],
+    )

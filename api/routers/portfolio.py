@@ -11,10 +11,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, UploadFile
 
 from api.db.portfolios import PortfolioRow
-from api.deps import NotifierDep, Offset, PoolDep, PrincipalDep, require_scope
+from api.deps import ClockDep, NotifierDep, Offset, PoolDep, PrincipalDep, require_scope
 from api.errors import problems
 from api.schemas import Day
 from api.services.analytics import OptimizeOut, PerformanceOut, PortfolioAnalytics, RiskOut
@@ -103,6 +103,7 @@ async def add_transaction(
     portfolio: OwnedPortfolio,
     service: ServiceDep,
     notifier: NotifierDep,
+    clock: ClockDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -115,9 +116,10 @@ async def add_transaction(
 ) -> TransactionOut:
     """Record a buy, sell, dividend, deposit, withdrawal or fee. A sell larger than the holding
     at its date is refused (422 `oversold`), and so is a withdrawal larger than the cash at its
-    date (422 `insufficient_cash`), also when requests race. Quantities, prices and amounts are
+    date (422 `insufficient_cash`), also when requests race; so is a date after the market's
+    today (the replay day while the market is replayed). Quantities, prices and amounts are
     decimals from 0 to 10^12 with at most 10 decimal places, answered in positional notation."""
-    row, created = await service.add(portfolio, body, idempotency_key)
+    row, created = await service.add(portfolio, body, idempotency_key, clock.today)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -161,12 +163,16 @@ async def delete_transaction(
     responses=problems(413),
 )
 async def import_transactions(
-    file: UploadFile, portfolio: OwnedPortfolio, service: ServiceDep, notifier: NotifierDep
+    file: UploadFile,
+    portfolio: OwnedPortfolio,
+    service: ServiceDep,
+    notifier: NotifierDep,
+    clock: ClockDep,
 ) -> ImportOut:
     """CSV with `date,type,ticker,quantity,price,amount,fee,note`; all rows or none, every
     error with its line number."""
     content = await file.read(MAX_CSV_BYTES + 1)
-    imported = len(await service.import_csv(portfolio, content))
+    imported = len(await service.import_csv(portfolio, content, clock.today))
     title = f"{imported} transactions imported"
     await notifier.announce(portfolio, "transactions_imported", title, imported=imported)
     return ImportOut(imported=imported)
@@ -199,14 +205,15 @@ async def export_transactions(portfolio: OwnedPortfolio, service: ServiceDep) ->
 async def positions(
     portfolio: OwnedPortfolio,
     service: ServiceDep,
+    clock: ClockDep,
     as_of: Annotated[Day | None, Query(description="value the portfolio at this date")] = None,
 ) -> PositionsOut:
     """Holdings from FIFO lots: quantity, cost basis, realised and unrealised P&L, and cash."""
-    return await service.valuation(portfolio, as_of)
+    return await service.valuation(portfolio, as_of, clock.today)
 
 
-async def get_analytics(pool: PoolDep) -> PortfolioAnalytics:
-    return PortfolioAnalytics(pool)
+async def get_analytics(request: Request, pool: PoolDep) -> PortfolioAnalytics:
+    return PortfolioAnalytics(pool, request.app.state.clock)
 
 
 AnalyticsDep = Annotated[PortfolioAnalytics, Depends(get_analytics)]

@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from api.deps import CallerKeyDep, PredictionsDep, require_scope
+from api.deps import CallerKeyDep, ClockDep, PredictionsDep, require_scope
 from api.errors import problems
 from api.routers.stocks import TickerPath
 from api.schemas import Day, RequestModel
-from api.services.predictions import LogReturnQuantiles, ModelRef, Prediction
+from api.services.predictions import LogReturnQuantiles, ModelRef, Prediction, sent
 from contracts import DEFAULT_FAMILY, Family, Horizon
 
 router = APIRouter(
@@ -58,6 +58,7 @@ def _sent_as_is(document: str) -> Response:
 async def predict(
     service: PredictionsDep,
     caller: CallerKeyDep,
+    clock: ClockDep,
     ticker: TickerPath,
     horizon: Annotated[HorizonParam, Query(description="trading days")] = 5,
     model: Annotated[Family, Query(description="model family")] = DEFAULT_FAMILY,
@@ -65,7 +66,7 @@ async def predict(
 ) -> Response:
     """Forecast one ticker: 10/50/90 % price quantiles and P(up), naming the model version."""
     (document,) = await service.predict_json([ticker], horizon, model, caller, as_of)
-    return _sent_as_is(document)
+    return _sent_as_is(sent(document, clock))
 
 
 class Outcome(BaseModel):
@@ -108,10 +109,10 @@ async def prediction_history(
 
 @router.post("/batch", response_model=BatchResponse, responses=problems(404, 503))
 async def predict_batch(
-    service: PredictionsDep, caller: CallerKeyDep, body: BatchRequest
+    service: PredictionsDep, caller: CallerKeyDep, clock: ClockDep, body: BatchRequest
 ) -> Response:
     """Forecast up to 100 tickers with one model call."""
     documents = await service.predict_json(
         body.tickers, body.horizon, body.model, caller, body.as_of
     )
-    return _sent_as_is(f'{{"predictions":[{",".join(documents)}]}}')
+    return _sent_as_is(f'{{"predictions":[{",".join(sent(d, clock) for d in documents)}]}}')

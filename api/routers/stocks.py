@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 import pandas as pd
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from api.deps import MarketDataDep, require_scope
-from api.schemas import Bar, Day, History, Quote, StockHit, StockSearch
+from api.deps import ClockDep, MarketDataDep, require_scope
+from api.schemas import Bar, Day, History, Quote, Stale, StockHit, StockSearch
 
 router = APIRouter(
     prefix="/api/v1/stocks", tags=["stocks"], dependencies=[require_scope("read:market")]
@@ -37,19 +37,22 @@ class StockInfo(BaseModel):
     first_date: date | None
     last_date: date | None
     bars: int
+    as_of: date | None = Field(description="the newest bar (`last_date`); null when none")
+    stale: Stale
 
 
 @router.get("/{ticker}", response_model=StockInfo)
-async def stock(market: MarketDataDep, ticker: TickerPath) -> StockInfo:
+async def stock(market: MarketDataDep, clock: ClockDep, ticker: TickerPath) -> StockInfo:
     """Name, sector, asset type and the span of stored bars."""
     row = await market.instrument(ticker)
-    return StockInfo(**{k: row[k] for k in StockInfo.model_fields})
+    last = row["last_date"]
+    return StockInfo(**dict(row), as_of=last, stale=clock.stale(last))  # `source` is left out
 
 
 @router.get("/{ticker}/quote", response_model=Quote)
-async def quote(market: MarketDataDep, ticker: TickerPath) -> Quote:
+async def quote(market: MarketDataDep, clock: ClockDep, ticker: TickerPath) -> Quote:
     """The latest bar, its change on the previous close, and the 52-week range."""
-    return await market.quote(ticker)
+    return await market.quote(ticker, clock)
 
 
 _RESAMPLE = {"1wk": "W-FRI", "1mo": "ME"}
@@ -77,16 +80,18 @@ def resample(bars: pd.DataFrame, interval: str) -> pd.DataFrame:
 @router.get("/{ticker}/history", response_model=History)
 async def stock_history(
     market: MarketDataDep,
+    clock: ClockDep,
     ticker: TickerPath,
     start: Day | None = None,
     end: Day | None = None,
     interval: Literal["1d", "1wk", "1mo"] = "1d",
 ) -> History:
-    """OHLCV bars, daily or resampled to weeks or months (default: the last year of data).
-    Close-only series have null OHLV."""
+    """OHLCV bars, daily or resampled to weeks or months (default: the last year of data;
+    a range ends at the newest bar at most). Close-only series have null OHLV."""
     window = await market.resolve_range(ticker, start, end)
     bars = resample(await market.history(ticker.upper(), window), interval)
     clean = bars.astype(object).where(bars.notna(), None)
+    as_of = bars.index[-1].date() if len(bars) else None
     return History(
         ticker=ticker.upper(),
         start=window.start,
@@ -95,4 +100,6 @@ async def stock_history(
             Bar(date=d.date(), **row)
             for d, row in zip(clean.index, clean.to_dict("records"), strict=True)
         ],
+        as_of=as_of,
+        stale=clock.stale(as_of),
     )

@@ -20,6 +20,7 @@ from api.db.market import BarRepository, InstrumentRepository
 from api.db.portfolios import PortfolioRow
 from api.errors import Unprocessable
 from api.schemas import EARLIEST_DAY
+from api.services.clock import MarketClock
 from api.services.ledger import Entry, replay
 from api.services.performance import (
     daily_returns,
@@ -107,30 +108,35 @@ def trading_days(start: date, end: date) -> pd.DatetimeIndex:
 
 
 class PortfolioAnalytics:
-    """Value history, returns, risk and optimisation of one portfolio (read-only)."""
+    """Value history, returns, risk and optimisation of one portfolio (read-only), up to the
+    market's today (`clock`: the app's, else one of its own)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: MarketClock | None = None) -> None:
         self._pool = pool
         self._ledger = PortfolioService(pool)
+        self._clock = clock or MarketClock(pool)
 
     async def closes(self, tickers: list[str], start: date, end: date) -> pd.DataFrame:
         async with self._pool.acquire() as conn:
             return await BarRepository(conn).closes(tickers, start, end)
 
-    async def _end(self) -> date:
+    async def _end(self, today: date) -> date:
+        """The benchmark's newest bar (the clock bounds it), or `today` when it has none."""
         async with self._pool.acquire() as conn:
             last = await BarRepository(conn).last_date(BENCHMARK)
-        return last or date.today()
+        return last or today
 
     async def history(
         self, portfolio: PortfolioRow
     ) -> tuple[list[Entry], pd.DataFrame, pd.DataFrame] | None:
-        """(entries, daily value history, daily closes incl. the benchmark), or None if empty."""
-        entries = await self._ledger.entries(portfolio)
+        """(entries, daily value history, daily closes incl. the benchmark), or None if empty.
+        Entries after the market's today (recorded before a replay began) have not happened."""
+        today = (await self._clock.now()).today
+        entries = [e for e in await self._ledger.entries(portfolio) if e.date <= today]
         if not entries:
             return None
         first = min(e.date for e in entries)
-        end = max(await self._end(), max(e.date for e in entries))
+        end = max(await self._end(today), max(e.date for e in entries))
         days = trading_days(first, end)
         if len(days) == 0:
             days = pd.DatetimeIndex([pd.Timestamp(first)])
@@ -200,11 +206,12 @@ class PortfolioAnalytics:
         """Suggested weights over the current holdings (skfolio), fitted on their past returns."""
         from skfolio.optimization import HierarchicalRiskParity, MeanRisk, ObjectiveFunction
 
-        book = await self._ledger.book(portfolio)
+        today = (await self._clock.now()).today
+        book = await self._ledger.book(portfolio, today)
         held = sorted(t for t, p in book.positions.items() if p.quantity > 0)
         if len(held) < 2:
             raise Unprocessable("too_few_holdings", "optimisation needs at least two holdings")
-        end = await self._end()
+        end = await self._end(today)
         closes = await self.closes(held, end - timedelta(days=int(lookback_days * 1.6) + 10), end)
         returns = closes[held].pct_change().dropna().iloc[-lookback_days:]
         if len(returns) < 60:

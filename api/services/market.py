@@ -25,14 +25,19 @@ from api.services.performance import period_start
 BENCHMARK = "SPX"
 PERIODS = ("1d", "1w", "1m", "ytd", "1y")
 CACHE_TTL_S = 7 * 86_400  # keys carry the bar date; the TTL only bounds memory
-CACHE_PREFIX = "market:v1"
+CACHE_PREFIX = "market:v2"  # v2: every answer carries `as_of`
+
+
+def check_period(period: str) -> None:
+    """422 `invalid_period` unless `period` is one of PERIODS."""
+    if period not in PERIODS:
+        raise Unprocessable("invalid_period", f"period must be one of {', '.join(PERIODS)}")
 
 
 def base_date(period: str, end: date) -> date:
     """The calendar date a period's return is measured from (its start); the same periods as
     portfolio performance, in lower case."""
-    if period not in PERIODS:
-        raise Unprocessable("invalid_period", f"period must be one of {', '.join(PERIODS)}")
+    check_period(period)
     return period_start(period.upper(), end, end)
 
 
@@ -175,7 +180,7 @@ class MarketService:
         return await self.cached("overview", (), compute)
 
     async def movers(self, period: str, limit: int) -> dict[str, Any]:
-        base_date(period, date.today())  # validates the period
+        check_period(period)
 
         async def compute(latest: date) -> dict[str, Any]:
             universe = await self.universe(latest - timedelta(days=400))
@@ -193,6 +198,7 @@ class MarketService:
                 "period": period,
                 "start": start.isoformat(),
                 "end": end.isoformat(),
+                "as_of": end.isoformat(),
                 "gainers": [entry(t) for t in ranked.index[:limit] if ranked[t] > 0],
                 "losers": [entry(t) for t in ranked.index[::-1][:limit] if ranked[t] < 0],
             }
@@ -200,12 +206,13 @@ class MarketService:
         return await self.cached("movers", (period, limit), compute)
 
     async def sectors(self, period: str) -> dict[str, Any]:
-        base_date(period, date.today())
+        check_period(period)
 
         async def compute(latest: date) -> dict[str, Any]:
             universe = await self.universe(latest - timedelta(days=400))
             table = sector_table(universe, period)
-            return {**table, "start": table["start"].isoformat(), "end": table["end"].isoformat()}
+            end = table["end"].isoformat()
+            return {**table, "start": table["start"].isoformat(), "end": end, "as_of": end}
 
         return await self.cached("sectors", (period,), compute)
 
@@ -213,6 +220,7 @@ class MarketService:
         async def compute(latest: date) -> dict[str, Any]:
             universe = await self.universe(latest - timedelta(days=int(lookback * 1.6) + 10))
             result = sector_correlation(universe, lookback)
-            return {**result, "end": result["end"].isoformat()}
+            end = result["end"].isoformat()
+            return {**result, "end": end, "as_of": end}
 
         return await self.cached("sector-correlation", (lookback,), compute)

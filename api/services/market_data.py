@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api.db.market import BarRepository, InstrumentRepository, InstrumentRow, UpsertCounts
 from api.errors import NotFound, Unprocessable
 from api.schemas import Quote
+from api.services.clock import ClockNow
 from features import indicators, patterns, signals
 from features.bars import normalise_ticker
 from features.csv_import import parse_ohlcv_csv
@@ -31,6 +32,7 @@ class IndicatorTable:
     window: DateRange
     dates: list[date]
     results: list[indicators.IndicatorResult]
+    as_of: date | None  # the newest bar the values are computed from
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class PatternTable:
     window: DateRange
     hits: list[patterns.PatternHit]
     reason: str | None
+    as_of: date | None  # the newest bar read
 
 
 async def require_known(db: asyncpg.Connection | asyncpg.Pool, tickers: list[str]) -> None:
@@ -76,11 +79,14 @@ class MarketDataService:
             return await BarRepository(conn).history(ticker, end)
 
     async def resolve_range(self, ticker: str, start: date | None, end: date | None) -> DateRange:
-        """Fill defaults (last year of data) and refuse empty or inverted ranges."""
+        """Fill defaults (last year of data) and refuse empty or inverted ranges. A range ends
+        at the newest bar at most (under a replay: the replay day's), so no answer names a day
+        the market has not reached."""
         row = await self.instrument(ticker)
-        if row["last_date"] is None:
+        last = row["last_date"]
+        if last is None:
             raise NotFound("bars", f"{row['ticker']} has no bars yet")
-        end = end or row["last_date"]
+        end = min(end or last, last)
         start = start or end - timedelta(days=DEFAULT_HISTORY_DAYS)
         if start > end:
             raise Unprocessable("invalid_range", f"start {start} is after end {end}")
@@ -91,8 +97,9 @@ class MarketDataService:
         async with self._pool.acquire() as conn:
             return await BarRepository(conn).history(ticker, window.end, start=window.start)
 
-    async def quote(self, raw_ticker: str) -> Quote:
-        """The latest bar, its change on the previous close, and the 52-week range."""
+    async def quote(self, raw_ticker: str, clock: ClockNow) -> Quote:
+        """The latest bar, its change on the previous close, and the 52-week range; `clock`
+        (the request's reading) says whether that bar is stale."""
         window = await self.resolve_range(raw_ticker, None, None)
         ticker = raw_ticker.upper()
         bars = await self.history(ticker, window)
@@ -104,9 +111,10 @@ class MarketDataService:
             return None if pd.isna(last[name]) else float(last[name])
 
         close = float(last["close"])
+        day = bars.index[-1].date()
         return Quote(
             ticker=ticker,
-            date=bars.index[-1].date(),
+            date=day,
             close=close,
             previous_close=previous,
             change=None if previous is None else close - previous,
@@ -117,6 +125,8 @@ class MarketDataService:
             volume=value("volume"),
             week52_high=float(year["high"].fillna(year["close"]).max()),
             week52_low=float(year["low"].fillna(year["close"]).min()),
+            as_of=day,
+            stale=clock.stale(day),
         )
 
     async def signal_summary(
@@ -140,7 +150,7 @@ class MarketDataService:
         bars = await self._bars_until(ticker, window.end)
         results = await run_in_threadpool(_compute_sliced, bars, calls, window)
         dates = [d.date() for d in bars.loc[pd.Timestamp(window.start) :].index]
-        return IndicatorTable(ticker, window, dates, results)
+        return IndicatorTable(ticker, window, dates, results, _newest(bars))
 
     async def patterns(self, ticker: str, names: list[str], window: DateRange) -> PatternTable:
         try:
@@ -151,21 +161,24 @@ class MarketDataService:
         in_window = bars.loc[pd.Timestamp(window.start) :]
         reason = indicators.missing_reason(frozenset({"open", "high", "low", "close"}), in_window)
         if reason:
-            return PatternTable(ticker, window, [], reason)
+            return PatternTable(ticker, window, [], reason, _newest(bars))
         hits, reason = await run_in_threadpool(patterns.detect, bars, wanted or None)
         start = pd.Timestamp(window.start)
-        return PatternTable(ticker, window, [h for h in hits if h.date >= start], reason)
+        hits = [h for h in hits if h.date >= start]
+        return PatternTable(ticker, window, hits, reason, _newest(bars))
 
     async def scan_pattern(
         self, pattern: str, on: date | None
     ) -> tuple[date, int, list[tuple[str, patterns.PatternHit]]]:
         """(date, instruments scanned, hits on that date) for one pattern across all
-        instruments with full OHLC; TA-Lib needs some bars before the date to judge it."""
+        instruments with full OHLC; TA-Lib needs some bars before the date to judge it. A date
+        after the newest OHLC bar (under a replay: the replay day's) scans that bar's day."""
         async with self._pool.acquire() as conn:
             repo = BarRepository(conn)
-            day = on or await repo.last_ohlc_date()
-            if day is None:
+            newest = await repo.last_ohlc_date()
+            if newest is None:
                 raise NotFound("bars", "no OHLC bars stored")
+            day = min(on or newest, newest)
             frame = await repo.full_ohlc(day - timedelta(days=60), day)
         hits: list[tuple[str, patterns.PatternHit]] = []
         scanned = 0
@@ -206,6 +219,11 @@ class MarketDataService:
             counts = await repo.upsert(parsed.bars)
             await repo.record_import(ticker, filename, len(parsed.bars), counts)
         return len(parsed.bars), counts
+
+
+def _newest(bars: pd.DataFrame) -> date | None:
+    """The date of the newest bar of a frame indexed by date (None when it is empty)."""
+    return bars.index[-1].date() if len(bars) else None
 
 
 def _compute_sliced(

@@ -3,20 +3,23 @@
 Losses come from `prediction_outcomes` (pinball loss of each served forecast once its horizon
 has passed). The comparison uses the same Diebold-Mariano test as walk-forward evaluation
 (`features.stats.diebold_mariano`): per-date mean loss differences with Newey-West variance, since
-h-day outcomes on neighbouring dates overlap.
+h-day outcomes on neighbouring dates overlap, with Harvey-Leybourne-Newbold's small-sample
+correction, because a live test has months of dates, not decades. Automatic demotions and
+rollbacks also wait for `serving.guard.MIN_GUARD_DATES` dates.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
 import pandas as pd
 
-from api.db.ab import ResolvedLoss
+from api.db.ab import AbWeightRepository, Db, PredictionLogRepository, ResolvedLoss
 from api.services.ab import CHALLENGER, CHAMPION
+from contracts import HORIZONS
 from features.stats import diebold_mariano
 
 ALPHA = 0.05
@@ -32,6 +35,8 @@ class AbReport:
     enough to test on those pairs alone, else "per-date means" (each variant's mean loss on the
     dates both have outcomes). `n_pairs` counts the paired forecasts or the shared dates; the
     mean losses are over that same compared sample, so they are NaN when nothing is shared.
+    `forecasts` and `dates` count each variant's own resolved forecasts at the horizon (one per
+    (as_of, ticker)) and the dates they span, compared or not.
     """
 
     horizon: int
@@ -44,6 +49,8 @@ class AbReport:
     p_value: float
     recommendation: str
     versions: dict[str, list[str]] = field(default_factory=dict)
+    forecasts: dict[str, int] = field(default_factory=dict)
+    dates: dict[str, int] = field(default_factory=dict)
 
 
 def _recommend(statistic: float, p_value: float, n: int) -> str:
@@ -92,7 +99,7 @@ def ab_report(rows: Iterable[ResolvedLoss], horizon: int) -> AbReport:
         shared = means[0].index.intersection(means[1].index)
         loss_a, loss_b = means[0].loc[shared], means[1].loc[shared]
         n_pairs = len(shared)
-    statistic, p_value = diebold_mariano(loss_a, loss_b, horizon)
+    statistic, p_value = diebold_mariano(loss_a, loss_b, horizon, small_sample=True)
     return AbReport(
         horizon=horizon,
         method=method,
@@ -104,4 +111,48 @@ def ab_report(rows: Iterable[ResolvedLoss], horizon: int) -> AbReport:
         p_value=p_value,
         recommendation=_recommend(statistic, p_value, n_pairs),
         versions={variant: sorted(found) for variant, found in versions.items()},
+        forecasts={CHAMPION: len(champion), CHALLENGER: len(challenger)},
+        dates={
+            variant: len({key[0] for key in losses})
+            for variant, losses in ((CHAMPION, champion), (CHALLENGER, challenger))
+        },
     )
+
+
+@dataclass(frozen=True)
+class LiveAb:
+    """A family's live A/B state: forecasts resolved by this look, the challenger weight as
+    stored, and the comparison at each horizon asked for."""
+
+    family: str
+    resolved: int
+    challenger_weight: float
+    reports: list[AbReport]
+
+
+async def live_ab(
+    db: Db,
+    family: str,
+    horizons: Sequence[int] = HORIZONS,
+    versions: Mapping[str, str | None] | None = None,
+) -> LiveAb:
+    """Score the family's forecasts whose horizon has passed, then compare the variants' live
+    losses at each horizon: what `stockcopilot ab report`, the models route and serving's
+    challenger guard all read, so they cannot disagree.
+
+    `versions` restricts a variant to one model version ({variant: version}); a variant mapped
+    to None keeps none of its forecasts (no version holds that alias now); a variant left out
+    keeps every version's.
+    """
+    versions = dict(versions or {})
+    log = PredictionLogRepository(db)
+    resolved = await log.resolve_due(family)
+    weight = await AbWeightRepository(db).get(family)
+    pinned = {variant: v for variant, v in versions.items() if v is not None}
+    one_horizon = horizons[0] if len(horizons) == 1 else None
+    rows = [
+        r
+        for r in await log.resolved_losses(family, one_horizon, pinned)
+        if not (r.variant in versions and versions[r.variant] is None)
+    ]
+    return LiveAb(family, resolved, weight, [ab_report(rows, h) for h in horizons])

@@ -39,7 +39,8 @@ class PortfolioOut(BaseModel):  # validated from a `PortfolioRow`
 class TransactionIn(RequestModel):
     """A buy or sell needs ticker, quantity and price (fee optional); a dividend a ticker and
     an amount; a deposit, withdrawal or fee an amount and no ticker. `quantity × price` stands
-    in for a missing amount."""
+    in for a missing amount. The date may not be after the market's today (under a replayed
+    market, the replay day)."""
 
     type: TransactionType
     date: Day
@@ -68,8 +69,6 @@ class TransactionIn(RequestModel):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        if self.date > date.today():
-            raise ValueError("date must not be in the future")
         if self.type in ("buy", "sell", "dividend"):
             if not self.ticker:
                 raise ValueError(f"a {self.type} needs a ticker")
@@ -103,6 +102,12 @@ class TransactionIn(RequestModel):
         return hashlib.sha256(
             json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         ).hexdigest()
+
+
+def future_date(day: date, today: date) -> str | None:
+    """Why a transaction dated `day` is refused when the market's today is `today` (the replay
+    day under a simulated clock), or None when it is not in the future."""
+    return f"date {day} is after the market date {today}" if day > today else None
 
 
 class TransactionOut(BaseModel):  # validated from a `TransactionRow`

@@ -26,7 +26,7 @@ from api.errors import ProblemError, Unprocessable
 from api.schemas import plain_decimal
 from api.services.ledger import ZERO, Book, Entry, InsufficientCash, Oversold, Position, replay
 from api.services.market_data import require_known
-from api.services.portfolio_schemas import PositionOut, PositionsOut, TransactionIn
+from api.services.portfolio_schemas import PositionOut, PositionsOut, TransactionIn, future_date
 from api.services.transactions_csv import format_transactions_csv, parse_transactions_csv
 
 
@@ -85,10 +85,12 @@ class PortfolioService:
     # ------------------------------------------------------------------ writes
 
     async def add(
-        self, portfolio: PortfolioRow, tx: TransactionIn, idempotency_key: str | None
+        self, portfolio: PortfolioRow, tx: TransactionIn, idempotency_key: str | None, today: date
     ) -> tuple[TransactionRow, bool]:
         """Record one transaction; (row, created). A retried request with the same
-        Idempotency-Key returns the first result; the same key with another body is refused."""
+        Idempotency-Key returns the first result; the same key with another body is refused.
+        A transaction dated after `today` (the market's: the replay day under a simulated
+        clock) is refused (422 `validation_error`)."""
         fingerprint = tx.fingerprint()
         async with self._pool.acquire() as conn, conn.transaction():
             await PortfolioRepository(conn).owned(portfolio.id, portfolio.user_id, lock=True)
@@ -104,6 +106,7 @@ class PortfolioService:
                             "this Idempotency-Key was used for a different transaction",
                         )
                     return row, False
+            _check_date(tx, today)
             await require_known(conn, [tx.ticker] if tx.ticker else [])
             ledger = await repo.ledger(portfolio.id)
             try:
@@ -127,10 +130,13 @@ class PortfolioService:
                 raise _refused(exc) from exc
             await repo.delete(portfolio.id, transaction_id)
 
-    async def import_csv(self, portfolio: PortfolioRow, content: bytes) -> list[TransactionRow]:
-        """All rows or none: every row is validated (errors carry their line number), then the
-        whole ledger is replayed with them before anything is written."""
-        parsed = parse_transactions_csv(content)
+    async def import_csv(
+        self, portfolio: PortfolioRow, content: bytes, today: date
+    ) -> list[TransactionRow]:
+        """All rows or none: every row is validated (errors carry their line number; none may
+        be dated after the market's `today`), then the whole ledger is replayed with them
+        before anything is written."""
+        parsed = parse_transactions_csv(content, today)
         async with self._pool.acquire() as conn, conn.transaction():
             await PortfolioRepository(conn).owned(portfolio.id, portfolio.user_id, lock=True)
             await require_known(conn, [tx.ticker for _, tx in parsed if tx.ticker])
@@ -163,10 +169,13 @@ class PortfolioService:
     async def book(self, portfolio: PortfolioRow, until: date | None = None) -> Book:
         return replay(await self.entries(portfolio), until)
 
-    async def valuation(self, portfolio: PortfolioRow, as_of: date | None = None) -> PositionsOut:
+    async def valuation(
+        self, portfolio: PortfolioRow, as_of: date | None = None, today: date | None = None
+    ) -> PositionsOut:
         """Holdings from FIFO lots at their last close on or before `as_of` (the newest when
-        None), with their weights, and the totals over them and cash."""
-        book = await self.book(portfolio, as_of)
+        None), with their weights, and the totals over them and cash. Without `as_of`, entries
+        after the market's `today` (a replay's day, when given) have not happened yet."""
+        book = await self.book(portfolio, as_of or today)
         held = [p for p in book.positions.values() if p.quantity > 0 or p.realised or p.dividends]
         async with self._pool.acquire() as conn:
             prices = await BarRepository(conn).last_closes([p.ticker for p in held], as_of)
@@ -191,6 +200,14 @@ class PortfolioService:
     async def export_csv(self, portfolio: PortfolioRow) -> str:
         """The whole ledger in the import format (`transactions_csv.format_transactions_csv`)."""
         return format_transactions_csv(await TransactionRepository(self._pool).ledger(portfolio.id))
+
+
+def _check_date(tx: TransactionIn, today: date) -> None:
+    """422 `validation_error` (as the request's other checks answer) for a future date."""
+    refused = future_date(tx.date, today)
+    if refused:
+        errors = [{"loc": ["body", "date"], "message": refused}]
+        raise Unprocessable("validation_error", f"date: {refused}", errors=errors)
 
 
 def _value(position: Position, price: tuple[float, date] | None) -> Decimal | None:

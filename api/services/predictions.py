@@ -3,14 +3,16 @@
 The request path, once: one index lookup for the bars to forecast from, the routing (kept a
 few seconds in memory), one cache read; on a miss one query for every input series, one call
 to the model replica with the chosen version, and the answers serialised once — the JSON that
-is cached is the JSON that is sent. The prediction log is written in batches off the path
-(api.services.prediction_log).
+is cached is the JSON that is sent, with only `stale` spliced in as it leaves (`sent`): staleness
+changes with the clock while the cache key does not. The prediction log is written in batches
+off the path (api.services.prediction_log).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -24,7 +26,8 @@ from api.cache import JsonCache
 from api.db.ab import LoggedPrediction, PredictionLogRepository
 from api.db.market import BarRepository
 from api.errors import NotFound, ProblemError, Unprocessable
-from api.services.ab import ChallengerWeights, assign
+from api.services.ab import CHALLENGER, CHAMPION, ChallengerWeights, assign
+from api.services.clock import ClockNow, MarketClock
 from api.services.market_data import MarketDataService
 from api.services.prediction_log import PredictionLog
 from contracts import (
@@ -84,7 +87,7 @@ class Skill(HorizonSkill):
 
 class Prediction(BaseModel):
     ticker: str
-    as_of: date
+    as_of: date = Field(description="the date of the newest bar the forecast is made from")
     horizon: int
     last_close: float
     quantiles: PriceQuantiles
@@ -92,6 +95,24 @@ class Prediction(BaseModel):
     prob_up: float = Field(ge=0, le=1)
     model: ModelRef
     skill: Skill | None
+    stale: bool | None = Field(
+        default=None,
+        description="`as_of` is older than the last completed session (under a replay: the "
+        "replay day); always sent, never cached (it changes with the clock)",
+    )
+
+
+# The cached document's `as_of` (written by `_shape`; spacing allowed for documents stored by
+# other writers): read without parsing the whole document.
+_AS_OF = re.compile(r'"as_of"\s*:\s*"(\d{4}-\d{2}-\d{2})"')
+
+
+def sent(document: str, clock: ClockNow) -> str:
+    """A cached prediction document as it is sent: with `stale` read off `clock`, spliced in
+    before the closing brace (the document stays serialised once)."""
+    found = _AS_OF.search(document)
+    stale = clock.stale(date.fromisoformat(found[1]) if found else None)
+    return f'{document.rstrip()[:-1]},"stale":{"true" if stale else "false"}}}'
 
 
 def prob_up(q10: float, q50: float, q90: float) -> float:
@@ -164,6 +185,7 @@ class PredictionService:
         prediction_log: PredictionLog,
         weights: ChallengerWeights,
         on_served: Served | None = None,
+        clock: MarketClock | None = None,
     ) -> None:
         self._pool = pool
         self._predictor = predictor
@@ -172,6 +194,8 @@ class PredictionService:
         self._weights = weights
         self._on_served = on_served
         self._market = MarketDataService(pool)
+        # the app's clock where given; else this service's own (one reading per 0.5 s)
+        self._clock = clock or MarketClock(pool)
 
     async def _targets(self, raw_tickers: list[str], as_of: date | None) -> list[Target]:
         """Which bar each ticker is forecast from (all tickers in one query of index lookups,
@@ -220,6 +244,19 @@ class PredictionService:
         variant = assign(user_key, family, weight, has_challenger=routing.challenger is not None)
         version = routing.version_of(variant)
         assert version is not None
+        return await self._serve(targets, horizon, family, variant, version)
+
+    async def _serve(
+        self,
+        targets: list[Target],
+        horizon: Horizon,
+        family: Family,
+        variant: str,
+        version: str,
+        for_caller: bool = True,
+    ) -> list[str]:
+        """The JSON documents of `version`'s forecasts: cached ones, then one call for the rest
+        (counted as served unless made for no caller: the feed's daily forecasts)."""
         keys = [self._cache.key(t.ticker, horizon, family, version, t.as_of) for t in targets]
         found = await self._cache.get_raw_many(keys)
         missing = [t for t, hit in zip(targets, found, strict=True) if hit is None]
@@ -228,9 +265,49 @@ class PredictionService:
             found = [
                 hit or fresh[(t.ticker, horizon)] for t, hit in zip(targets, found, strict=True)
             ]
-        if self._on_served is not None:
+        if self._on_served is not None and for_caller:
             self._on_served(family, version, variant, len(targets), len(targets) - len(missing))
         return [hit for hit in found if hit is not None]
+
+    async def forecast_day(self, tickers: list[str], family: Family) -> int:
+        """The feed's forecasts after each session: every instrument of the day by the champion
+        and, when one is registered, by the challenger too, so the live A/B test compares the
+        two pair by pair (same ticker, same day: a ticker's own volatility cancels out) with no
+        client connected. Users are still split by the challenger weight. Tickers with too
+        little history are skipped. Returns the forecasts made (all horizons)."""
+        if self._predictor is None:
+            return 0
+        routing = await self._predictor.routing(family)
+        if routing.champion is None:
+            return 0
+        targets = await self._targets(tickers, None)
+        variants = [CHAMPION] + ([CHALLENGER] if routing.challenger is not None else [])
+        made = 0
+        for variant in variants:
+            version = routing.version_of(variant)
+            assert version is not None
+            for start in range(0, len(targets), MAX_BATCH):
+                made += await self._forecast_all(
+                    targets[start : start + MAX_BATCH], family, variant, version
+                )
+        return made
+
+    async def _forecast_all(
+        self, targets: list[Target], family: Family, variant: str, version: str
+    ) -> int:
+        """Every horizon of `targets` by `version` (one model call; the later horizons are cache
+        hits); when a ticker is too short to forecast, the others one by one."""
+        try:
+            return sum(
+                [
+                    len(await self._serve(targets, h, family, variant, version, for_caller=False))
+                    for h in HORIZONS
+                ]
+            )
+        except Unprocessable:
+            if len(targets) == 1:
+                return 0
+            return sum([await self._forecast_all([t], family, variant, version) for t in targets])
 
     async def predict_many(
         self,
@@ -240,11 +317,14 @@ class PredictionService:
         user_key: str,
         as_of: date | None = None,
     ) -> list[dict[str, Any]]:
-        """`predict_json`, parsed: for the sockets, alerts and chat tools that read the values."""
-        return [
-            json.loads(doc)
-            for doc in await self.predict_json(tickers, horizon, family, user_key, as_of)
-        ]
+        """`predict_json`, parsed and with `stale`: for the sockets, alerts and chat tools that
+        read the values."""
+        documents = await self.predict_json(tickers, horizon, family, user_key, as_of)
+        clock = await self._clock.now()
+        parsed = [json.loads(doc) for doc in documents]
+        for forecast in parsed:
+            forecast["stale"] = clock.stale(date.fromisoformat(forecast["as_of"]))
+        return parsed
 
     async def model_card(self, family: str, version: str) -> dict[str, Any] | None:
         """The walk-forward metrics and aliases of one registered version, or None when no
@@ -306,7 +386,9 @@ class PredictionService:
         except ModelUnavailable as exc:
             raise ProblemError(503, "model_not_deployed", str(exc)) from exc
         shaped = {
-            (f.ticker, f.horizon): _shape(f, batch, series[f.ticker].closes[-1]).model_dump_json()
+            (f.ticker, f.horizon): _shape(f, batch, series[f.ticker].closes[-1]).model_dump_json(
+                exclude={"stale"}  # added as it is sent (`sent`)
+            )
             for f in batch.forecasts
         }
         short = [t.ticker for t in targets if (t.ticker, HORIZONS[0]) not in shaped]

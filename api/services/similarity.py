@@ -45,7 +45,8 @@ async def build(
     async with conn.transaction():
         await windows.start_staging()
         for ticker in names:
-            close = (await BarRepository(conn).history(ticker))["close"]
+            # every stored window: queries only see those the clock allows (`similar`)
+            close = await BarRepository(conn).stored_closes(ticker)
             if len(close) <= window:
                 continue
             frame = embed_all(close, window)

@@ -7,6 +7,7 @@ import csv
 import io
 import re
 from collections.abc import Iterable
+from datetime import date
 from decimal import InvalidOperation
 from typing import Any
 
@@ -16,7 +17,7 @@ from api.db.portfolios import TransactionRow
 from api.errors import ProblemError, Unprocessable
 from api.schemas import plain_decimal
 from api.security.input_guard import text_problem
-from api.services.portfolio_schemas import TransactionIn
+from api.services.portfolio_schemas import TransactionIn, future_date
 from features.csv_import import CsvSyntaxError, csv_rows, decode_csv
 
 MAX_CSV_BYTES = 2 * 1024 * 1024
@@ -62,10 +63,11 @@ def format_transactions_csv(ledger: Iterable[TransactionRow]) -> str:
     return out.getvalue()
 
 
-def parse_transactions_csv(content: bytes) -> list[tuple[int, TransactionIn]]:
+def parse_transactions_csv(content: bytes, today: date) -> list[tuple[int, TransactionIn]]:
     """(line number, transaction) for every row; any bad row refuses the whole file, listing
     every error with its line (the header is line 1; a record spanning lines counts from its
-    first). Malformed CSV is a 422 naming its line, never a server error."""
+    first). A row dated after `today` (the market's) is a bad row. Malformed CSV is a 422
+    naming its line, never a server error."""
     if len(content) > MAX_CSV_BYTES:
         raise ProblemError(413, "file_too_large", f"CSV larger than {MAX_CSV_BYTES} bytes")
     try:
@@ -93,9 +95,15 @@ def parse_transactions_csv(content: bytes) -> list[tuple[int, TransactionIn]]:
         if not any(cell.strip() for cell in cells):
             continue
         try:
-            rows.append((line, _transaction(header, cells)))
+            tx = _transaction(header, cells)
         except (ValidationError, ValueError, InvalidOperation) as exc:
             errors.append({"line": line, "message": _first_error(exc)})
+            continue
+        refused = future_date(tx.date, today)
+        if refused:
+            errors.append({"line": line, "message": f"date: {refused}"})
+        else:
+            rows.append((line, tx))
     if errors:
         raise Unprocessable(
             "invalid_csv",

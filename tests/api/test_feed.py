@@ -1,11 +1,13 @@
-"""The market feed: stored bars replayed day by day and live bars from a recorded provider
-answer, each day stored, quoted in Redis, published, and scoring due forecasts."""
+"""The market feed: stored bars replayed day by day under the market clock and live bars from a
+recorded provider answer, each day stored, quoted in Redis, published, and scoring due
+forecasts as the clock passes their horizon."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from datetime import date
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
 
 import asyncpg
 import httpx
@@ -16,12 +18,24 @@ from redis.asyncio.client import PubSub
 
 from api import channels
 from api.db.ab import LoggedPrediction, PredictionLogRepository
+from api.db.clock import MarketClockRepository
 from api.feed import BarProcessor, FeedLeader, PollingFeed, ReplayFeed, run_feed
 from contracts import Forecast
 from features.bars import ticker_frame
 from features.live import YFinanceProvider
 from tests.features.test_live import _recorded
 from tests.utils import eventually
+
+
+@pytest.fixture(autouse=True)
+async def real_clock_after(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """A replay moves the shared database's market clock: put the real one back after each."""
+    yield
+    await MarketClockRepository(pool).stop()
+
+
+async def _no_wait(seconds: float) -> None:
+    await asyncio.sleep(0)
 
 
 async def test_replay_plays_stored_days_in_order_and_quotes_them(
@@ -81,12 +95,20 @@ async def test_live_polling_appends_new_bars_and_scores_due_forecasts(
         [LoggedPrediction.of(forecast, "lstm", "1", "champion", True)]
     )
 
-    feed = PollingFeed(pool, YFinanceProvider(_recorded), ["FEEDCO"], interval_s=0, rounds=1)
+    after_close = datetime(2013, 2, 28, 22, 0, tzinfo=UTC)
+    feed = PollingFeed(
+        pool,
+        YFinanceProvider(_recorded),
+        ["FEEDCO"],
+        rounds=1,
+        now=lambda: after_close,
+        sleep=_no_wait,
+    )
     processed = await run_feed(feed, BarProcessor(pool, redis), asyncio.Event())
     stored = await pool.fetch(
         "SELECT date, close FROM bars WHERE ticker = 'FEEDCO' AND date > '2013-02-19' ORDER BY date"
     )
-    assert processed == len(stored) >= 5
+    assert len(stored) >= 5 and processed == 5  # the newest days of a catch-up, one by one
     assert stored[0]["date"] == date(2013, 2, 20)
     quote = json.loads(await redis.get("quote:FEEDCO"))
     assert quote["date"] == str(stored[-1]["date"]) and quote["close"] == pytest.approx(
@@ -167,3 +189,47 @@ async def test_one_replica_leads_the_feed_and_a_successor_resumes_after_its_curs
     assert days == sorted(days) and len(days) <= 6
     assert await redis.get(FeedLeader.CURSOR_KEY) == "2022-12-28"
     assert await redis.get(FeedLeader.LEASE_KEY) is None  # released when done
+
+
+async def test_the_replay_moves_the_market_clock_and_queries_see_no_later_bar(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, redis: Redis
+) -> None:
+    feed = ReplayFeed(pool, start=date(2022, 12, 20), interval_s=0, end=date(2022, 12, 21))
+    processor = BarProcessor(pool, redis)
+    async for day, bars in feed.days():
+        clock = await MarketClockRepository(pool).read()
+        assert clock is not None and clock.day == day  # moved before the day is processed
+        await processor.process(day, bars)
+        response = await client.get("/api/v1/stocks/KO/quote")
+        assert response.status_code == 200, response.text
+        assert response.json()["date"] == day.isoformat()  # "today" is the replay day
+    await MarketClockRepository(pool).stop()
+    response = await client.get("/api/v1/stocks/KO/quote")
+    assert response.json()["date"] == "2022-12-28"  # the real clock hides nothing
+
+
+async def test_forecasts_resolve_as_the_replay_passes_their_horizon_within_one_run(
+    pool: asyncpg.Pool,
+) -> None:
+    clock = MarketClockRepository(pool)
+    log = PredictionLogRepository(pool)
+    first = await clock.start_run(date(2022, 12, 20))
+    made = Forecast(ticker="PG", as_of=date(2022, 12, 20), horizon=1, q10=-0.02, q50=0, q90=0.02)
+    ahead = Forecast(ticker="PG", as_of=date(2022, 12, 22), horizon=1, q10=-0.02, q50=0, q90=0.02)
+    logged = [LoggedPrediction.of(f, "hybrid", "clock-1", "champion", True) for f in (made, ahead)]
+    assert await log.record(logged) == 1  # a forecast from after the clock's day is dropped
+    await log.resolve_due("hybrid")
+    assert not await log.resolved_losses("hybrid", 1, {"champion": "clock-1"})  # bar hidden
+
+    await clock.advance(date(2022, 12, 21))
+    assert await log.resolve_due("hybrid") == 1  # the outcome bar is "today" now
+    losses = await log.resolved_losses("hybrid", 1, {"champion": "clock-1"})
+    assert [(r.as_of, r.ticker) for r in losses] == [(date(2022, 12, 20), "PG")]
+
+    # the replay loops: a new run starts clean, the earlier run's forecasts are not in it
+    second = await clock.start_run(date(2022, 12, 20))
+    assert second.run > first.run
+    assert not await log.resolved_losses("hybrid", 1, {"champion": "clock-1"})
+    assert await log.record(logged[:1]) == 1  # the same forecast again, logged for this run
+    listed = [r for r in await log.for_ticker("PG", 1, "hybrid", 10) if r["version"] == "clock-1"]
+    assert [(r["as_of"], r["outcome_date"]) for r in listed] == [(date(2022, 12, 20), None)]

@@ -145,7 +145,7 @@ async def test_sector_aggregates_match_a_direct_pandas_computation(
     assert all(corr["matrix"][i][i] == pytest.approx(1.0) for i in range(n))
 
     redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-    keys = await redis.keys("market:v1:sectors:1m:*")
+    keys = await redis.keys("market:v2:sectors:1m:*")
     await redis.aclose()
     assert keys and keys[0].endswith(str(end.date()))  # cached under the latest bar date
     again = (

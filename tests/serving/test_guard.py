@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from api.db.ab import LoggedPrediction, PredictionLogRepository, ResolvedLoss
 from api.settings import Settings
 from contracts import Forecast, ForecastRequest, SeriesInput
-from serving.guard import Probation, RollbackPolicy, live_verdict
+from serving.guard import MIN_GUARD_DATES, Probation, RollbackPolicy, live_verdict
 from serving.replicas import FamilyForecaster
 from tests.model_registry import log_and_register
 from tests.serving.conftest import last_rollback, next_notification
@@ -76,7 +76,9 @@ def test_probation_watches_a_bounded_number_of_requests_and_shadows_a_bounded_ti
     assert not no_fallback.shadowing()
 
 
-def _losses(candidate: float, incumbent: float, dates: int = 40) -> list[ResolvedLoss]:
+def _losses(
+    candidate: float, incumbent: float, dates: int = MIN_GUARD_DATES + 30
+) -> list[ResolvedLoss]:
     rng = np.random.default_rng(3)
     rows = []
     for d in range(dates):
@@ -99,6 +101,8 @@ def test_live_verdict_rolls_back_only_a_significantly_worse_candidate() -> None:
     assert live_verdict(_losses(candidate=0.01, incumbent=0.03), "2", "1") is None  # better
     assert live_verdict(_losses(candidate=0.01, incumbent=0.01), "2", "1") is None  # same
     assert live_verdict(_losses(0.03, 0.01, dates=5), "2", "1") is None  # too little evidence
+    # clearly worse, but on fewer dates than the test needs to hold its size: no action yet
+    assert live_verdict(_losses(0.03, 0.01, dates=MIN_GUARD_DATES - 1), "2", "1") is None
 
 
 # ---------------------------------------------------------------- a real family deployment
@@ -223,9 +227,9 @@ async def test_a_champion_losing_to_the_shadowed_previous_one_on_live_outcomes_i
     assert batch.version == candidate
     assert batch.shadow is not None and batch.shadow.version == good  # scored alongside
 
-    # live forecasts on 30 past dates as if served then: the candidate's medians are far off,
-    # the previous champion's are the truth-centred zero; outcomes come from the real bars
-    dates = [r["date"] for r in ko[-80:-40]]
+    # live forecasts on MIN_GUARD_DATES past dates as if served then: the candidate's medians
+    # are far off, the previous champion's are the truth-centred zero; outcomes from real bars
+    dates = [r["date"] for r in ko[-(MIN_GUARD_DATES + 40) : -40]]
     logged = []
     for as_of in dates:
         for horizon in (1, 5, 20):

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import math
+import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
 import pytest
+from mlflow import MlflowClient
 from redis.asyncio import Redis
 
+from api.cache import JsonCache
 from api.db.models import AliasEvent, AliasEventRepository
-from api.services.predictions import prob_up
+from api.services.ab import ChallengerWeights
+from api.services.auth import Principal
+from api.services.chat.tools import ChatTools
+from api.services.market import MarketService
+from api.services.market_data import MarketDataService
+from api.services.prediction_log import PredictionLog
+from api.services.predictions import PredictionService, prob_up
 from api.settings import Settings
 from contracts import FAMILIES
+from serving.local import LocalPredictor
+from tests.api.test_market_clock import assert_bounded, replay_day, replaying
 from tests.serving.conftest import Caller
+from tests.utils import eventually
 
 
 async def test_prediction_names_model_and_gives_ordered_price_bands(api: httpx.AsyncClient) -> None:
@@ -246,3 +259,59 @@ async def test_served_forecasts_and_cache_hits_are_counted(
         assert response.status_code == 200, response.text
     after = counts((await api.get("/metrics", headers=metrics_auth)).text)
     assert after[0] - before[0] == 2 and after[1] - before[1] == 1
+
+
+async def test_a_replay_bounds_forecasts_and_each_one_says_whether_it_is_stale(
+    api: httpx.AsyncClient,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    settings: Settings,
+    serving_registry: MlflowClient,
+) -> None:
+    """Routes, the parsed path (sockets, alerts, chat) and the chat tool: forecasts made from
+    the replay day, fresh then; the cached document never holds `stale`."""
+    day = await replay_day(pool)
+    service = PredictionService(
+        pool,
+        LocalPredictor(serving_registry),
+        JsonCache(redis, "pred:v1", settings.prediction_cache_ttl_s),
+        PredictionLog(pool),  # not started: these forecasts are not logged
+        ChallengerWeights(pool),
+    )
+    tools = ChatTools(
+        pool,
+        Principal(uuid.uuid4(), "user", None),
+        MarketDataService(pool),
+        MarketService.cached_in(pool, redis),
+        service,
+    )
+    params = {"model": "garch", "horizon": 5}
+    async with replaying(pool, api, day):
+        single = await api.get("/api/v1/predictions/PG", params=params)
+        assert single.status_code == 200, single.text
+        batch = await api.post(
+            "/api/v1/predictions/batch", json={"tickers": ["PG", "KO"], **params}
+        )
+        assert batch.status_code == 200, batch.text
+        parsed = await service.predict_many(["PG"], 5, "garch", "user:replay")
+        tool = await tools.run("prediction", {"ticker": "PG", "model": "garch"})
+        assert tool.data["available"] is True, tool.data
+        answers = [single.json(), *batch.json()["predictions"], *parsed]
+        for answer in answers:
+            assert_bounded(answer, day, answer["ticker"])
+        history = await api.get("/api/v1/predictions/PG/history", params={"model": "garch"})
+        assert history.status_code == 200, history.text
+        assert_bounded(history.json(), day, "history")  # this run's forecasts, none resolved
+        assert {p["as_of"] for p in history.json()["predictions"]} == {str(day)}
+        assert (tool.data["as_of"], tool.data["stale"]) == (str(day), False)
+    cached = await redis.get(f"pred:v1:PG:5:garch:{single.json()['model']['version']}:{day}")
+    assert cached is not None and "stale" not in json.loads(cached)
+    newest = await pool.fetchval("SELECT max(date) FROM bars WHERE ticker = 'PG'")
+    after = (await api.get("/api/v1/predictions/PG", params=params)).json()
+    assert (after["as_of"], after["stale"]) == (str(newest), True)
+
+    async def stale_now() -> bool:  # once the service's clock reading (kept 0.5 s) is renewed
+        (again,) = await service.predict_many(["PG"], 5, "garch", "user:replay", as_of=day)
+        return (again["as_of"], again["stale"]) == (str(day), True)
+
+    assert await eventually(stale_now), "a look back at the replay day is stale on the real clock"

@@ -4,7 +4,8 @@ Each tool is one of the API's own services (the numbers are the ones its routes 
 only when the caller's scopes allow it: market data needs `read:market`, forecasts
 `read:predictions`, portfolios `read:portfolio` (and only the caller's own portfolios). A tool
 never raises: a refused or failed call returns `{"error": code, "detail": ...}` for the model to
-read, so a bad ticker is an answer, not an outage.
+read, so a bad ticker is an answer, not an outage. Answers from market data say how fresh they
+are (`as_of`, `stale`), read off the market clock like the routes' answers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from api.errors import ProblemError
 from api.services.auth import Principal
+from api.services.clock import MarketClock
 from api.services.market import MarketService
 from api.services.market_data import DateRange, MarketDataService
 from api.services.portfolios import PortfolioService
@@ -143,12 +145,14 @@ class ChatTools:
         market_data: MarketDataService,
         market: MarketService,
         predictions: PredictionService,
+        clock: MarketClock | None = None,
     ) -> None:
         self._pool = pool
         self._principal = principal
         self._market_data = market_data
         self._market = market
         self._predictions = predictions
+        self._clock = clock or MarketClock(pool)  # the app's, else one of its own
         self._handlers: dict[str, Callable[[Any], Awaitable[dict[str, Any]]]] = {
             "quote": self.quote,
             "history_summary": self.history_summary,
@@ -193,16 +197,19 @@ class ChatTools:
 
     async def quote(self, args: TickerArgs) -> dict[str, Any]:
         row = await self._market_data.instrument(args.ticker)
-        return {**(await self._market_data.quote(row["ticker"])).model_dump(), "name": row["name"]}
+        quote = await self._market_data.quote(row["ticker"], await self._clock.now())
+        return {**quote.model_dump(), "name": row["name"]}
 
     async def history_summary(self, args: HistoryArgs) -> dict[str, Any]:
         bars, verdicts = await self._market_data.signal_summary(args.ticker, None)
         closes = bars["close"].loc[bars.index[-1] - timedelta(days=args.days) :]
         returns = np.log(closes).diff().dropna()
+        end = closes.index[-1].date()
         return {
             "ticker": args.ticker.upper(),
             "start": closes.index[0].date(),
-            "end": closes.index[-1].date(),
+            "end": end,
+            **await self._freshness(end),
             "first_close": float(closes.iloc[0]),
             "last_close": float(closes.iloc[-1]),
             "return": float(closes.iloc[-1] / closes.iloc[0] - 1),
@@ -229,7 +236,12 @@ class ChatTools:
                 for output, series in result.outputs.items()
             }
             values[result.name]["category"] = indicators.category(result.function)
-        return {"ticker": table.ticker, "date": table.dates[-1] if table.dates else None, **values}
+        return {
+            "ticker": table.ticker,
+            "date": table.dates[-1] if table.dates else None,
+            **await self._freshness(table.as_of),
+            **values,
+        }
 
     async def patterns(self, args: PatternArgs) -> dict[str, Any]:
         window = await self._market_data.resolve_range(args.ticker, None, None)
@@ -239,6 +251,7 @@ class ChatTools:
             "ticker": table.ticker,
             "start": recent.start,
             "end": recent.end,
+            **await self._freshness(table.as_of),
             "reason": table.reason,
             "hits": [
                 {
@@ -267,6 +280,7 @@ class ChatTools:
             "available": True,
             "ticker": forecast["ticker"],
             "as_of": forecast["as_of"],
+            "stale": forecast["stale"],
             "horizon_trading_days": forecast["horizon"],
             "last_close": forecast["last_close"],
             "price_quantiles": forecast["quantiles"],
@@ -282,12 +296,13 @@ class ChatTools:
 
     async def portfolio_summary(self, args: PortfolioArgs) -> dict[str, Any]:
         service = PortfolioService(self._pool)
+        today = (await self._clock.now()).today
         owned = await service.of_user(self._principal.user_id)
         if args.name is not None:
             owned = [p for p in owned if p.name.casefold() == args.name.strip().casefold()]
         out = []
         for portfolio in owned[:MAX_PORTFOLIOS]:
-            value = await service.valuation(portfolio)
+            value = await service.valuation(portfolio, today=today)
             out.append(
                 {
                     "name": portfolio.name,
@@ -317,7 +332,12 @@ class ChatTools:
         return {"portfolios": out, "total_portfolios": len(owned)}
 
     async def sector_performance(self, args: SectorArgs) -> dict[str, Any]:
-        return await self._market.sectors(args.period)
+        found = await self._market.sectors(args.period)
+        return {**found, **await self._freshness(date.fromisoformat(found["as_of"]))}
+
+    async def _freshness(self, as_of: date | None) -> dict[str, Any]:
+        """`as_of` and whether it is stale on the market clock (as the routes answer)."""
+        return {"as_of": as_of, "stale": (await self._clock.now()).stale(as_of)}
 
 
 def jsonable(data: dict[str, Any]) -> str:

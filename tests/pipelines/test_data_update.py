@@ -1,0 +1,84 @@
+"""`stockcopilot data update` end to end: the real CLI, the real Tiingo client over HTTP to a
+loopback server answering in Tiingo's documented format, the embedded database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from tests.features.test_tiingo import TOKEN, RecordedTiingo
+from tests.live_server import serving_in_thread
+from tests.utils import invoke
+
+TICKER = "KOUPD"
+
+
+@pytest.fixture
+def tiingo(monkeypatch: pytest.MonkeyPatch, cli_env: None) -> Iterator[RecordedTiingo]:
+    recorded = RecordedTiingo()
+    with serving_in_thread(recorded.app()) as address:
+        monkeypatch.setenv("MARKET_DATA_PROVIDER", "tiingo")
+        monkeypatch.setenv("TIINGO_API_KEY", TOKEN)
+        monkeypatch.setenv("TIINGO_BASE_URL", f"http://{address}")
+        yield recorded
+
+
+@pytest.fixture(autouse=True)
+async def copy_removed(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    yield
+    await pool.execute("DELETE FROM instruments WHERE ticker = $1", TICKER)
+    await pool.execute("DELETE FROM feed_status")  # the provider's history stays with the test
+
+
+async def test_data_update_stores_new_bars_once_and_summarises_every_ticker(
+    tiingo: RecordedTiingo, pool: asyncpg.Pool
+) -> None:
+    await pool.execute(
+        """INSERT INTO instruments (ticker, name, asset_type, sector, source)
+           VALUES ($1, 'Coca-Cola (update test)', 'equity', 'Consumer Staples', 'test')
+           ON CONFLICT DO NOTHING""",
+        TICKER,
+    )
+    await pool.execute(
+        """INSERT INTO bars (ticker, date, open, high, low, close, volume, source)
+           SELECT $1, date, open, high, low, close, volume, source FROM bars WHERE ticker = 'KO'
+           ON CONFLICT DO NOTHING""",
+        TICKER,
+    )
+    tiingo.serve("/tiingo/daily/koupd/prices", "ko_daily_2024-06-10_2024-06-21.json")
+
+    first = await invoke("data", "update", "--tickers", TICKER.lower(), "--tickers", "SPX")
+    assert first.exit_code == 0, first.output
+    stored = await pool.fetch(
+        "SELECT date, source, final FROM bars WHERE ticker = $1 AND date >= '2024-01-01'", TICKER
+    )
+    assert len(stored) == 9  # 2024-06-10 .. 2024-06-21 without Juneteenth, all final
+    assert {(r["source"], r["final"]) for r in stored} == {("tiingo", True)}
+    assert "data update from tiingo" in first.output
+    assert TICKER in first.output and "2024-06-21" in first.output
+    assert "Tiingo has no index data" in first.output  # SPX: a summary row, not a crash
+    assert "9 new bar(s) for 1 of 2 ticker(s); 1 failed" in first.output
+    seen = [s for s in tiingo.seen if s.path == "/tiingo/daily/koupd/prices"]
+    assert seen and all(s.authorization == f"Token {TOKEN}" for s in seen)
+    assert all(TOKEN not in s.url for s in tiingo.seen)  # the key travels in a header only
+    assert TOKEN not in first.output
+
+    again = await invoke("data", "update", "--tickers", TICKER)
+    assert again.exit_code == 0, again.output
+    assert "0 new bar(s) for 1 of 1 ticker(s)" in again.output  # idempotent
+    assert await pool.fetchval(
+        "SELECT count(*) FROM bars WHERE ticker = $1 AND date >= '2024-01-01'", TICKER
+    ) == len(stored)
+
+
+async def test_data_update_refuses_unknown_tickers_and_fails_when_the_provider_is_down(
+    tiingo: RecordedTiingo,
+) -> None:
+    unknown = await invoke("data", "update", "--tickers", "NOSUCHCO")
+    assert unknown.exit_code != 0 and "unknown ticker(s): NOSUCHCO" in unknown.output
+    tiingo.serve("/tiingo/daily/ko/prices", body=b"<html>maintenance</html>", status=503)
+    down = await invoke("data", "update", "--tickers", "KO")
+    assert down.exit_code == 1
+    assert "0 new bar(s) for 0 of 1 ticker(s); 1 failed" in down.output
