@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 import pandas as pd
@@ -146,10 +147,16 @@ def train_member(
     return card
 
 
-def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR) -> ModelCard:
+def train_classical(
+    profile: str,
+    report: Report,
+    models_dir: Path = MODELS_DIR,
+    pick: Literal["stronger", "weaker"] = "stronger",
+) -> ModelCard:
     """The classical family (`garch`): walk-forward the baselines, serve whichever GARCH-type
-    model (GARCH-t or GJR-t) was stronger on validation, fitted per ticker on the same rows up
-    to the production fit end the networks use. Seconds to minutes, not hours."""
+    model (GARCH-t or GJR-t) was stronger on validation (`pick="weaker"`: the other one, the
+    natural challenger to it), fitted per ticker on the same rows up to the production fit end
+    the networks use. Seconds to minutes, not hours."""
     family = "garch"
     cfg = load_config(family, profile)
     panel = load_panel(cfg)
@@ -157,8 +164,9 @@ def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR)
     started = time.perf_counter()
     result = wf.run(None, cfg, panel, vocab, report)
     walk_seconds = time.perf_counter() - started
-    chosen = wf.strongest_classical(result, SERVED)
-    report(f"{family}: serving {chosen} (stronger on validation); fitting every ticker")
+    stronger = wf.strongest_classical(result, SERVED)
+    chosen = stronger if pick == "stronger" else next(m for m in SERVED if m != stronger)
+    report(f"{family}: serving {chosen} ({pick} on validation); fitting every ticker")
     started = time.perf_counter()
     fold = final_fold(panel.dates, cfg.val_days, cfg.embargo)
     fits = ClassicalFits(panel)
@@ -182,7 +190,14 @@ def train_classical(profile: str, report: Report, models_dir: Path = MODELS_DIR)
         notes=[
             f"serves {chosen}: {_CLASSICAL_NAMES[chosen]} with Student-t innovations, fitted "
             f"per ticker ({len(bundle.params)} of {len(panel.series)} tickers; the others get "
-            "the median dynamics at their own variance level)"
+            "the median dynamics at their own variance level)",
+            *(
+                []
+                if pick == "stronger"
+                else [
+                    f"the weaker of the two on validation ({stronger} was stronger): a challenger"
+                ]
+            ),
         ],
     )
     splits = (test, result.baseline_predictions(chosen, "val"), final_val)

@@ -46,6 +46,36 @@ def ensure_champions(settings: Settings, console: Console) -> None:
             await conn.close()
 
     console.print(f"registered {asyncio.run(register())}")
+    if "garch" in missing:
+        ensure_classical_challenger(settings, console)
+
+
+def ensure_classical_challenger(settings: Settings, console: Console) -> None:
+    """On a first run, register the other GARCH-type model (GJR-t or GARCH-t, whichever lost on
+    validation) as the classical family's challenger: the feed then forecasts every instrument
+    with both after each replayed session, so the live A/B test plays out on `make up` (see
+    GET /api/v1/models/garch/ab). Never re-registered once an operator or the live guard has
+    removed it."""
+    from contracts import CHALLENGER
+    from pipelines.models import MODELS_DIR, connect, default_actor, register_trained
+    from pipelines.train import train_classical
+    from training import registry
+
+    client = registry.configure(settings.mlflow_tracking_uri)
+    if registry.alias_version(client, "garch", CHALLENGER) is not None:
+        return
+    challengers = MODELS_DIR / "challengers"
+    console.print("training the classical challenger (the runner-up GARCH-type model) ...")
+    train_classical("quick", console.print, challengers, pick="weaker")
+
+    async def register() -> dict[str, str]:
+        conn = await connect(settings.database_url or "")
+        try:
+            return await register_trained(client, conn, default_actor(), challengers)
+        finally:
+            await conn.close()
+
+    console.print(f"registered challenger {asyncio.run(register())}")
 
 
 def reseal_retired_key(settings: Settings, console: Console) -> None:
