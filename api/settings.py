@@ -100,7 +100,11 @@ class Settings(BaseSettings):
         "new one rolled back if it loses significantly on live outcomes",
     )
     rollback_live_alpha: float = Field(
-        default=0.05, gt=0, lt=1, description="family-wise significance over the horizons"
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="family-wise significance over the horizons of the live guards (strict: "
+        "on live-length samples the DM test rejects equal models far more often than its level)",
     )
     log_level: str = "INFO"
     log_json: bool = True

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from api.db.ab import ResolvedLoss
-from api.services.outcomes import AbReport, ab_report
+from api.services.outcomes import MIN_VERDICT_DATES, AbReport, ab_report
 from api.settings import Settings
 from contracts import CHALLENGER, CHAMPION, HORIZONS
 
@@ -125,7 +125,7 @@ class Probation:
         )
 
 
-MIN_GUARD_DATES = 120  # below this the DM test's size is far above its nominal level
+MIN_GUARD_DATES = MIN_VERDICT_DATES  # below this the DM test's size is far above its level
 
 
 def significantly_worse(report: AbReport, alpha: float) -> bool:
@@ -156,7 +156,7 @@ def live_verdict(
     rows: Iterable[ResolvedLoss],
     candidate: str,
     incumbent: str,
-    alpha: float = 0.05,
+    alpha: float = _default("live_alpha"),  # type: ignore[assignment]
 ) -> str | None:
     """A reason to roll `candidate` back if its live losses are significantly worse than the
     `incumbent`'s at any horizon (`significantly_worse`); else None."""
@@ -171,7 +171,10 @@ def live_verdict(
     return None
 
 
-def challenger_verdict(reports: Iterable[AbReport], alpha: float = 0.05) -> str | None:
+def challenger_verdict(
+    reports: Iterable[AbReport],
+    alpha: float = _default("live_alpha"),  # type: ignore[assignment]
+) -> str | None:
     """A reason to demote the challenger if its live losses are significantly worse than the
     champion's at any horizon of `reports` (`significantly_worse`); else None."""
     for report in reports:

@@ -24,6 +24,11 @@ from features.stats import diebold_mariano
 
 ALPHA = 0.05
 MIN_DATES = 10  # diebold_mariano gives no verdict on fewer dates
+# No recommendation, and no automatic demotion or rollback, on fewer compared dates: on shorter
+# samples the long-bandwidth DM test calls equal models different several times as often as
+# its level says (benchmarks/guard_size.py), worst at h=20, where 10 dates of overlapping
+# 20-day outcomes hold half an independent observation.
+MIN_VERDICT_DATES = 120
 Key = tuple[date, str, int]
 
 
@@ -53,11 +58,13 @@ class AbReport:
     dates: dict[str, int] = field(default_factory=dict)
 
 
-def _recommend(statistic: float, p_value: float, n: int) -> str:
+def _recommend(statistic: float, p_value: float, n: int, dates: int) -> str:
     """DM(challenger, champion) < 0 means the challenger loses less."""
+    if dates < MIN_VERDICT_DATES:
+        return f"too little evidence yet: {dates} of {MIN_VERDICT_DATES} dates (n={n})"
     if math.isfinite(p_value) and p_value < ALPHA:
         return "promote challenger" if statistic < 0 else "keep champion"
-    return f"no significant difference yet (n={n})"
+    return f"no significant difference (n={n})"
 
 
 def _mean(values: pd.Series) -> float:
@@ -100,16 +107,17 @@ def ab_report(rows: Iterable[ResolvedLoss], horizon: int) -> AbReport:
         loss_a, loss_b = means[0].loc[shared], means[1].loc[shared]
         n_pairs = len(shared)
     statistic, p_value = diebold_mariano(loss_a, loss_b, horizon, small_sample=True)
+    n_dates = len(loss_a.index.unique())
     return AbReport(
         horizon=horizon,
         method=method,
         n_pairs=n_pairs,
-        n_dates=len(loss_a.index.unique()),
+        n_dates=n_dates,
         mean_loss_champion=_mean(loss_b),
         mean_loss_challenger=_mean(loss_a),
         dm_stat=statistic,
         p_value=p_value,
-        recommendation=_recommend(statistic, p_value, n_pairs),
+        recommendation=_recommend(statistic, p_value, n_pairs, n_dates),
         versions={variant: sorted(found) for variant, found in versions.items()},
         forecasts={CHAMPION: len(champion), CHALLENGER: len(challenger)},
         dates={

@@ -19,7 +19,7 @@ from api.db.ab import (
     ResolvedLoss,
     challenger_weight,
 )
-from api.services.outcomes import ab_report
+from api.services.outcomes import MIN_VERDICT_DATES, ab_report
 from pipelines.models import default_actor
 from tests.serving.conftest import Caller, caller_on, logged
 from tests.utils import invoke
@@ -180,7 +180,7 @@ async def test_forecast_waits_for_its_outcome_bar_to_arrive(
 
 
 def _rows(
-    champion: float, challenger: float, dates: int = 30, tickers: int = 3, seed: int = 7
+    champion: float, challenger: float, dates: int = 150, tickers: int = 3, seed: int = 7
 ) -> list[ResolvedLoss]:
     """Both variants on the same (date, ticker) keys; losses centred on the given means."""
     rng = np.random.default_rng(seed)
@@ -201,7 +201,7 @@ def _rows(
 def test_report_promotes_a_challenger_that_loses_significantly_less() -> None:
     rows = _rows(champion=0.02, challenger=0.01)
     report = ab_report(rows, horizon=5)
-    assert report.method == "paired" and report.n_pairs == 90 and report.n_dates == 30
+    assert report.method == "paired" and report.n_pairs == 450 and report.n_dates == 150
     assert report.mean_loss_challenger < report.mean_loss_champion
     assert report.dm_stat < 0 and report.p_value < 0.05
     assert report.recommendation == "promote challenger"
@@ -229,7 +229,7 @@ def test_report_keeps_a_champion_that_loses_significantly_less() -> None:
 def test_report_on_equal_variants_finds_no_difference() -> None:
     report = ab_report(_rows(champion=0.015, challenger=0.015), horizon=5)
     assert report.p_value > 0.2
-    assert report.recommendation == "no significant difference yet (n=90)"
+    assert report.recommendation == "no significant difference (n=450)"
 
 
 def test_report_ignores_other_horizons_and_needs_ten_dates() -> None:
@@ -237,8 +237,16 @@ def test_report_ignores_other_horizons_and_needs_ten_dates() -> None:
     rows += [ResolvedLoss(r.as_of, r.ticker, 20, r.variant, r.version, r.loss) for r in rows]
     report = ab_report(rows, horizon=5)
     assert report.n_pairs == 9 and math.isnan(report.p_value)  # 9 shared dates: too few
-    assert report.recommendation == "no significant difference yet (n=9)"
-    assert ab_report([], horizon=5).recommendation == "no significant difference yet (n=0)"
+    assert report.recommendation == "too little evidence yet: 9 of 120 dates (n=9)"
+    assert (
+        ab_report([], horizon=5).recommendation == "too little evidence yet: 0 of 120 dates (n=0)"
+    )
+
+
+def test_report_recommends_nothing_before_enough_dates_however_small_the_p_value() -> None:
+    short = ab_report(_rows(champion=0.02, challenger=0.01, dates=MIN_VERDICT_DATES - 1), 5)
+    assert short.p_value < 1e-6  # "significant", on a sample the test cannot be trusted on
+    assert short.recommendation.startswith("too little evidence yet: 119 of 120 dates")
 
 
 def test_report_compares_per_date_means_when_variants_saw_different_tickers() -> None:
@@ -249,7 +257,7 @@ def test_report_compares_per_date_means_when_variants_saw_different_tickers() ->
         if (r.variant == "champion") == (r.ticker in ("T0", "T1"))
     ]
     report = ab_report(rows, horizon=5)
-    assert report.method == "per-date means" and report.n_pairs == 30 and report.n_dates == 30
+    assert report.method == "per-date means" and report.n_pairs == 150 and report.n_dates == 150
     per_date = pd.DataFrame([vars(r) for r in rows]).groupby(["variant", "as_of"])["loss"].mean()
     assert report.mean_loss_champion == pytest.approx(per_date["champion"].mean())
     assert report.mean_loss_challenger == pytest.approx(per_date["challenger"].mean())
@@ -323,7 +331,7 @@ async def test_cli_ab_report_scores_served_forecasts_and_tests_the_variants(
     assert f"recommendation: {expected.recommendation}" in result.output
     # the fixture's hybrid challenger is the champion's network logged again: equal losses
     assert expected.mean_loss_challenger == pytest.approx(expected.mean_loss_champion)
-    assert expected.recommendation == "no significant difference yet (n=20)"
+    assert expected.recommendation == "too little evidence yet: 10 of 120 dates (n=20)"
     assert await PredictionLogRepository(pool).resolve_due("hybrid") == 0  # the CLI resolved them
 
     bad = await invoke("ab", "report", "--model", "hybrid", "--horizon", "3")

@@ -22,12 +22,12 @@ TICKER = "XOM"
 
 
 async def _closes(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """XOM's closes over spring 2021: 60 days of history, then the as-of dates."""
+    """XOM's closes over 2021: 60 days of history, then the as-of dates."""
     return await pool.fetch(
         "SELECT date, close FROM bars WHERE ticker = $1 AND date BETWEEN $2 AND $3 ORDER BY date",
         TICKER,
         date(2021, 1, 1),
-        date(2021, 6, 30),
+        date(2021, 12, 31),
     )
 
 
@@ -40,13 +40,13 @@ def _band(as_of: date, sigma: float, horizon: int, widen: float) -> Forecast:
 async def _log_live_forecasts(
     pool: asyncpg.Pool, champion: str, challenger: str
 ) -> list[LoggedPrediction]:
-    """40 dates of live hybrid forecasts at h=1 (the champion's bands three times too wide, the
+    """150 dates of live hybrid forecasts at h=1 (the champion's bands three times too wide, the
     challenger's right) and h=20 (both the same); h=5 is left to the CLI's test."""
     bars = await _closes(pool)
     returns = np.diff(np.log([r["close"] for r in bars[:61]]))
     sigma = float(returns.std())
     rows = []
-    for bar in bars[60:100]:
+    for bar in bars[60:210]:
         for horizon, widths in ((1, (3.0, 1.0)), (20, (1.0, 1.0))):
             for variant, version, widen in zip(
                 ("champion", "challenger"), (champion, challenger), widths, strict=True
@@ -110,7 +110,7 @@ async def test_the_route_reports_what_ab_report_computes_on_the_live_outcomes(
         assert out["recommendation"] == expected.recommendation
 
     h1, h20 = body["horizons"][0], body["horizons"][2]
-    assert h1["method"] == "paired" and h1["challenger"]["n"] >= 40
+    assert h1["method"] == "paired" and h1["challenger"]["n"] >= 150
     assert h1["challenger"]["versions"] == [challenger]
     assert h1["challenger"]["mean_pinball_loss"] < h1["champion"]["mean_pinball_loss"]
     assert h1["dm_statistic"] < 0 and h1["recommendation"] == "promote challenger"
@@ -132,7 +132,7 @@ async def test_a_family_without_a_challenger_reports_nulls_not_nans(
     assert h5["challenger"] == {"versions": [], "n": 0, "dates": 0, "mean_pinball_loss": None}
     assert h5["n_compared"] == 0 and h5["champion"]["mean_pinball_loss"] is None
     assert h5["dm_statistic"] is None and h5["p_value"] is None
-    assert h5["recommendation"] == "no significant difference yet (n=0)"
+    assert h5["recommendation"] == "too little evidence yet: 0 of 120 dates (n=0)"
 
 
 async def test_an_unknown_family_or_horizon_is_a_validation_error(api: httpx.AsyncClient) -> None:
