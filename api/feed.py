@@ -184,7 +184,8 @@ class PollingFeed:
         self._rounds = rounds
         self._now = now
         self._sleep = sleep
-        self._failures = 0
+        self._failures = 0  # consecutive rounds that failed as a whole
+        self._retries = 0  # catch-up rounds that left a ticker without its final bar
         self._caught_up: date | None = None  # the last session whose final bars are stored
         self.calls = 0  # rounds that asked the provider (for tests and logs)
 
@@ -249,20 +250,35 @@ class PollingFeed:
         self._failures = 0
         newest = max((u.newest for u in result.updates if u.newest), default=None)
         await status.succeeded(self._sync.provider, newest)
-        if not state.open and all(u.ok or "unknown" in (u.error or "") for u in result.updates):
-            self._caught_up = state.last_completed
         if state.open:
             return self._poll_s
+        if _complete(result, state.last_completed):
+            self._caught_up, self._retries = state.last_completed, 0
+        else:  # a ticker failed, or its final bar is not published yet: retry, backing off
+            self._retries += 1
         return self._until_due(state, self._now())
 
     def _until_due(self, state: MarketState, now: datetime) -> float:
-        """Seconds until the next poll is due: the next open, or the pending catch-up."""
+        """Seconds until the next poll is due: the next open, or the pending catch-up (its
+        retries back off, never past the next open)."""
+        until_open = max(1.0, (state.next_open - now).total_seconds())
         if self._caught_up != state.last_completed:
             target = _close_of(state) + CATCH_UP_DELAY
             if target > now:
                 return (target - now).total_seconds()
-            return BACKOFF_BASE_S  # catch-up incomplete: try again soon
-        return max(1.0, (state.next_open - now).total_seconds())
+            if self._retries:
+                retry = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (self._retries - 1))
+                return min(until_open, retry)
+            return 0.0
+        return until_open
+
+
+def _complete(result: PollRound, session: date) -> bool:
+    """Whether every instrument the provider offers has its final bar of `session` now."""
+    return all(
+        (u.ok and u.newest is not None and u.newest >= session) or "unknown" in (u.error or "")
+        for u in result.updates
+    )
 
 
 def _close_of(state: MarketState) -> datetime:

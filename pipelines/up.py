@@ -120,8 +120,11 @@ def catch_up_market_data(settings: Settings, console: Console) -> None:
         provider.daily_bars("KO", last - timedelta(days=7), last)  # one cheap probe
     except (ProviderError, ValueError, OSError) as exc:
         name = settings.market_data_provider
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        console.print(f"market data: {name} not reachable ({reason}); the data stays as bundled")
+        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        console.print(
+            f"market data: {name} not reachable ({reason}); the data stays as bundled",
+            soft_wrap=True,
+        )
         return
 
     async def run() -> list[TickerUpdate]:

@@ -157,7 +157,7 @@ WITH due AS (
         WHERE n.ticker = p.ticker AND n.date > p.as_of AND n.final
         ORDER BY n.date OFFSET p.horizon - 1 LIMIT 1
     ) outcome
-    WHERE ($1::text IS NULL OR p.family = $1) AND p.clock_run = market_run()
+    WHERE ($1::text IS NULL OR p.family = $1) AND p.clock_run = (SELECT market_run())
       AND NOT EXISTS (SELECT 1 FROM prediction_outcomes o WHERE o.prediction_id = p.id)
 )
 INSERT INTO prediction_outcomes (prediction_id, outcome_date, realised_log_return, pinball_loss)
@@ -185,10 +185,11 @@ class PredictionLogRepository:
             """INSERT INTO prediction_log
                    (ticker, as_of, horizon, family, version, variant, q10, q50, q90, live,
                     clock_run)
-               SELECT *, market_run() FROM unnest($1::text[], $2::date[], $3::int[], $4::text[],
-                                    $5::text[], $6::text[], $7::float8[], $8::float8[],
-                                    $9::float8[], $10::bool[]) AS f(t, d)
-               WHERE d <= market_today()
+               SELECT *, (SELECT market_run())
+               FROM unnest($1::text[], $2::date[], $3::int[], $4::text[], $5::text[],
+                           $6::text[], $7::float8[], $8::float8[], $9::float8[],
+                           $10::bool[]) AS f(t, d)
+               WHERE d <= (SELECT market_today())
                ON CONFLICT (ticker, as_of, horizon, family, version, clock_run) DO NOTHING""",
             *map(list, columns),
         )
@@ -220,7 +221,7 @@ class PredictionLogRepository:
         rows = await self._db.fetch(
             """SELECT p.as_of, p.ticker, p.horizon, p.variant, p.version, o.pinball_loss AS loss
                FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.family = $1 AND p.live AND p.clock_run = market_run()
+               WHERE p.family = $1 AND p.live AND p.clock_run = (SELECT market_run())
                  AND ($2::int IS NULL OR p.horizon = $2)
                  AND ($3::text IS NULL OR p.variant <> 'champion' OR p.version = $3)
                  AND ($4::text IS NULL OR p.variant <> 'challenger' OR p.version = $4)
@@ -238,7 +239,7 @@ class PredictionLogRepository:
         rows = await self._db.fetch(
             """SELECT p.as_of, p.ticker, p.horizon, p.variant, p.version, o.pinball_loss AS loss
                FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.family = $1 AND p.live AND p.clock_run = market_run()
+               WHERE p.family = $1 AND p.live AND p.clock_run = (SELECT market_run())
                  AND p.version = ANY($2::text[])
                ORDER BY p.as_of, p.ticker, p.horizon, p.version""",
             family,
@@ -255,8 +256,8 @@ class PredictionLogRepository:
             """SELECT p.as_of, p.horizon, p.family, p.version, p.variant, p.live,
                       p.q10, p.q50, p.q90, o.outcome_date, o.realised_log_return, o.pinball_loss
                FROM prediction_log p LEFT JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.ticker = $1 AND p.variant <> 'shadow' AND p.clock_run = market_run()
-                 AND p.as_of <= market_today()
+               WHERE p.ticker = $1 AND p.variant <> 'shadow'
+                 AND p.clock_run = (SELECT market_run()) AND p.as_of <= (SELECT market_today())
                  AND ($2::int IS NULL OR p.horizon = $2) AND ($3::text IS NULL OR p.family = $3)
                ORDER BY p.as_of DESC, p.horizon, p.family LIMIT $4""",
             ticker,

@@ -1,8 +1,9 @@
 """The market clock and the feed's health (migration 0011).
 
 The clock is one row in Postgres, so every replica and every query sees the same "today" at
-once: SQL reads bars through `visible_bars` (`date <= market_today()`), and forecasts are
-logged under `market_run()`. Without a row the real clock applies and nothing is hidden.
+once: SQL reads bars through `visible_bars` (`date <= (SELECT market_today())`, read once per
+query), and forecasts are logged under `market_run()`. Without a row the real clock applies
+and nothing is hidden.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class GaugeRepository:
         rows = await self._db.fetch(
             """SELECT p.family, p.variant, avg(o.pinball_loss) AS loss
                FROM prediction_log p JOIN prediction_outcomes o ON o.prediction_id = p.id
-               WHERE p.live AND p.clock_run = market_run()
+               WHERE p.live AND p.clock_run = (SELECT market_run())
                  AND o.resolved_at >= now() - interval '7 days'
                GROUP BY p.family, p.variant"""
         )

@@ -3,6 +3,7 @@ rate-limited without notice."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import date, timedelta
 
@@ -28,9 +29,13 @@ HistoryFetcher = Callable[[str, date, date], pd.DataFrame]
 
 
 def yahoo_history(symbol: str, start: date, end: date) -> pd.DataFrame:
-    """The one real call into yfinance: OHLCV adjusted as of now, with the action columns."""
+    """The one real call into yfinance: OHLCV adjusted as of now, with the action columns.
+
+    yfinance's own logger is quietened: it logs every failure it then raises, and each reaches
+    our callers as a ProviderError that they report once, in our format."""
     import yfinance as yf
 
+    logging.getLogger("yfinance").setLevel(logging.CRITICAL)
     return yf.Ticker(symbol).history(
         start=start,
         end=end + timedelta(days=1),  # yfinance's end is exclusive

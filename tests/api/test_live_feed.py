@@ -29,7 +29,7 @@ from features.live import YFinanceProvider
 from features.sessions import session_close, sessions_between
 
 NEW_YORK = "America/New_York"
-COPIES = ["WMTS", "CALCO", "RATECO"]
+COPIES = ["WMTS", "CALCO", "RATECO", "LATECO"]
 
 
 def history_answer(rows: dict[date, tuple[float, float, float, float]]) -> pd.DataFrame:
@@ -258,6 +258,35 @@ async def test_polling_follows_the_exchange_calendar(pool: asyncpg.Pool, redis: 
     assert answer.calls == calls + 1  # the catch-up
     # and the next wait lasts until the next open: no calls overnight
     assert time.now == datetime(2022, 12, 28, 14, 30, tzinfo=UTC)
+
+
+async def test_a_catch_up_retries_with_backoff_until_the_final_bar_is_published(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    ticker = "LATECO"
+    await _instrument_from(pool, "KO", ticker)
+    await pool.execute("DELETE FROM bars WHERE ticker = $1 AND date > '2022-12-23'", ticker)
+    friday = history_answer({date(2022, 12, 23): (60.0, 60.0, 0.0, 0.0)})
+    answer = Recorded(friday)  # Tuesday's final bar is not out yet at the first catch-up
+    time = SimulatedTime(session_close(date(2022, 12, 27)) + CATCH_UP_DELAY)
+    published = history_answer(
+        {date(2022, 12, 23): (60.0, 60.0, 0.0, 0.0), date(2022, 12, 27): (60.0, 61.0, 0.0, 0.0)}
+    )
+
+    async def sleep(seconds: float) -> None:
+        await time.sleep(seconds)
+        if len(time.slept) == 2:  # published between the second and third attempts
+            answer.answer = published
+
+    feed = PollingFeed(pool, YFinanceProvider(answer), [ticker], rounds=3, now=time, sleep=sleep)
+    await run_feed(feed, BarProcessor(pool, redis), asyncio.Event())
+    assert answer.calls == 3  # two incomplete catch-ups, then the one that got the bar
+    assert time.slept[:2] == [BACKOFF_BASE_S, 2 * BACKOFF_BASE_S]  # backing off
+    assert time.now == datetime(2022, 12, 28, 14, 30, tzinfo=UTC)  # then quiet until the open
+    final = await pool.fetchval(
+        "SELECT final FROM bars WHERE ticker = $1 AND date = '2022-12-27'", ticker
+    )
+    assert final is True
 
 
 async def test_rate_limits_back_off_with_jitter_and_show_in_the_feed_status(

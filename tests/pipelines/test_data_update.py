@@ -3,11 +3,15 @@ loopback server answering in Tiingo's documented format, the embedded database."
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
+from api.settings import Settings
 from tests.features.test_tiingo import TOKEN, RecordedTiingo
 from tests.live_server import serving_in_thread
 from tests.utils import invoke
@@ -29,7 +33,11 @@ def tiingo(monkeypatch: pytest.MonkeyPatch, cli_env: None) -> Iterator[RecordedT
 async def copy_removed(pool: asyncpg.Pool) -> AsyncIterator[None]:
     yield
     await pool.execute("DELETE FROM instruments WHERE ticker = $1", TICKER)
-    await pool.execute("DELETE FROM feed_status")  # the provider's history stays with the test
+    # what the recorded Tiingo answers added to bundled tickers, and the provider's history
+    await pool.execute("DELETE FROM bars WHERE source = 'tiingo'")
+    await pool.execute("DELETE FROM corporate_actions WHERE source = 'tiingo'")
+    await pool.execute("DELETE FROM bar_adjustments")
+    await pool.execute("DELETE FROM feed_status")
 
 
 async def test_data_update_stores_new_bars_once_and_summarises_every_ticker(
@@ -82,3 +90,33 @@ async def test_data_update_refuses_unknown_tickers_and_fails_when_the_provider_i
     down = await invoke("data", "update", "--tickers", "KO")
     assert down.exit_code == 1
     assert "0 new bar(s) for 0 of 1 ticker(s); 1 failed" in down.output
+
+
+async def test_up_catches_up_when_the_provider_answers_and_says_so_in_one_line_when_not(
+    tiingo: RecordedTiingo, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    from rich.console import Console
+
+    from pipelines.up import catch_up_market_data
+
+    keyed = settings.model_copy(
+        update={
+            "market_data_provider": "tiingo",
+            "tiingo_api_key": SecretStr(TOKEN),
+            "tiingo_base_url": os.environ["TIINGO_BASE_URL"],
+        }
+    )
+    down = Console(record=True, width=100)
+    await asyncio.to_thread(catch_up_market_data, keyed, down)  # nothing answers the probe
+    said = down.export_text().strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("market data: tiingo not reachable (")
+    assert said[0].endswith("the data stays as bundled") and TOKEN not in said[0]
+
+    tiingo.serve("/tiingo/daily/ko/prices", "ko_daily_2024-06-10_2024-06-21.json")
+    up = Console(record=True, width=120)
+    before = await pool.fetchval("SELECT count(*) FROM bars WHERE source = 'tiingo'")
+    await asyncio.to_thread(catch_up_market_data, keyed.model_copy(), up)
+    shown = up.export_text()
+    assert "market data: updating every instrument from tiingo" in shown
+    assert "data update from tiingo" in shown
+    assert await pool.fetchval("SELECT count(*) FROM bars WHERE source = 'tiingo'") > before

@@ -31,9 +31,10 @@ ALTER TABLE bars ADD COLUMN IF NOT EXISTS final boolean NOT NULL DEFAULT true;
 -- "the newest bar", a day's bars, the days to replay: by date across tickers
 CREATE INDEX IF NOT EXISTS bars_date ON bars (date);
 
+-- `(SELECT market_today())`: evaluated once per query (an InitPlan), not once per index probe
 CREATE OR REPLACE VIEW visible_bars AS
     SELECT ticker, date, open, high, low, close, volume, source, final
-    FROM bars WHERE date <= market_today();
+    FROM bars WHERE date <= (SELECT market_today());
 
 -- Splits and dividends as the provider reported them, and each rescaling of stored history that
 -- kept an adjusted series continuous across them (bars before `before` multiplied by the
