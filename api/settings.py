@@ -209,7 +209,7 @@ class Settings(BaseSettings):
     feed_forecast_family: Family | None = Field(
         default="garch",
         description="the family the feed forecasts every instrument with after each session "
-        "(users' A/B split applies, by ticker); unset: only requests make forecasts",
+        "by the champion and the challenger; empty or `none`: only requests make forecasts",
     )
     market_data_provider: Literal["yfinance", "tiingo"] = Field(
         default="yfinance",
@@ -297,6 +297,14 @@ class Settings(BaseSettings):
             value = [part.strip() for part in value.split(",") if part.strip()]
         for entry in value if isinstance(value, list) else ():
             ipaddress.ip_network(entry, strict=False)  # ValueError names a malformed entry
+        return value
+
+    @field_validator("feed_forecast_family", mode="before")
+    @classmethod
+    def _no_family(cls, value: object) -> object:
+        """FEED_FORECAST_FAMILY= (empty), `none` or `off`: the feed makes no forecasts."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
         return value
 
     @model_validator(mode="after")

@@ -120,3 +120,20 @@ async def test_up_catches_up_when_the_provider_answers_and_says_so_in_one_line_w
     assert "market data: updating every instrument from tiingo" in shown
     assert "data update from tiingo" in shown
     assert await pool.fetchval("SELECT count(*) FROM bars WHERE source = 'tiingo'") > before
+
+
+def test_settings_refuse_tiingo_without_a_key_and_read_an_empty_forecast_family_as_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("MARKET_DATA_PROVIDER", "tiingo")
+    monkeypatch.delenv("TIINGO_API_KEY", raising=False)
+    with pytest.raises(ValidationError, match="MARKET_DATA_PROVIDER=tiingo needs TIINGO_API_KEY"):
+        Settings()
+    monkeypatch.setenv("MARKET_DATA_PROVIDER", "yfinance")
+    for unset in ("", "none", "OFF"):
+        monkeypatch.setenv("FEED_FORECAST_FAMILY", unset)
+        assert Settings().feed_forecast_family is None
+    monkeypatch.setenv("FEED_FORECAST_FAMILY", "lstm")
+    assert Settings().feed_forecast_family == "lstm"
