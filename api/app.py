@@ -21,6 +21,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from api.db.clock import MarketClockRepository
 from api.db.pool import create_pool
 from api.deps import predictions_of, rate_limited, require
+from api.docs import install_docs
 from api.errors import ProblemError, install_error_handlers
 from api.feed import BarProcessor, FeedLeader, MarketFeed, PollingFeed, ReplayFeed
 from api.metrics import Metrics, MetricsMiddleware
@@ -173,10 +174,12 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         version="0.1.0",
         description="Forecasts with honest uncertainty, technical analysis and portfolios.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,  # served from this server's own assets below (api/docs.py)
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        install_docs(app, "/openapi.json")
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.keyring = keyring

@@ -71,8 +71,8 @@ class RequestContextMiddleware:
             structlog.contextvars.unbind_contextvars("request_id", "user")
 
 
-# Conservative defaults for a JSON API; the docs page (/docs) needs its CDN assets and inline
-# script, so it gets a relaxed policy of its own.
+# Conservative defaults for a JSON API; the docs pages (/docs, /redoc) need their inline
+# scripts, so they get no policy of their own.
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -81,7 +81,7 @@ _SECURITY_HEADERS = [
     (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
 ]
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
-_DOCS_PATHS = ("/docs", "/redoc", "/docs/oauth2-redirect")
+DOCS_PATHS = ("/docs", "/redoc", "/docs/oauth2-redirect")  # api/docs.py serves them
 
 
 class SecurityHeadersMiddleware:
@@ -94,7 +94,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope["path"] in _DOCS_PATHS
+        docs = scope["path"] in DOCS_PATHS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
