@@ -256,12 +256,16 @@ class PredictionService:
         for_caller: bool = True,
     ) -> list[str]:
         """The JSON documents of `version`'s forecasts: cached ones, then one call for the rest
-        (counted as served unless made for no caller: the feed's daily forecasts)."""
-        keys = [self._cache.key(t.ticker, horizon, family, version, t.as_of) for t in targets]
+        (counted as served unless made for no caller: the feed's daily forecasts).
+
+        Cache keys carry the market clock's run: a looping replay forecasts (and logs) each day
+        afresh in every pass instead of answering from an earlier pass's cache."""
+        run = (await self._clock.now()).run
+        keys = [self._key(t.ticker, horizon, family, version, t.as_of, run) for t in targets]
         found = await self._cache.get_raw_many(keys)
         missing = [t for t, hit in zip(targets, found, strict=True) if hit is None]
         if missing:
-            fresh = await self._forecast(missing, family, variant, version)
+            fresh = await self._forecast(missing, family, variant, version, run)
             found = [
                 hit or fresh[(t.ticker, horizon)] for t, hit in zip(targets, found, strict=True)
             ]
@@ -368,8 +372,13 @@ class PredictionService:
             else None
         )
 
+    def _key(
+        self, ticker: str, horizon: int, family: str, version: str, as_of: date, run: int
+    ) -> str:
+        return self._cache.key(ticker, horizon, family, version, as_of, run)
+
     async def _forecast(
-        self, targets: list[Target], family: Family, variant: str, version: str
+        self, targets: list[Target], family: Family, variant: str, version: str, run: int
     ) -> dict[tuple[str, int], str]:
         """Read the inputs and call the predictor once for `version`; queue every horizon it
         returned for the log and cache it, serialised once."""
@@ -411,7 +420,7 @@ class PredictionService:
         as_of = {f.ticker: f.as_of for f in batch.forecasts}
         await self._cache.set_raw_many(
             {
-                self._cache.key(t, h, family, batch.version, as_of[t]): doc
+                self._key(t, h, family, batch.version, as_of[t], run): doc
                 for (t, h), doc in shaped.items()
             }
         )

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from redis.asyncio import Redis
 
 from api.cache import JsonCache
+from api.db.clock import MarketClockRepository
 from api.db.models import AliasEvent, AliasEventRepository
 from api.services.ab import ChallengerWeights
 from api.services.auth import Principal
@@ -67,7 +68,7 @@ async def test_cache_hit_is_served_without_recomputing(
 ) -> None:
     params = {"horizon": 1, "model": "transformer"}
     first = (await api.get("/api/v1/predictions/JPM", params=params)).json()
-    key = f"pred:v1:JPM:1:transformer:{first['model']['version']}:{first['as_of']}"
+    key = f"pred:v1:JPM:1:transformer:{first['model']['version']}:{first['as_of']}:0"  # real clock
     redis = Redis.from_url(settings.redis_url or "")
     assert await redis.exists(key) == 1
     # overwrite the cached value: a hit must return it verbatim
@@ -304,7 +305,10 @@ async def test_a_replay_bounds_forecasts_and_each_one_says_whether_it_is_stale(
         assert_bounded(history.json(), day, "history")  # this run's forecasts, none resolved
         assert {p["as_of"] for p in history.json()["predictions"]} == {str(day)}
         assert (tool.data["as_of"], tool.data["stale"]) == (str(day), False)
-    cached = await redis.get(f"pred:v1:PG:5:garch:{single.json()['model']['version']}:{day}")
+        clock = await MarketClockRepository(pool).read()
+        assert clock is not None
+    version = single.json()["model"]["version"]
+    cached = await redis.get(f"pred:v1:PG:5:garch:{version}:{day}:{clock.run}")
     assert cached is not None and "stale" not in json.loads(cached)
     newest = await pool.fetchval("SELECT max(date) FROM bars WHERE ticker = 'PG'")
     after = (await api.get("/api/v1/predictions/PG", params=params)).json()
@@ -315,3 +319,33 @@ async def test_a_replay_bounds_forecasts_and_each_one_says_whether_it_is_stale(
         return (again["as_of"], again["stale"]) == (str(day), True)
 
     assert await eventually(stale_now), "a look back at the replay day is stale on the real clock"
+
+
+async def test_every_pass_of_a_replay_forecasts_a_day_afresh_and_logs_it_for_that_pass(
+    api: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """A looping replay meets the same day again: the earlier pass's cached forecast must not
+    answer it, or the new pass would log nothing for that day and its A/B test would stay empty."""
+    day = await replay_day(pool)
+    params = {"model": "garch", "horizon": 1}
+    runs = []
+    for _ in range(2):
+        async with replaying(pool, api, day):
+            response = await api.get("/api/v1/predictions/KO", params=params)
+            assert response.status_code == 200, response.text
+            clock = await MarketClockRepository(pool).read()
+            assert clock is not None
+            runs.append(clock.run)
+
+            async def logged_in_this_pass(run: int = clock.run) -> bool:
+                return bool(
+                    await pool.fetchval(
+                        """SELECT count(*) FROM prediction_log WHERE ticker = 'KO'
+                           AND as_of = $1 AND family = 'garch' AND clock_run = $2""",
+                        day,
+                        run,
+                    )
+                )
+
+            assert await eventually(logged_in_this_pass), f"pass {clock.run} logged nothing"
+    assert runs[1] > runs[0]
