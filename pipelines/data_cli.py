@@ -9,6 +9,7 @@ stored; the next run starts where it stopped).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
 from typing import Annotated
@@ -66,14 +67,8 @@ async def update_bars(
     unknown = await InstrumentRepository(pool).unknown(names)
     if unknown:
         raise typer.BadParameter(f"unknown ticker(s): {', '.join(unknown)}; import them first")
-    now = market_state()
-    state = MarketState(  # final bars only: treat a session trading now as not yet begun
-        open=False,
-        last_completed=now.last_completed,
-        current=None,
-        next_open=now.next_open,
-        next_close=now.next_close,
-    )
+    # final bars only: a session trading now is treated as not yet begun
+    state = dataclasses.replace(market_state(), open=False, current=None)
     sync = BarSync(pool, provider)
     overlaps = await sync.overlaps(names)
     updates = []
@@ -137,7 +132,10 @@ def register_data_commands(
         from features.bars import normalise_ticker
         from pipelines.embedded import resolved_settings
 
-        wanted = [normalise_ticker(t) for t in tickers] if tickers else None
+        try:
+            wanted = [normalise_ticker(t) for t in tickers] if tickers else None
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--tickers") from exc
         with resolved_settings(settings_factory()) as ready:
             provider = provider_from(ready)
 

@@ -88,3 +88,23 @@ async def play(
     processor = BarProcessor(pool, redis, evaluator)
     for day in days:
         await processor.process(day, await stored_day(pool, day))
+
+
+async def copy_instrument(pool: asyncpg.Pool, source: str, ticker: str) -> None:
+    """A new equity `ticker` holding a copy of `source`'s whole stored history (the caller
+    removes it afterwards: the session's database is shared)."""
+    await pool.execute(
+        """INSERT INTO instruments (ticker, name, asset_type, sector, source)
+           SELECT $2, name || ' (test copy)', 'equity', sector, 'test' FROM instruments
+           WHERE ticker = $1
+           ON CONFLICT DO NOTHING""",
+        source,
+        ticker,
+    )
+    await pool.execute(
+        """INSERT INTO bars (ticker, date, open, high, low, close, volume, source)
+           SELECT $2, date, open, high, low, close, volume, source FROM bars WHERE ticker = $1
+           ON CONFLICT DO NOTHING""",
+        source,
+        ticker,
+    )

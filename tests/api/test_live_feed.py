@@ -27,6 +27,7 @@ from api.services.notifications import Notifier
 from api.settings import Settings
 from features.live import YFinanceProvider
 from features.sessions import session_close, sessions_between
+from tests.utils import copy_instrument
 
 NEW_YORK = "America/New_York"
 COPIES = ["WMTS", "CALCO", "RATECO", "LATECO"]
@@ -96,21 +97,9 @@ async def copies_removed(pool: asyncpg.Pool) -> AsyncIterator[None]:
 
 
 async def _instrument_from(pool: asyncpg.Pool, source: str, ticker: str) -> None:
-    """A new equity holding a copy of a bundled ticker's whole history."""
+    """A new equity holding a copy of a bundled ticker's whole history, removed afterwards."""
     assert ticker in COPIES
-    await pool.execute(
-        """INSERT INTO instruments (ticker, name, asset_type, sector, source)
-           VALUES ($1, $1 || ' (test copy)', 'equity', 'Consumer Staples', 'test')
-           ON CONFLICT DO NOTHING""",
-        ticker,
-    )
-    await pool.execute(
-        """INSERT INTO bars (ticker, date, open, high, low, close, volume, source)
-           SELECT $2, date, open, high, low, close, volume, source FROM bars WHERE ticker = $1
-           ON CONFLICT DO NOTHING""",
-        source,
-        ticker,
-    )
+    await copy_instrument(pool, source, ticker)
 
 
 async def _move_alert(client: httpx.AsyncClient, headers: dict[str, str], ticker: str) -> str:

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from api.settings import Settings
 from tests.features.test_tiingo import TOKEN, RecordedTiingo
 from tests.live_server import serving_in_thread
-from tests.utils import invoke
+from tests.utils import copy_instrument, invoke
 
 TICKER = "KOUPD"
 
@@ -43,18 +43,7 @@ async def copy_removed(pool: asyncpg.Pool) -> AsyncIterator[None]:
 async def test_data_update_stores_new_bars_once_and_summarises_every_ticker(
     tiingo: RecordedTiingo, pool: asyncpg.Pool
 ) -> None:
-    await pool.execute(
-        """INSERT INTO instruments (ticker, name, asset_type, sector, source)
-           VALUES ($1, 'Coca-Cola (update test)', 'equity', 'Consumer Staples', 'test')
-           ON CONFLICT DO NOTHING""",
-        TICKER,
-    )
-    await pool.execute(
-        """INSERT INTO bars (ticker, date, open, high, low, close, volume, source)
-           SELECT $1, date, open, high, low, close, volume, source FROM bars WHERE ticker = 'KO'
-           ON CONFLICT DO NOTHING""",
-        TICKER,
-    )
+    await copy_instrument(pool, "KO", TICKER)
     tiingo.serve("/tiingo/daily/koupd/prices", "ko_daily_2024-06-10_2024-06-21.json")
 
     first = await invoke("data", "update", "--tickers", TICKER.lower(), "--tickers", "SPX")
@@ -86,6 +75,10 @@ async def test_data_update_refuses_unknown_tickers_and_fails_when_the_provider_i
 ) -> None:
     unknown = await invoke("data", "update", "--tickers", "NOSUCHCO")
     assert unknown.exit_code != 0 and "unknown ticker(s): NOSUCHCO" in unknown.output
+    for hostile in ("bad ticker!", "KO\x00; DROP TABLE bars", "X" * 500):
+        refused = await invoke("data", "update", "--tickers", hostile)
+        assert refused.exit_code == 2, refused.output  # a usage error, not a traceback
+        assert "invalid ticker" in refused.output and "Traceback" not in refused.output
     tiingo.serve("/tiingo/daily/ko/prices", body=b"<html>maintenance</html>", status=503)
     down = await invoke("data", "update", "--tickers", "KO")
     assert down.exit_code == 1
