@@ -6,7 +6,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(shell uv --version >/dev/null 2>&1 && echo uv || echo $(CURDIR)/.tools/bin/uv)
 UV_DEP := $(if $(filter uv,$(UV)),,$(UV))
 
-.PHONY: install up test lint format
+.PHONY: install up test lint format client
 
 $(CURDIR)/.tools/bin/uv:
 	python3 -m venv .tools
@@ -29,3 +29,6 @@ lint: install
 format: install
 	$(UV) run --frozen ruff check --fix .
 	$(UV) run --frozen ruff format .
+
+client: install
+	$(UV) run --frozen python -m pipelines.client_gen
