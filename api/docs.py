@@ -8,10 +8,11 @@ vendored copy to keep up to date here.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import fastapi_offline
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
@@ -27,12 +28,34 @@ from api.security.access import PUBLIC
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
 ASSETS_URL = "/docs/assets"
 SWAGGER_URL, REDOC_URL, OAUTH2_REDIRECT_URL = DOCS_PATHS
+# ReDoc's sidebar footer always loads its logo from Redocly's CDN; served without it, the page
+# makes no request to another host (checked in a real browser: tests/api/test_docs_browser.py)
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+BLANK_IMAGE = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
+
+
+@cache
+def _redoc_bundle() -> bytes:
+    return (
+        (ASSETS / "redoc.standalone.js")
+        .read_bytes()
+        .replace(REDOC_LOGO.encode(), BLANK_IMAGE.encode())
+    )
 
 
 def install_docs(app: FastAPI, openapi_url: str) -> None:
     """Serve Swagger UI and ReDoc for `openapi_url`, their assets from this server."""
-    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
     public = [require(PUBLIC)]
+
+    @app.get(f"{ASSETS_URL}/redoc.standalone.js", include_in_schema=False, dependencies=public)
+    async def redoc_bundle() -> Response:  # before the mount, which would answer it otherwise
+        return Response(
+            _redoc_bundle(),
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
+    app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
 
     def asset(request: Request, name: str) -> str:
         return f"{request.scope.get('root_path', '')}{ASSETS_URL}/{name}"

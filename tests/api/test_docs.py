@@ -32,6 +32,7 @@ async def test_swagger_ui_and_redoc_load_only_local_assets(client: httpx.AsyncCl
             assert asset.status_code == 200, url
             assert kind in asset.headers["content-type"], (url, asset.headers["content-type"])
             assert len(asset.content) > 10_000, url  # the real bundle, not a stub
+            assert b"cdn.redoc.ly" not in asset.content, url  # ReDoc's footer logo: blanked
     redirect = await client.get("/docs/oauth2-redirect")
     assert redirect.status_code == 200 and "oauth2" in redirect.text.lower()
     spec = await client.get("/openapi.json")
