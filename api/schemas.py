@@ -206,6 +206,16 @@ class FeedHealth(BaseModel):
     healthy: bool = Field(description="data current (≤ 1 session behind) and provider not failing")
 
 
+class WarmupTask(BaseModel):
+    """Work `stockcopilot up` does after the API is ready; serving does not wait for it."""
+
+    name: str = Field(description="e.g. `similarity index`, `network models`")
+    state: Literal["pending", "running", "done", "failed"]
+    detail: str = Field(description="progress, or why it failed")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"] = Field(
         description="degraded: Redis is unreachable (the API serves without its cache), or the "
@@ -213,3 +223,8 @@ class Readiness(BaseModel):
     )
     checks: dict[str, str]
     feed: FeedHealth | None = None
+    warming: list[WarmupTask] = Field(
+        default_factory=list,
+        description="this start's background work (similarity index, network models, the "
+        "classical challenger); `checks.warmup` names what is not done yet",
+    )

@@ -107,7 +107,11 @@ class Settings(BaseSettings):
         "on live-length samples the DM test rejects equal models far more often than its level)",
     )
     log_level: str = "INFO"
-    log_json: bool = True
+    log_json: bool = Field(
+        default=False,
+        description="JSON log lines on stderr (containers, ELK); otherwise JSON to the data "
+        "folder's logs/stockcopilot.log and concise progress on the console",
+    )
     cors_origins: list[str] = Field(default_factory=list)
     # --- accounts and security (api.security). Unset keys come from the data folder's key file,
     # generated on first start (api.security.keyfile); production requires them all.
@@ -347,3 +351,8 @@ class Settings(BaseSettings):
     @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    @property
+    def log_file(self) -> Path | None:
+        """Where JSON log lines go when they are not on stderr (`log_json` false)."""
+        return None if self.log_json else self.resolved_data_dir / "logs" / "stockcopilot.log"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import multiprocessing
@@ -78,3 +79,29 @@ def in_process_server(settings: Settings) -> Iterator[tuple[str, int]]:
         process.join(timeout=30)
         if process.is_alive():
             process.kill()
+
+
+async def stored_ids(http: httpx.AsyncClient, path: str, headers: dict[str, str]) -> set[str]:
+    """The ids of every item of a paged collection (`total`/`items`, as the transactions of a
+    portfolio): what a soak compares its acknowledged writes with at the end."""
+    ids: set[str] = set()
+    while True:
+        page = await _read_page(http, path, {"limit": 500, "offset": len(ids)}, headers)
+        ids |= {item["id"] for item in page["items"]}
+        if not page["items"] or len(ids) >= page["total"]:
+            return ids
+
+
+async def _read_page(
+    http: httpx.AsyncClient, path: str, params: dict[str, int], headers: dict[str, str]
+) -> dict[str, Any]:
+    """One page, asked again for a while on a 5xx or no answer (a replica may be restarting):
+    a read-back must not report writes as lost because one read failed."""
+    for attempt in range(20):
+        with contextlib.suppress(httpx.TransportError):
+            response = await http.get(path, params=params, headers=headers)
+            if response.status_code < 500:
+                response.raise_for_status()
+                return response.json()
+        await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
+    raise RuntimeError(f"could not read {path} back")

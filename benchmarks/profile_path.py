@@ -30,7 +30,7 @@ from benchmarks.common import free_port, in_process_server_config
 from benchmarks.serving import DATES, TICKERS, signed_in
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import bars_stored, ingest_bundled
-from pipelines.up import ensure_champions
+from pipelines.first_run import ensure_champions
 
 
 def serve(settings: Settings, seconds: float, cached: bool, family: str) -> None:
@@ -194,7 +194,7 @@ def main() -> None:
                 asyncio.run(ingest_bundled(settings.database_url or "", show_progress=False))
             from rich.console import Console
 
-            ensure_champions(settings, Console(stderr=True))
+            ensure_champions(settings, Console(stderr=True).print)
             serve(settings, args.seconds, args.cached, args.family)
 
 

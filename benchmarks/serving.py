@@ -35,7 +35,7 @@ from contracts import MARKET_TICKER, NETWORKS, ForecastRequest, SeriesInput
 from features.datasets import load_universe
 from pipelines.embedded import resolved_settings
 from pipelines.ingest import bars_stored, ingest_bundled
-from pipelines.up import ensure_champions
+from pipelines.first_run import ensure_champions
 from serving.app import SERVE_ENV
 from training import registry
 from training.fit import predict
@@ -421,7 +421,7 @@ def main() -> None:
                 asyncio.run(ingest_bundled(settings.database_url or "", show_progress=False))
             from rich.console import Console
 
-            ensure_champions(settings, Console(stderr=True))
+            ensure_champions(settings, Console(stderr=True).print)
             prepared = prepare(settings, args.family)
             asyncio.run(add_imported_tickers(settings, prepared[1]))
             report(asyncio.run(run(args, settings, prepared)), args.ingress, args.json)

@@ -31,7 +31,7 @@ def _settings() -> Settings:
     # Lightning's own dependency (torch pytree) deprecation noise says nothing to our users
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, settings.log_file)
     return with_secrets(settings)
 
 

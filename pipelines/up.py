@@ -11,71 +11,14 @@ import uvicorn
 from rich.console import Console
 
 from api.app import create_app
+from api.logging import adopt_library_loggers
 from api.settings import Settings
 from pipelines.embedded import resolved_settings
+from pipelines.first_run import ensure_classical_champion
 from pipelines.ingest import bars_stored, ingest_bundled
+from pipelines.warmup import Warmup, plan_warmup
 
 log = structlog.get_logger(__name__)
-
-
-def ensure_champions(settings: Settings, console: Console) -> None:
-    """Train and register the quick profile once if any family lacks a champion: the classical
-    family first (every ticker, in seconds: the champion that serves by default), then the
-    quick networks and the ensemble, which are smoke-test challengers to it."""
-    from contracts import CHAMPION, FAMILIES, MEMBERS
-    from pipelines.models import MODELS_DIR, connect, default_actor, register_trained
-    from pipelines.train import train
-    from training import registry
-
-    client = registry.configure(settings.mlflow_tracking_uri)
-    missing = {f for f in FAMILIES if registry.alias_version(client, f, CHAMPION) is None}
-    if not missing:
-        return
-    if "ensemble" in missing:  # the ensemble is fitted on its members' stored predictions
-        missing |= {f for f in MEMBERS if not (MODELS_DIR / f / "run.json").exists()}
-    order = [f for f in FAMILIES if f in missing]  # members before the ensemble
-    console.print(f"no champion for {', '.join(order)}: training the quick profile once ...")
-    for family in order:
-        train(family, "quick", console.print)
-
-    async def register() -> dict[str, str]:
-        conn = await connect(settings.database_url or "")
-        try:
-            return await register_trained(client, conn, default_actor())
-        finally:
-            await conn.close()
-
-    console.print(f"registered {asyncio.run(register())}")
-    if "garch" in missing:
-        ensure_classical_challenger(settings, console)
-
-
-def ensure_classical_challenger(settings: Settings, console: Console) -> None:
-    """On a first run, register the other GARCH-type model (GJR-t or GARCH-t, whichever lost on
-    validation) as the classical family's challenger: the feed then forecasts every instrument
-    with both after each replayed session, so the live A/B test plays out on `make up` (see
-    GET /api/v1/models/garch/ab). Never re-registered once an operator or the live guard has
-    removed it."""
-    from contracts import CHALLENGER
-    from pipelines.models import MODELS_DIR, connect, default_actor, register_trained
-    from pipelines.train import train_classical
-    from training import registry
-
-    client = registry.configure(settings.mlflow_tracking_uri)
-    if registry.alias_version(client, "garch", CHALLENGER) is not None:
-        return
-    challengers = MODELS_DIR / "challengers"
-    console.print("training the classical challenger (the runner-up GARCH-type model) ...")
-    train_classical("quick", console.print, challengers, pick="weaker")
-
-    async def register() -> dict[str, str]:
-        conn = await connect(settings.database_url or "")
-        try:
-            return await register_trained(client, conn, default_actor(), challengers)
-        finally:
-            await conn.close()
-
-    console.print(f"registered challenger {asyncio.run(register())}")
 
 
 def reseal_retired_key(settings: Settings, console: Console) -> None:
@@ -138,27 +81,7 @@ def catch_up_market_data(settings: Settings, console: Console) -> None:
     print_summary(console, asyncio.run(run()), provider.name)
 
 
-def ensure_similarity_index(settings: Settings, console: Console, window: int = 30) -> None:
-    """Embed every ticker's return windows once, so similarity search works on first start."""
-    from api.db.similarity import ReturnWindowRepository
-    from api.services.similarity import build
-    from pipelines.models import connect
-
-    async def run() -> None:
-        conn = await connect(settings.database_url or "")
-        try:
-            if await ReturnWindowRepository(conn).built(window):
-                return
-            with console.status(f"first run: indexing {window}-bar return windows (pgvector) ..."):
-                report = await build(conn, window)
-            console.print(f"indexed {report.rows} return windows for similarity search")
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def _serve_in_process(ready: Settings, console: Console) -> None:
+def _serve_in_process(ready: Settings, console: Console, warmup: Warmup) -> None:
     """`--no-ray`: the same API and models in this process, behind uvicorn."""
     from serving.local import LocalPredictor
     from training import registry
@@ -176,10 +99,21 @@ def _serve_in_process(ready: Settings, console: Console) -> None:
             proxy_headers=False,
         )
     )
-    server.run()
+    threading.Thread(target=_start_when_listening, args=(server, warmup), daemon=True).start()
+    try:
+        server.run()
+    finally:
+        warmup.stop()
 
 
-def _serve_with_ray(ready: Settings, console: Console) -> None:
+def _start_when_listening(server: uvicorn.Server, warmup: Warmup) -> None:
+    while not server.started and not server.should_exit:
+        threading.Event().wait(0.1)  # uvicorn signals start-up only through this flag
+    if server.started:
+        warmup.start()
+
+
+def _serve_with_ray(ready: Settings, console: Console, warmup: Warmup) -> None:
     """Local Ray + the whole Serve application; blocks until Ctrl-C, then stops Ray."""
     import ray
     from ray import serve
@@ -187,6 +121,7 @@ def _serve_with_ray(ready: Settings, console: Console) -> None:
     from serving.app import build_app, start_local_ray
     from serving.config import ServeAppConfig
 
+    adopt_library_loggers()  # Ray and Serve attach their own handlers on import
     context = start_local_ray(
         ready.trusted_proxies,
         include_dashboard=True,
@@ -199,25 +134,25 @@ def _serve_with_ray(ready: Settings, console: Console) -> None:
         serve.run(build_app(ServeAppConfig(settings=ready)), name="stockcopilot", route_prefix="/")
         console.print(f"Ray dashboard: http://{context.dashboard_url}")
         _announce(ready, console)
-        _wait_for_stop_signal()
-        console.print("stopping ...")
+        warmup.start()
+        threading.Event().wait()  # until Ctrl-C or SIGTERM raises KeyboardInterrupt here
     finally:
+        console.print("stopping ...")
+        warmup.stop()
         serve.shutdown()
         ray.shutdown()
 
 
-def _wait_for_stop_signal() -> None:
-    """Block until SIGINT (Ctrl-C) or SIGTERM. Handlers are installed explicitly: a process
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt wherever start-up is, so every `finally`
+    stops what was started (Ray, then the embedded services). Installed explicitly: a process
     started in the background inherits an ignored SIGINT, and SIGTERM must clean up too."""
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        stop.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _announce(ready: Settings, console: Console) -> None:
@@ -238,7 +173,17 @@ def _announce(ready: Settings, console: Console) -> None:
 
 
 def run(settings: Settings, console: Console, use_ray: bool = True) -> None:
-    """Start services, prepare data and models on first run, serve until Ctrl-C, then stop."""
+    """Start services, prepare data and the classical champion on first run, serve, then do
+    the rest of a first run's work in the background (pipelines.warmup) until Ctrl-C."""
+    _stop_on_signals()
+    try:
+        _run(settings, console, use_ray)
+    except KeyboardInterrupt:
+        console.print("stopped")
+    log.info("stopped")
+
+
+def _run(settings: Settings, console: Console, use_ray: bool) -> None:
     with resolved_settings(settings) as ready:
         database_url = ready.database_url or ""
         if asyncio.run(bars_stored(database_url)) == 0:
@@ -247,11 +192,11 @@ def run(settings: Settings, console: Console, use_ray: bool = True) -> None:
             console.print(f"ingested {report.rows_added} bars in {report.seconds:.1f} s")
         reseal_retired_key(ready, console)
         catch_up_market_data(ready, console)
-        ensure_champions(ready, console)
-        ensure_similarity_index(ready, console)
+        ensure_classical_champion(ready, console.print)
+        adopt_library_loggers()  # MLflow and the training libraries are imported by now
+        warmup = Warmup(ready, plan_warmup(ready), console)
         if use_ray:
-            _serve_with_ray(ready, console)
+            _serve_with_ray(ready, console, warmup)
         else:
             _announce(ready, console)
-            _serve_in_process(ready, console)
-    log.info("stopped")
+            _serve_in_process(ready, console, warmup)

@@ -10,10 +10,16 @@ in the request; the replica serves exactly it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import structlog
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from api.cache import TtlCache
 from contracts import FamilyCatalogue, ForecastBatch, ForecastRequest, ModelUnavailable, Routing
+
+log = structlog.get_logger(__name__)
 
 
 class RayPredictor:
@@ -25,14 +31,30 @@ class RayPredictor:
 
     async def routing(self, family: str) -> Routing:
         return await self._routing.get_or_load(
-            family, lambda: self._family(family).routing.remote()
+            family, lambda: self._call(family, lambda h: h.routing.remote())
         )
 
     async def forecast(self, request: ForecastRequest) -> ForecastBatch:
-        return await self._family(request.family).forecast.remote(request)
+        return await self._call(request.family, lambda h: h.forecast.remote(request))
 
     async def catalogue(self, family: str) -> FamilyCatalogue:
-        return await self._family(family).catalogue.remote()
+        return await self._call(family, lambda h: h.catalogue.remote())
+
+    async def _call[T](self, family: str, call: Callable[[DeploymentHandle], Awaitable[T]]) -> T:
+        """One call to the family's deployment; when the replica that took it dies (or an
+        ensemble's member replica does), once more: these calls only read, and Serve routes
+        the retry to a live replica. A second failure is "model unavailable" (503), not 500."""
+        handle = self._family(family)
+        try:
+            return await call(handle)
+        except RayActorError as first:
+            log.warning("replica_lost_retrying", family=family, error=type(first).__name__)
+            try:
+                return await call(handle)
+            except RayActorError as second:
+                raise ModelUnavailable(
+                    f"{family}: its replica stopped while answering; Serve is replacing it"
+                ) from second
 
     def _family(self, family: str) -> DeploymentHandle:
         if family not in self._families:

@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 from api.db.clock import FeedStatusRepository, MarketClockRepository
 from api.db.market import BarRepository
 from api.db.pool import ping
-from api.schemas import FeedHealth, Readiness
+from api.db.warmup import WarmupRepository
+from api.schemas import FeedHealth, Readiness, WarmupTask
 from features.sessions import market_state, sessions_between
 
 CHECK_TIMEOUT_S = 2.0
@@ -70,17 +71,41 @@ async def readiness(
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     feed = None
+    warming: list[WarmupTask] = []
     if checks["postgres"] == "ok":
         try:
             feed = await asyncio.wait_for(feed_health(pool, mode), CHECK_TIMEOUT_S)
             checks["feed"] = "ok" if feed.healthy else _feed_problem(feed)
         except Exception as exc:
             checks["feed"] = f"error: {type(exc).__name__}"
+        try:
+            warming = await asyncio.wait_for(_warmup(pool), CHECK_TIMEOUT_S)
+            checks["warmup"] = _warmup_summary(warming)
+        except Exception as exc:
+            checks["warmup"] = f"error: {type(exc).__name__}"
     status: Literal["ready", "degraded", "unavailable"] = "unavailable"
     if checks["postgres"] == "ok":
         feed_ok = checks["feed"] == "ok" or mode == "off"  # no feed by choice: reported only
         status = "ready" if checks["redis"] == "ok" and feed_ok else "degraded"
-    return Readiness(status=status, checks=checks, feed=feed)
+    return Readiness(status=status, checks=checks, feed=feed, warming=warming)
+
+
+async def _warmup(pool: asyncpg.Pool) -> list[WarmupTask]:
+    return [WarmupTask(**vars(t)) for t in await WarmupRepository(pool).tasks()]
+
+
+def _warmup_summary(tasks: list[WarmupTask]) -> str:
+    """`ok` when nothing is left; otherwise what is still warming up (serving goes on: the
+    classical champion answers while network models train, similarity search waits for its
+    index)."""
+    failed = [t.name for t in tasks if t.state == "failed"]
+    open_ = [
+        f"{t.name} ({t.detail or t.state})" for t in tasks if t.state in ("pending", "running")
+    ]
+    parts = ([f"warming: {', '.join(open_)}"] if open_ else []) + (
+        [f"failed: {', '.join(failed)}"] if failed else []
+    )
+    return "; ".join(parts) or "ok"
 
 
 def _feed_problem(feed: FeedHealth) -> str:

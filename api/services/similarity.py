@@ -104,8 +104,9 @@ class SimilarityService:
                 raise ProblemError(
                     503,
                     "similarity_not_built",
-                    f"no {window}-bar windows indexed yet; run `stockcopilot similarity build "
-                    f"--window {window}`",
+                    f"no {window}-bar windows indexed yet: a first `stockcopilot up` builds "
+                    "them in the background (see /readyz), or run `stockcopilot similarity "
+                    f"build --window {window}`",
                 )
             candidates = await windows.nearest(
                 to_pgvector(query),

@@ -46,6 +46,12 @@ def test_quick_profile_dvc_repro_trains_evaluates_and_registers(tmp_path: Path) 
             shutil.copy(source, tmp_path / name)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["profile"] = "quick"
+    # the quick profile, smaller still: this checks the pipeline's wiring, not the models
+    quick = params["profiles"]["quick"]
+    quick["common"].update(
+        tickers=["AAPL", "KO", "SPX"], n_folds=2, max_epochs=1, start="2016-01-01"
+    )
+    quick["garch"]["tickers"] = ["AAPL", "KO", "JPM"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = str(Path(sys.executable).parent)
     env = {
