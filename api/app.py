@@ -24,7 +24,7 @@ from api.deps import predictions_of, rate_limited, require
 from api.docs import install_docs
 from api.errors import ProblemError, install_error_handlers
 from api.feed import BarProcessor, FeedLeader, MarketFeed, PollingFeed, ReplayFeed
-from api.metrics import Metrics, MetricsMiddleware
+from api.metrics import Metrics, MetricsBackend, MetricsMiddleware
 from api.middleware import RequestContextMiddleware, SecurityHeadersMiddleware
 from api.observability import init_sentry
 from api.openapi_examples import attach as attach_examples
@@ -130,9 +130,15 @@ async def _purge_chats(app: FastAPI) -> None:
         await asyncio.sleep(CHAT_PURGE_EVERY_S)
 
 
-def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    predictor: Predictor | None = None,
+    metrics_backend: MetricsBackend | None = None,
+) -> FastAPI:
     """Build the API. `settings` must carry concrete database and Redis URLs; unset keys are
-    taken from (or generated into) the data folder's key file, outside production."""
+    taken from (or generated into) the data folder's key file, outside production.
+    `metrics_backend` records the per-replica metrics somewhere other than `/metrics` (Ray's
+    export under Serve, serving.metrics); by default they are on the app's own registry."""
 
     settings = with_secrets(settings)
     keyring = Keyring.from_settings(settings)  # refuses missing keys
@@ -183,7 +189,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.keyring = keyring
-    app.state.metrics = metrics = Metrics(settings.feed_mode)
+    app.state.metrics = metrics = Metrics(settings.feed_mode, metrics_backend)
     app.state.chat = ProviderChain.from_settings(settings)  # circuit state lives with the app
     app.state.chat.observer = lambda provider, outcome: metrics.chat.labels(provider, outcome).inc()
     app.state.email_sender = email_sender(settings)  # tests may replace it
@@ -210,8 +216,9 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
 
     @app.get("/metrics", include_in_schema=False, dependencies=[require(PUBLIC)])
     async def prometheus_metrics(authorization: Annotated[str, Header()] = "") -> Response:
-        """Prometheus exposition of this replica's metrics (see api/metrics.py), for the
-        holder of `METRICS_TOKEN` only: the counts tell an outsider too much."""
+        """Prometheus exposition of this app's metrics (see api/metrics.py; under Serve only the
+        scrape-time gauges, the same on every replica), for the holder of `METRICS_TOKEN` only:
+        the counts tell an outsider too much."""
         expected = settings.metrics_token
         offered = authorization.removeprefix("Bearer ").strip()
         if expected is None or not hmac.compare_digest(

@@ -17,6 +17,7 @@ from api.logging import mask_text
 from api.settings import Settings
 
 _DROPPED_HEADERS = frozenset({"authorization", "cookie", "x-api-key", "set-cookie"})
+_OUR_FIELDS = ("release", "environment", "dist", "sdk")  # set by init_sentry and the SDK
 _SECRET_KEYS = frozenset(
     {"password", "token", "access_token", "refresh_token", "api_key", "secret", "email", "key"}
 )
@@ -47,7 +48,8 @@ def scrub_event(event: dict[str, Any], _hint: dict[str, Any] | None = None) -> d
                 k: v for k, v in headers.items() if k.lower() not in _DROPPED_HEADERS
             }
     event.pop("user", None)
-    return _scrub(event)
+    ours = {k: event.pop(k) for k in _OUR_FIELDS if k in event}  # `stock-copilot@1.2` is no e-mail
+    return {**_scrub(event), **ours}
 
 
 def scrub_breadcrumb(crumb: dict[str, Any], _hint: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -29,8 +29,8 @@ from api.settings import Settings
 from benchmarks.common import free_port, in_process_server_config
 from benchmarks.serving import DATES, TICKERS, signed_in
 from pipelines.embedded import resolved_settings
-from pipelines.ingest import bars_stored, ingest_bundled
 from pipelines.first_run import ensure_champions
+from pipelines.ingest import bars_stored, ingest_bundled
 
 
 def serve(settings: Settings, seconds: float, cached: bool, family: str) -> None:

@@ -34,8 +34,8 @@ from benchmarks.common import free_port, in_process_server, percentile
 from contracts import MARKET_TICKER, NETWORKS, ForecastRequest, SeriesInput
 from features.datasets import load_universe
 from pipelines.embedded import resolved_settings
-from pipelines.ingest import bars_stored, ingest_bundled
 from pipelines.first_run import ensure_champions
+from pipelines.ingest import bars_stored, ingest_bundled
 from serving.app import SERVE_ENV
 from training import registry
 from training.fit import predict

@@ -216,7 +216,12 @@ def register_commands(
         host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     ) -> None:
         """Open the MLflow UI on the same store (operators move aliases there)."""
+        from training.registry import is_server
+
         settings = settings_factory()
+        if is_server(settings.mlflow_tracking_uri):  # a team's `mlflow server` serves its own UI
+            console.print(f"MLflow UI: {settings.mlflow_tracking_uri}")
+            raise typer.Exit(0)
         console.print(f"MLflow UI on http://{host}:{port} (store {settings.mlflow_tracking_uri})")
         command = [
             sys.executable,

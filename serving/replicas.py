@@ -4,7 +4,7 @@ Each replica serves its family's vetted versions (see serving.alias_watch) throu
 in-process predictor that tests and `--no-ray` use. A request names the version the ingress
 routed it to; the replica serves exactly that version and never re-reads the routing. While a
 version is on probation, its calls are timed and counted, and a failed call is answered by the
-version it replaced.
+version it replaced. Errors reach Sentry from every replica, scrubbed as the ingress's are.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
+from api.observability import init_sentry
 from api.settings import Settings
 from contracts import (
     FAMILIES,
@@ -42,6 +43,7 @@ class FamilyForecaster:
     def __init__(self, settings: Settings) -> None:
         from training import registry
 
+        init_sentry(settings)  # the ingress's init (api.observability): same DSN, same scrubbing
         if self.runs_networks:
             import torch
 

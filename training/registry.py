@@ -20,10 +20,23 @@ from contracts import ALIASES, model_name
 from training.bundle import Bundle, EnsembleBundle, load_folder
 
 MLRUNS = Path("mlruns")
+ARTIFACT_ROOT_ENV = "STOCKCOPILOT_ARTIFACT_ROOT"  # where embedded experiments keep artefacts
+SERVER_SCHEMES = ("http://", "https://")
+
+
+def is_server(tracking_uri: str) -> bool:
+    """Whether the URI names an MLflow tracking server (`mlflow server`, shared by a team) rather
+    than a store this process opens itself (the embedded sqlite file under mlruns/)."""
+    return tracking_uri.startswith(SERVER_SCHEMES)
 
 
 def configure(tracking_uri: str, artifact_root: Path = MLRUNS / "artifacts") -> MlflowClient:
-    """Point MLflow at the sqlite store, telemetry off; artefacts live under mlruns/."""
+    """Point MLflow's tracking and registry at `tracking_uri`, telemetry off.
+
+    Embedded (sqlite): the store's folder is created and new experiments keep their artefacts
+    under `artifact_root`. A tracking server owns both its store and its artefact root, so
+    against http(s) nothing local is created and `artifact_root` is unused.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -31,19 +44,29 @@ def configure(tracking_uri: str, artifact_root: Path = MLRUNS / "artifacts") -> 
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    os.environ["STOCKCOPILOT_ARTIFACT_ROOT"] = str(artifact_root.resolve())
+    if not is_server(tracking_uri):
+        os.environ[ARTIFACT_ROOT_ENV] = str(artifact_root.resolve())
     return MlflowClient(tracking_uri, tracking_uri)
 
 
 def experiment(family: str) -> str:
-    """Create (once) and select the family's experiment; returns its id."""
+    """Create (once) and select the family's experiment; returns its id.
+
+    Against a tracking server the experiment takes the server's default artifact root (with
+    `--serve-artifacts`, `mlflow-artifacts:/`): clients upload through the server, which alone
+    holds the object-store credentials. A local `file:` location there would name a folder
+    on whichever machine happened to create the experiment.
+    """
     name = model_name(family)
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
-    root = Path(os.environ.get("STOCKCOPILOT_ARTIFACT_ROOT", MLRUNS / "artifacts"))
-    exp_id = mlflow.create_experiment(name, artifact_location=(root / family).resolve().as_uri())
+    if is_server(mlflow.get_tracking_uri()):
+        exp_id = mlflow.create_experiment(name)
+    else:
+        root = Path(os.environ.get(ARTIFACT_ROOT_ENV, MLRUNS / "artifacts")) / family
+        exp_id = mlflow.create_experiment(name, artifact_location=root.resolve().as_uri())
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

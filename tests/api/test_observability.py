@@ -10,11 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import sentry_sdk
+from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from api.app import create_app
+from api.metrics import SPECS, PrometheusBackend
 from api.observability import init_sentry
 from api.security.crypto import Keyring
 from api.settings import Settings
@@ -62,6 +64,36 @@ async def test_requests_are_counted_by_route_template_and_status(
     count = sample(text, "stockcopilot_http_request_duration_seconds_count", route=route)
     assert count == 4
     assert (sample(text, "stockcopilot_users") or 0) >= 1
+
+
+async def test_every_defined_metric_is_exported_under_its_one_name(
+    small_limits: httpx.AsyncClient, metrics_auth: dict[str, str]
+) -> None:
+    text = (await small_limits.get("/metrics", headers=metrics_auth)).text
+    for spec in SPECS:
+        name = spec.exposed()[0] if spec.kind == "counter" else spec.name  # `_total` for counters
+        assert f"# HELP {name} {spec.help}\n# TYPE {name} {spec.kind}\n" in text
+
+
+async def test_a_metrics_backend_takes_the_per_replica_metrics_off_the_scrape(
+    settings: Settings, first_ingest: object, metrics_auth: dict[str, str]
+) -> None:
+    """Under Serve the per-replica counts go to Ray's export (serving.metrics); /metrics keeps
+    only the gauges read at scrape time, which every replica reports alike."""
+    elsewhere = CollectorRegistry()
+    app = create_app(settings, metrics_backend=PrometheusBackend(elsewhere))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/no/such/path")).status_code == 404
+            scraped = (await client.get("/metrics", headers=metrics_auth)).text
+    counted = generate_latest(elsewhere).decode()
+    assert sample(counted, "stockcopilot_http_requests_total", route="unmatched") == 1
+    assert "stockcopilot_http_requests" not in scraped
+    assert sample(scraped, "stockcopilot_users") is not None
+    shared = {spec.name for spec in SPECS if spec.shared}
+    assert shared and all(f"# TYPE {name} gauge" in scraped for name in shared)
+    assert not any(f"# TYPE {name} " in counted for name in shared)
 
 
 class Captured(Transport):
@@ -112,6 +144,7 @@ async def test_sentry_gets_errors_without_personal_data(
     assert "jane.doe@example.com" not in raw and "j***@example.com" in raw
     assert "eyJhbGciOi.eyJzdWIi" not in raw and "secret-token-value" not in raw
     assert "'cookies'" not in raw and "'user'" not in raw
+    assert {e["release"] for e in events} == {f"stock-copilot@{settings.app_version}"}
 
 
 def test_log_pseudonyms_are_stable_and_keyed(settings: Settings) -> None:

@@ -19,27 +19,6 @@ from api.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
-# What api/metrics.py exports (the names the dashboards may use besides Ray's `ray_*`).
-APP_METRICS = frozenset(
-    {
-        "stockcopilot_http_requests_total",
-        "stockcopilot_http_request_duration_seconds_bucket",
-        "stockcopilot_http_request_duration_seconds_sum",
-        "stockcopilot_http_request_duration_seconds_count",
-        "stockcopilot_predictions_total",
-        "stockcopilot_prediction_cache_total",
-        "stockcopilot_feed_lag_seconds",
-        "stockcopilot_feed_days_total",
-        "stockcopilot_websocket_connections",
-        "stockcopilot_chat_requests_total",
-        "stockcopilot_rate_limit_rejections_total",
-        "stockcopilot_live_pinball_loss",
-        "stockcopilot_users",
-        "stockcopilot_portfolios",
-        "stockcopilot_conversations",
-    }
-)
-
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
@@ -85,6 +64,12 @@ def environment(service: dict[str, Any]) -> dict[str, Any]:
     if isinstance(env, list):
         return dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
     return dict(env)
+
+
+def resolved_env(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's environment with defaults resolved (unset variables left out)."""
+    env = {k: interpolate(v) for k, v in environment(service).items()}
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def container_ports(service: dict[str, Any]) -> set[int]:
@@ -143,6 +128,13 @@ def exec_form(args: str | list[str]) -> list[str]:
     return json.loads(args) if args.startswith("[") else shlex.split(args)
 
 
+def compose_command(service: dict[str, Any]) -> list[str]:
+    """A compose service's command with `${VAR:-default}` resolved to the defaults."""
+    argv = [interpolate(arg) for arg in exec_form(service["command"])]
+    assert None not in argv, service["command"]
+    return [arg for arg in argv if arg is not None]
+
+
 # --- the CLI
 
 
@@ -164,6 +156,56 @@ def check_cli(argv: list[str]) -> None:
     except Exception as exc:  # click's UsageError family: unknown option, bad value, ...
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         raise AssertionError(f"`{' '.join(argv)}`: {message}") from exc
+
+
+def mlflow_command(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The parameters an `mlflow ...` command line runs with, as MLflow's own CLI parses them
+    (running nothing); an option missing from argv is taken from `env` where MLflow reads it
+    from a variable (e.g. `mlflow server --backend-store-uri` from MLFLOW_BACKEND_STORE_URI).
+    Fails on a command or option MLflow does not have."""
+    from mlflow.cli import cli
+
+    assert argv[0] == "mlflow", argv
+    command: Any = cli
+    path, args = ["mlflow"], list(argv[1:])
+    while hasattr(command, "commands"):
+        assert args, f"`{' '.join(path)}` needs a subcommand"
+        name = args.pop(0)
+        sub = command.commands.get(name)
+        assert sub is not None, f"`{' '.join(path)}` has no command {name!r}"
+        command, path = sub, [*path, name]
+    given = set(args)
+    for param in command.params:
+        envvar = getattr(param, "envvar", None)
+        if not isinstance(envvar, str) or envvar not in (env or {}) or given & set(param.opts):
+            continue
+        value = (env or {})[envvar]
+        if getattr(param, "is_flag", False):
+            args += [param.opts[0]] if value.lower() in ("1", "true", "yes") else []
+        else:
+            args += [param.opts[0], value]
+    try:
+        return dict(command.make_context(" ".join(path), args).params)
+    except Exception as exc:  # click's UsageError family
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        raise AssertionError(f"`{' '.join(argv)}`: {message}") from exc
+
+
+def readme_secrets(text: str) -> dict[str, dict[str, str]]:
+    """Secret name -> its literals, from the `kubectl create secret generic` commands of a
+    README (values as written there: examples, or shell substitutions)."""
+    found = {}
+    pattern = r"kubectl create secret generic ((?:[^\n]*\\\n)*[^\n]*)"
+    for command in re.findall(pattern, text):
+        name, *options = shlex.split(command.replace("\\\n", " "), comments=True)
+        literals = [o.removeprefix("--from-literal=") for o in options if "--from-literal=" in o]
+        found[name] = dict(literal.split("=", 1) for literal in literals)
+    return found
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    """A Kubernetes container's literal `env` entries (not those from a Secret or ConfigMap)."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def shell_commands(script: str) -> list[list[str]]:

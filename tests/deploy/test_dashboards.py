@@ -1,16 +1,18 @@
 """Prometheus, Grafana and Filebeat config agree with docker-compose.yml and the app: scrape
 targets are compose services on the ports they listen on, dashboards are provisioned Grafana
-JSON on the provisioned datasource, and they query only metrics that exist."""
+JSON on the provisioned datasource, and dashboards and alerts query only metrics that exist
+(tests/serving/test_prometheus.py runs every query on a live stack)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from api.metrics import SPECS
 from api.settings import Settings
 from tests.deploy.manifests import (
-    APP_METRICS,
     DEPLOY,
     ROOT,
     app_paths,
@@ -28,6 +30,9 @@ DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in (GRAFANA / "dashboards"
     "datasources"
 ]
 RAY_TEMP_DIR = "/tmp/ray"  # where Ray (started by `stockcopilot up`) keeps its session files
+ALERTS = load_yaml(DEPLOY / "prometheus" / "alerts.yml")
+# what api/metrics.py exports, from its one definition of each metric
+APP_METRICS = frozenset(name for spec in SPECS for name in spec.exposed())
 
 
 def service_ports(name: str) -> set[int]:
@@ -121,6 +126,33 @@ def test_dashboards_query_only_metrics_that_exist() -> None:
     missing = {m for m in APP_METRICS if not m.endswith(("_sum", "_count"))} - used
     assert not missing, f"no dashboard shows {missing}"
     assert any(m.startswith("ray_serve_") for m in promql_metrics_of("serving"))
+
+
+def test_alert_rules_are_loaded_and_query_only_metrics_that_exist() -> None:
+    assert PROMETHEUS["rule_files"] == ["alerts.yml"]  # beside prometheus.yml
+    rules = [rule for group in ALERTS["groups"] for rule in group["rules"]]
+    assert len({r["alert"] for r in rules}) == len(rules) >= 5
+    for rule in rules:
+        metrics = promql_metrics(rule["expr"])
+        unknown = {m for m in metrics if not m.startswith("ray_") and m not in APP_METRICS | {"up"}}
+        assert metrics and not unknown, (rule["alert"], unknown)
+        assert rule["labels"]["severity"] in {"page", "warn"} and rule["annotations"]["summary"]
+    used = {m for r in rules for m in promql_metrics(r["expr"])}
+    assert {"stockcopilot_http_requests_total", "stockcopilot_feed_up"} <= used
+    assert any(m.startswith("ray_serve_") for m in used)
+
+
+def test_the_apps_metrics_from_ray_lose_rays_prefix() -> None:
+    """The ingress replicas export the API's metrics through Ray (`ray_stockcopilot_*`);
+    dashboards query one name, whichever path a metric took."""
+    (ray,) = [job for job in PROMETHEUS["scrape_configs"] if job["job_name"] == "ray"]
+    (rename,) = [r for r in ray["metric_relabel_configs"] if r.get("target_label") == "__name__"]
+    assert rename["source_labels"] == ["__name__"]
+    pattern = re.compile(rename["regex"])
+    for name in APP_METRICS:
+        match = pattern.fullmatch(f"ray_{name}")
+        assert match and match.expand(rename["replacement"].replace("$1", r"\1")) == name
+    assert pattern.fullmatch("ray_serve_deployment_replica_healthy") is None
 
 
 def test_promql_metric_extraction() -> None:

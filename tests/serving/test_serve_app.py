@@ -8,7 +8,6 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -25,50 +24,14 @@ from websockets.asyncio.client import connect
 
 from api.security.crypto import Keyring
 from api.settings import Settings
-from serving.app import build_app, start_local_ray
-from serving.config import Scaling, ServeAppConfig
 from tests.api.test_ws import receive
 from tests.conftest import PASSWORD
-from tests.live_server import free_port
 from tests.serving.conftest import last_rollback, next_notification
 from tests.utils import play
 from training import registry
 from training.pyfunc import ForecasterModel
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def serve_url(
-    settings: Settings, first_ingest: object, serving_registry: MlflowClient, registry_uri: str
-) -> Iterator[str]:
-    port = free_port()
-    app_settings = settings.model_copy(
-        update={"mlflow_tracking_uri": registry_uri, "alias_poll_s": 2.0}
-    )
-    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        # two LSTM replicas from the start, so one can be killed while the other answers
-        config = ServeAppConfig(
-            settings=app_settings,
-            overrides={
-                "lstm": Scaling(min_replicas=2, max_replicas=3),
-                # quick to react, so a short bounded load shows scaling out and back in
-                "hybrid": Scaling(
-                    min_replicas=1,
-                    max_replicas=2,
-                    target_ongoing_requests=1,
-                    upscale_delay_s=1,
-                    downscale_delay_s=8,
-                ),
-            },
-        )
-        serve.run(build_app(config), name="stockcopilot", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def test_replicas_run_in_the_installed_environment(serve_url: str) -> None:
