@@ -81,16 +81,13 @@ class Warmup:
             self._console.print(f"warming up in the background: {names} (see /readyz)")
             self._thread.start()
 
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """Cancel at the task's next progress report and wait for the thread."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Cancel at the task's next progress report, waiting for it at most `timeout_s`: a
+        task between reports (the index is built in one transaction) is abandoned, and the
+        next start does it again."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-
-    def join(self, timeout_s: float | None = None) -> bool:
-        """Wait for every task; whether they all finished."""
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
 
     def _run_all(self) -> None:
         for task in self._tasks:
