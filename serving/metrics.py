@@ -18,18 +18,20 @@ from ray.serve import metrics as serve_metrics
 from api.metrics import MetricSpec
 
 
-class RayCounter:
-    """A `ray.serve.metrics.Counter` with prometheus_client's `labels(...).inc()` shape."""
+class _Tagged[M]:
+    """A Ray metric with prometheus_client's `labels(...)` shape: label values become tags."""
 
-    def __init__(
-        self, metric: serve_metrics.Counter, keys: tuple[str, ...], values: tuple[str, ...] = ()
-    ) -> None:
+    def __init__(self, metric: M, keys: tuple[str, ...], values: tuple[str, ...] = ()) -> None:
         self._metric = metric
         self._keys = keys
         self._tags = dict(zip(keys, values, strict=True)) if values else {}
 
     def labels(self, *values: str) -> Self:
         return type(self)(self._metric, self._keys, values)
+
+
+class RayCounter(_Tagged[serve_metrics.Counter]):
+    """A `ray.serve.metrics.Counter` with prometheus_client's `labels(...).inc()` shape."""
 
     def inc(self, amount: float = 1) -> None:
         if amount > 0:  # Ray refuses 0; adding nothing changes nothing
@@ -71,16 +73,8 @@ class RayGauge:
         self.inc(-amount)
 
 
-class RayHistogram:
-    def __init__(
-        self, metric: serve_metrics.Histogram, keys: tuple[str, ...], values: tuple[str, ...] = ()
-    ) -> None:
-        self._metric = metric
-        self._keys = keys
-        self._tags = dict(zip(keys, values, strict=True)) if values else {}
-
-    def labels(self, *values: str) -> Self:
-        return type(self)(self._metric, self._keys, values)
+class RayHistogram(_Tagged[serve_metrics.Histogram]):
+    """A `ray.serve.metrics.Histogram` with prometheus_client's `labels(...).observe()` shape."""
 
     def observe(self, amount: float) -> None:
         self._metric.observe(amount, tags=self._tags)

@@ -67,7 +67,9 @@ def chat_settings(
             "together_base_url": together_server.base_url("together"),
             "openai_api_key": SecretStr(SERVER_OPENAI_KEY),
             "openai_base_url": openai_server.base_url("openai") + "/v1",
-            "chat_timeout_s": 0.5,
+            # long enough for a busy CI machine's first call; the hanging-provider test cuts
+            # its own timeout short
+            "chat_timeout_s": 5.0,
             "chat_max_retries": 0,
         }
     )
@@ -186,7 +188,7 @@ async def test_together_failing_or_hanging_falls_back_to_openai(
 ) -> None:
     together_server.script(Reply(status=500), Reply(hang_s=5))
     openai_server.script(Reply("Answer one."), Reply("Answer two."))
-    async with chat_app(chat_settings) as client:
+    async with chat_app(chat_settings, chat_timeout_s=0.5) as client:
         first = answer_of(await ask(client, "hi"))
         started = time.monotonic()
         second = answer_of(await ask(client, "hi again"))
