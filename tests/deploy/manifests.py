@@ -138,19 +138,25 @@ def compose_command(service: dict[str, Any]) -> list[str]:
 # --- the CLI
 
 
-def check_cli(argv: list[str]) -> None:
-    """Fail unless argv is a `stockcopilot` command line the typer app accepts."""
-    from pipelines.cli import app
-
-    assert argv[0] == "stockcopilot", argv
-    command: Any = typer.main.get_command(app)  # typer ships its own click: duck-type groups
-    path, args = ["stockcopilot"], list(argv[1:])
+def _subcommand(root: Any, argv: list[str]) -> tuple[Any, list[str], list[str]]:
+    """The (click) command argv names under `root`, its path, and the arguments left for it."""
+    command, path, args = root, [argv[0]], list(argv[1:])
     while hasattr(command, "commands"):
         assert args, f"`{' '.join(path)}` needs a subcommand"
         name = args.pop(0)
         sub = command.commands.get(name)
         assert sub is not None, f"`{' '.join(path)}` has no command {name!r}"
         command, path = sub, [*path, name]
+    return command, path, args
+
+
+def check_cli(argv: list[str]) -> None:
+    """Fail unless argv is a `stockcopilot` command line the typer app accepts."""
+    from pipelines.cli import app
+
+    assert argv[0] == "stockcopilot", argv
+    # typer ships its own click: duck-type groups
+    command, path, args = _subcommand(typer.main.get_command(app), argv)
     try:
         command.make_context(" ".join(path), args)  # parses and validates; runs nothing
     except Exception as exc:  # click's UsageError family: unknown option, bad value, ...
@@ -166,14 +172,7 @@ def mlflow_command(argv: list[str], env: dict[str, str] | None = None) -> dict[s
     from mlflow.cli import cli
 
     assert argv[0] == "mlflow", argv
-    command: Any = cli
-    path, args = ["mlflow"], list(argv[1:])
-    while hasattr(command, "commands"):
-        assert args, f"`{' '.join(path)}` needs a subcommand"
-        name = args.pop(0)
-        sub = command.commands.get(name)
-        assert sub is not None, f"`{' '.join(path)}` has no command {name!r}"
-        command, path = sub, [*path, name]
+    command, path, args = _subcommand(cli, argv)
     given = set(args)
     for param in command.params:
         envvar = getattr(param, "envvar", None)
